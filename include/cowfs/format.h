@@ -1,0 +1,135 @@
+/*
+ * format.h - the metadata file's on-disk encoding (the only module that
+ * knows it).  The byte-by-byte description is docs/format.md.
+ *
+ * The metadata file is a header, a checkpoint (a run of records whose
+ * length and checksum are in the header) and a journal (records appended
+ * after the checkpoint, committed in batches that end in a COMMIT record).
+ * All integers are little-endian and fixed-width.
+ */
+#ifndef COWFS_FORMAT_H
+#define COWFS_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define COWFS_MAGIC        "COWFSMD1"	/* 8 bytes, no NUL stored */
+#define COWFS_VERSION_FMT  1u
+#define COWFS_HDR_SIZE     64u
+#define COWFS_REC_HDR_SIZE 16u
+#define COWFS_NAME_MAX     255u
+#define COWFS_XATTR_MAX    65536u
+#define COWFS_REC_MAX      (COWFS_REC_HDR_SIZE + 64u + 2u * COWFS_XATTR_MAX)
+
+/* Feature bits: none defined yet.  An unknown incompat bit refuses the
+ * mount; unknown compat bits are ignored. */
+#define COWFS_INCOMPAT_KNOWN 0u
+
+struct disk_header {
+	char magic[8];
+	uint32_t version;
+	uint32_t incompat;
+	uint32_t compat;
+	uint32_t block_shift;
+	uint64_t ckpt_len;	/* bytes of checkpoint records after header */
+	uint64_t ckpt_csum;	/* xxh3-64 of those bytes */
+	uint64_t generation;	/* bumped by every checkpoint */
+	uint64_t reserved;
+	uint64_t hdr_csum;	/* xxh3-64 of the 56 bytes above */
+};
+_Static_assert(sizeof(struct disk_header) == COWFS_HDR_SIZE, "header size");
+
+enum rec_type {
+	REC_SUPER = 1,		/* checkpoint only: counters */
+	REC_INODE = 2,		/* create or replace an inode's attributes */
+	REC_INODE_DEL = 3,	/* free an inode and everything it maps */
+	REC_DIRENT_ADD = 4,
+	REC_DIRENT_DEL = 5,
+	REC_EXT_SET = 6,	/* map a run of logical blocks */
+	REC_EXT_PUNCH = 7,	/* unmap a run of logical blocks */
+	REC_XATTR_SET = 8,
+	REC_XATTR_DEL = 9,
+	REC_REFCNT = 10,	/* checkpoint only: a shared block's count */
+	REC_COMMIT = 11,	/* journal only: end of an atomic batch */
+	REC_CLONE = 12,		/* a whole clone, replayed deterministically */
+	REC_ORIGIN = 13,	/* an origin file's identity */
+};
+
+/* REC_EXT_SET flags */
+enum ext_flags {
+	EXT_NEW = 1 << 0,	/* fresh blocks in a write object (count 1) */
+	EXT_SHARE = 1 << 1,	/* one more reference to existing blocks */
+	EXT_NOREF = 1 << 2,	/* checkpoint: counts come from REC_REFCNT */
+};
+
+/* Decoded record.  Pointers (name, data) point into the buffer that was
+ * decoded, or are owned by the caller when encoding. */
+struct rec {
+	uint16_t type;
+	uint16_t flags;
+	union {
+		struct {
+			uint64_t next_ino, next_obj, root_ino;
+		} super;
+		struct {
+			uint64_t ino, size, wobj, rdev, next_cookie, parent;
+			uint32_t mode, uid, gid, nlink, flags;
+			int64_t atime_sec, mtime_sec, ctime_sec, btime_sec;
+			uint32_t atime_nsec, mtime_nsec, ctime_nsec, btime_nsec;
+		} inode;	/* plus data = symlink target */
+		struct {
+			uint64_t ino;
+		} del;
+		struct {
+			uint64_t parent, ino, cookie;
+		} dirent;	/* plus name */
+		struct {
+			uint64_t ino, lblk, len, obj, pblk;
+		} ext;
+		struct {
+			uint64_t ino;
+		} xattr;	/* plus name, data = value */
+		struct {
+			uint64_t obj, pblk, len;
+			uint32_t count;
+		} refcnt;
+		struct {
+			uint64_t seq, next_ino, next_obj;
+		} commit;
+		struct {
+			uint64_t src_ino, dst_parent, first_ino, cookie;
+			uint64_t next_obj;
+		} clone;	/* plus name = destination name */
+		struct {
+			uint64_t obj, dev, ino, size;
+			int64_t mtime_ns, ctime_ns;
+		} origin;	/* plus data = host path */
+	} u;
+	const char *name;
+	uint32_t name_len;
+	const void *data;
+	uint32_t data_len;
+};
+
+/* Encode into buf (at least COWFS_REC_MAX bytes); returns bytes used. */
+size_t format_encode(const struct rec *r, void *buf);
+
+/*
+ * Decode one record at buf[0..avail).  Returns its length, 0 when the
+ * bytes are short or fail their checksum (a torn tail), or -1 when the
+ * record checksums fine but makes no sense (corruption).
+ */
+long format_decode(const void *buf, size_t avail, struct rec *r);
+
+void format_header_init(struct disk_header *h, unsigned block_shift);
+/* Fill ckpt_len/ckpt_csum from the checkpoint bytes and write the 64-byte
+ * little-endian image of h into out. */
+void format_header_encode(struct disk_header *h, const void *ckpt, size_t len,
+			  unsigned char out[COWFS_HDR_SIZE]);
+/* Decode and check a header; returns NULL or a static message saying what
+ * is wrong (foreign file, unknown version, bad checksum...). */
+const char *format_header_decode(const unsigned char in[COWFS_HDR_SIZE],
+				 struct disk_header *h);
+uint64_t format_csum(const void *p, size_t len);
+
+#endif

@@ -1,0 +1,135 @@
+/*
+ * fs.h - the cowfs core's public API: a mounted store as a filesystem of
+ * inode numbers.  Used by the FUSE layer (fuse_ops.c) and the command line;
+ * knows nothing of FUSE.
+ *
+ * Every function returns 0 (or a non-negative count) on success and -errno
+ * on failure.  Functions that return attributes fill a struct stat.
+ * Functions are thread-safe; see the lock order in fs_impl.h.
+ */
+#ifndef COWFS_FS_H
+#define COWFS_FS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+#define FS_ROOT_INO 1
+
+struct fs;
+
+struct fs_options {
+	int ro;
+	unsigned commit_secs;	/* periodic journal commit, 0: default 5 */
+	const char *logfile;	/* NULL: stderr */
+	int debug;
+};
+
+/* The caller of a request. */
+struct fs_ctx {
+	uid_t uid;
+	gid_t gid;
+	mode_t umask;
+};
+
+/* setattr's to_set bits */
+enum fs_set {
+	FS_SET_MODE = 1 << 0,
+	FS_SET_UID = 1 << 1,
+	FS_SET_GID = 1 << 2,
+	FS_SET_SIZE = 1 << 3,
+	FS_SET_ATIME = 1 << 4,
+	FS_SET_MTIME = 1 << 5,
+	FS_SET_ATIME_NOW = 1 << 6,
+	FS_SET_MTIME_NOW = 1 << 7,
+	FS_SET_CTIME = 1 << 8,
+};
+
+/* Create a new store with the given block size (log2).  err gets a message. */
+int fs_init_store(const char *path, unsigned block_shift, char *err,
+		  size_t errlen);
+
+/* Open, lock and load a store; replays the journal after an unclean stop.
+ * Caller owns *out; release with fs_close(). */
+int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
+	    char *err, size_t errlen);
+/* Start background work (the commit thread).  Call after any fork(). */
+int fs_start(struct fs *fs);
+/* Write a checkpoint, stop background work, unlock, free. */
+int fs_close(struct fs *fs);
+
+unsigned fs_block_size(const struct fs *fs);
+void fs_log(struct fs *fs, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Namespace.  Functions that return an entry (lookup, mknod, mkdir,
+ * symlink, link, create) add one kernel lookup reference. */
+int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st);
+void fs_forget(struct fs *fs, uint64_t ino, uint64_t nlookup);
+int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st);
+int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
+	       const struct stat *in, int to_set, struct stat *st);
+int fs_mknod(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
+	     const char *name, mode_t mode, dev_t rdev, struct stat *st);
+int fs_symlink(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
+	       const char *name, const char *target, struct stat *st);
+/* Copies the target into buf (NUL-terminated); returns its length. */
+int fs_readlink(struct fs *fs, uint64_t ino, char *buf, size_t size);
+int fs_unlink(struct fs *fs, uint64_t parent, const char *name);
+int fs_rmdir(struct fs *fs, uint64_t parent, const char *name);
+/* flags: RENAME_NOREPLACE, RENAME_EXCHANGE */
+int fs_rename(struct fs *fs, uint64_t parent, const char *name,
+	      uint64_t newparent, const char *newname, unsigned flags);
+int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
+	    const char *newname, struct stat *st);
+
+/* Directory listing.  Entries come in cookie order after 'off'; emit()
+ * returns nonzero when the reply buffer is full (the entry is not taken).
+ * With plus set, each taken entry but "." and ".." gets a lookup
+ * reference. */
+typedef int (*fs_emit_fn)(void *ctx, const char *name, const struct stat *st,
+			  uint64_t next_off);
+int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
+	       fs_emit_fn emit, void *ctx);
+
+/* Open files. */
+int fs_open_file(struct fs *fs, uint64_t ino, int flags);
+void fs_release(struct fs *fs, uint64_t ino);
+int fs_fsync(struct fs *fs, uint64_t ino);
+int fs_statfs(struct fs *fs, struct statvfs *sv);
+
+/* Reads: fs_read_map describes [off, off+size) as segments of object fds
+ * (fd >= 0, pos) or zeros (fd == -1).  The fds stay valid until
+ * fs_read_done(); the caller owns *segs (free()). */
+struct fs_seg {
+	int fd;
+	uint64_t obj;
+	off_t pos;
+	size_t len;
+};
+int fs_read_map(struct fs *fs, uint64_t ino, off_t off, size_t size,
+		struct fs_seg **segs, int *nseg);
+void fs_read_done(struct fs *fs, struct fs_seg *segs, int nseg);
+
+/* Writes: the core decides where the bytes go and calls fill() to put
+ * len bytes at fd offset pos; fill returns bytes written or -errno. */
+typedef ssize_t (*fs_fill_fn)(void *ctx, int fd, off_t pos, size_t len);
+ssize_t fs_write(struct fs *fs, uint64_t ino, off_t off, size_t len,
+		 fs_fill_fn fill, void *ctx);
+int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len);
+off_t fs_lseek(struct fs *fs, uint64_t ino, off_t off, int whence);
+ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
+		      uint64_t ino_out, off_t off_out, size_t len);
+
+/* Extended attributes (system.posix_acl_* included). getxattr/listxattr
+ * return the size; size 0 asks for the size only. */
+int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
+		const void *value, size_t size, int flags);
+int fs_getxattr(struct fs *fs, uint64_t ino, const char *name, void *buf,
+		size_t size);
+int fs_listxattr(struct fs *fs, uint64_t ino, char *buf, size_t size);
+int fs_removexattr(struct fs *fs, uint64_t ino, const char *name);
+
+#endif

@@ -1,0 +1,22 @@
+/*
+ * fuse_ops.h - the FUSE layer: serves a loaded struct fs at a mountpoint
+ * through libfuse's low-level API.  The only module that speaks libfuse.
+ */
+#ifndef COWFS_FUSE_OPS_H
+#define COWFS_FUSE_OPS_H
+
+#include "cowfs/fs.h"
+
+struct cowfs_mount {
+	const char *mountpoint;
+	const char *fuse_opts;	/* comma list passed to libfuse, or NULL */
+	int foreground;
+	int debug;
+};
+
+/* Mount, daemonize unless foreground (the caller returns once the mount
+ * is live), serve until unmounted.  Returns 0 or -errno; messages go to
+ * stderr before daemonizing and to the fs log after. */
+int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m);
+
+#endif

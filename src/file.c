@@ -1,0 +1,1005 @@
+/*
+ * file.c - file data: objects and their fd cache, extent map changes with
+ * their reference counts, and the copy-on-write read/write path, truncate,
+ * fallocate, SEEK_DATA/SEEK_HOLE and block-sharing copy_file_range.
+ * The invariants it keeps are listed in fs_impl.h.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+
+#include "cowfs/fs_impl.h"
+
+static int obj_cmp(struct object *a, struct object *b)
+{
+	return (a->id < b->id) ? -1 : (a->id > b->id);
+}
+RB_GENERATE(object_tree, object, node, obj_cmp)
+
+struct object *obj_get(struct fs *fs, uint64_t id)
+{
+	struct object key = { .id = id };
+	return RB_FIND(object_tree, &fs->objects, &key);
+}
+
+struct object *obj_new(struct fs *fs, uint64_t id, uint64_t owner)
+{
+	struct object *o = calloc(1, sizeof(*o));
+	if (!o)
+		return NULL;
+	o->id = id;
+	o->owner = owner;
+	o->fd = -1;
+	RB_INSERT(object_tree, &fs->objects, o);
+	if (id >= fs->next_obj)
+		fs->next_obj = id + 1;
+	return o;
+}
+
+static void obj_close_fd(struct fs *fs, struct object *o)
+{
+	if (o->fd < 0)
+		return;
+	if (o->pins == 0)
+		TAILQ_REMOVE(&fs->lru, o, lru);
+	close(o->fd);
+	o->fd = -1;
+	fs->nfds--;
+}
+
+/* Open (if needed) and pin o's fd so it stays valid outside fs->lock. */
+int obj_pin(struct fs *fs, struct object *o)
+{
+	if (o->fd < 0) {
+		while (fs->nfds >= fs->max_fds && !TAILQ_EMPTY(&fs->lru))
+			obj_close_fd(fs, TAILQ_FIRST(&fs->lru));
+		int fd = store_obj_open(&fs->store, o->id, 0);
+		if (fd < 0) {
+			fs_log(fs, "error: object %016llx: open: %s",
+			       (unsigned long long)o->id, strerror(-fd));
+			return fd == -ENOENT ? -EIO : fd;
+		}
+		o->fd = fd;
+		fs->nfds++;
+	} else if (o->pins == 0) {
+		TAILQ_REMOVE(&fs->lru, o, lru);
+	}
+	o->pins++;
+	return 0;
+}
+
+void obj_unpin(struct fs *fs, struct object *o)
+{
+	if (--o->pins == 0 && o->fd >= 0)
+		TAILQ_INSERT_TAIL(&fs->lru, o, lru);
+}
+
+void obj_maybe_doom(struct fs *fs, struct object *o)
+{
+	if (o->nlive || o->owner || o->doomed)
+		return;
+	if (fs->nunlinks == fs->cap_unlinks) {
+		size_t cap = fs->cap_unlinks ? fs->cap_unlinks * 2 : 64;
+		struct object **n = realloc(fs->unlinks, cap * sizeof(*n));
+		if (!n)
+			return;	/* leaked until fsck --repair; never wrong */
+		fs->unlinks = n;
+		fs->cap_unlinks = cap;
+	}
+	o->doomed = true;
+	fs->unlinks[fs->nunlinks++] = o;
+}
+
+static void obj_mark_dirty(struct fs *fs, struct object *o)
+{
+	if (o->dirty)
+		return;
+	o->dirty = true;
+	o->dirty_next = fs->dirty_objs;
+	fs->dirty_objs = o;
+}
+
+void file_retire_wobj(struct fs *fs, struct inode *in)
+{
+	struct object *o;
+
+	if (!in->wobj)
+		return;
+	o = obj_get(fs, in->wobj);
+	in->wobj = 0;
+	inode_dirty(fs, in);
+	if (o) {
+		o->owner = 0;
+		obj_maybe_doom(fs, o);
+	}
+}
+
+static void queue_free(struct fs *fs, uint64_t obj, uint64_t pblk)
+{
+	struct pending_free *l = fs->nfrees ? &fs->frees[fs->nfrees - 1] : NULL;
+
+	if (l && l->obj == obj && l->pblk + l->len == pblk) {
+		l->len++;
+		return;
+	}
+	if (fs->nfrees == fs->cap_frees) {
+		size_t cap = fs->cap_frees ? fs->cap_frees * 2 : 64;
+		struct pending_free *n = realloc(fs->frees, cap * sizeof(*n));
+		if (!n)
+			return;	/* space leaks until fsck --repair */
+		fs->frees = n;
+		fs->cap_frees = cap;
+	}
+	fs->frees[fs->nfrees++] = (struct pending_free){ obj, pblk, 1 };
+}
+
+struct drop_ctx {
+	struct fs *fs;
+	struct inode *in;
+	int noref;
+	int retire;
+};
+
+static void drop_blocks(void *p, uint64_t obj, uint64_t pblk, uint64_t len)
+{
+	struct drop_ctx *c = p;
+	struct fs *fs = c->fs;
+	struct object *o = obj_get(fs, obj);
+
+	if (c->noref)
+		return;
+	if (obj == c->in->wobj)
+		c->retire = 1;
+	for (uint64_t i = 0; i < len; i++) {
+		if (refcount_dec(&fs->rc, obj, pblk + i))
+			continue;
+		if (o && o->nlive)
+			o->nlive--;
+		queue_free(fs, obj, pblk + i);
+	}
+	if (o)
+		obj_maybe_doom(fs, o);
+}
+
+int file_map_set(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len,
+		 uint64_t obj, uint64_t pblk, unsigned flags)
+{
+	struct drop_ctx c = { fs, in, !!(flags & EXT_NOREF), 0 };
+	struct object *o = obj_get(fs, obj);
+	int rc;
+
+	if (!o && !(o = obj_new(fs, obj, 0)))
+		return -ENOMEM;
+	if (flags & EXT_SHARE) {
+		for (uint64_t i = 0; i < len; i++)
+			if (refcount_inc(&fs->rc, obj, pblk + i))
+				return -ENOMEM;
+	}
+	/* A NEW run lands in the file's own write object: never retire it. */
+	uint64_t keep = in->wobj;
+	rc = extmap_set(&in->map, lblk, len, obj, pblk, drop_blocks, &c);
+	if (rc)
+		return rc;
+	if (flags & EXT_NEW)
+		o->nlive += len;
+	if (c.retire && !((flags & EXT_NEW) && obj == keep))
+		file_retire_wobj(fs, in);
+	return 0;
+}
+
+int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len)
+{
+	struct drop_ctx c = { fs, in, 0, 0 };
+	int rc = extmap_punch(&in->map, lblk, len, drop_blocks, &c);
+	if (!rc && c.retire)
+		file_retire_wobj(fs, in);
+	return rc;
+}
+
+/* Recount every object's live blocks from the extent maps (after load). */
+void file_compute_nlive(struct fs *fs)
+{
+	struct object *o;
+	struct inode *in;
+	size_t i = 0;
+	uint64_t obj, pblk;
+	uint32_t count;
+
+	RB_FOREACH(o, object_tree, &fs->objects)
+		o->nlive = 0;
+	RB_FOREACH(in, inode_tree, &fs->inodes) {
+		for (size_t k = 0; k < in->map.n; k++) {
+			struct extent *e = &in->map.v[k];
+			o = obj_get(fs, e->obj);
+			if (!o)
+				continue;
+			for (uint64_t b = 0; b < e->len; b++)
+				if (refcount_get(&fs->rc, e->obj, e->pblk + b) == 1)
+					o->nlive++;
+		}
+	}
+	while (refcount_next(&fs->rc, &i, &obj, &pblk, &count))
+		if ((o = obj_get(fs, obj)))
+			o->nlive++;
+}
+
+void file_close_fds(struct fs *fs)
+{
+	struct object *o, *t;
+	RB_FOREACH_SAFE(o, object_tree, &fs->objects, t) {
+		if (o->fd >= 0) {
+			if (o->pins == 0)
+				TAILQ_REMOVE(&fs->lru, o, lru);
+			close(o->fd);
+			o->fd = -1;
+		}
+		RB_REMOVE(object_tree, &fs->objects, o);
+		free(o);
+	}
+	fs->nfds = 0;
+}
+
+/* ---- logging extent changes ---- */
+
+static int map_and_log(struct fs *fs, struct inode *in, uint64_t lblk,
+		       uint64_t len, uint64_t obj, uint64_t pblk, unsigned flags)
+{
+	int rc = file_map_set(fs, in, lblk, len, obj, pblk, flags);
+	if (rc)
+		return rc;
+	struct rec r = { .type = REC_EXT_SET, .flags = (uint16_t)flags };
+	r.u.ext.ino = in->ino;
+	r.u.ext.lblk = lblk;
+	r.u.ext.len = len;
+	r.u.ext.obj = obj;
+	r.u.ext.pblk = pblk;
+	return journal_log(fs, &r);
+}
+
+static int punch_and_log(struct fs *fs, struct inode *in, uint64_t lblk,
+			 uint64_t len)
+{
+	if (len == 0 || in->map.n == 0)
+		return 0;
+	int rc = file_map_punch(fs, in, lblk, len);
+	if (rc)
+		return rc;
+	struct rec r = { .type = REC_EXT_PUNCH };
+	r.u.ext.ino = in->ino;
+	r.u.ext.lblk = lblk;
+	r.u.ext.len = len;
+	return journal_log(fs, &r);
+}
+
+/* The file's write object, created on first need. fs->lock held. */
+static struct object *ensure_wobj(struct fs *fs, struct inode *in, int *rc)
+{
+	struct object *o;
+
+	if (in->wobj && (o = obj_get(fs, in->wobj)))
+		return o;
+	uint64_t id = fs->next_obj++;
+	int fd = store_obj_open(&fs->store, id, 1);
+	if (fd < 0) {
+		*rc = fd;
+		return NULL;
+	}
+	o = obj_new(fs, id, in->ino);
+	if (!o) {
+		close(fd);
+		*rc = -ENOMEM;
+		return NULL;
+	}
+	o->fd = fd;
+	fs->nfds++;
+	TAILQ_INSERT_TAIL(&fs->lru, o, lru);
+	in->wobj = id;
+	inode_dirty(fs, in);
+	return o;
+}
+
+/* Keep the object file at least up to the end of block last, so that a
+ * read of a mapped block never meets the object's end.  fs->lock held. */
+static int obj_cover(struct object *o, uint64_t end)
+{
+	if (o->len >= end)
+		return 0;
+	if (o->len == 0) {
+		struct stat st;
+		if (fstat(o->fd, &st) < 0)
+			return -errno;
+		o->len = (uint64_t)st.st_size;
+		if (o->len >= end)
+			return 0;
+	}
+	if (ftruncate(o->fd, (off_t)end) < 0)
+		return -errno;
+	o->len = end;
+	return 0;
+}
+
+/* Map every block of [first, last] that is not already (wobj, i) to its
+ * wobj slot.  fs->lock held. */
+static int map_to_wobj(struct fs *fs, struct inode *in, uint64_t first,
+		       uint64_t last)
+{
+	uint64_t w = in->wobj;
+	struct extent e;
+
+	for (uint64_t b = first; b <= last;) {
+		int mapped = extmap_lookup(&in->map, b, &e);
+		uint64_t n = e.len;
+		if (n > last - b + 1)
+			n = last - b + 1;
+		if (mapped && e.obj == w && e.pblk == b) {
+			b += n;
+			continue;
+		}
+		/* run of blocks not in place */
+		uint64_t end = b + n;
+		while (end <= last) {
+			mapped = extmap_lookup(&in->map, end, &e);
+			if (mapped && e.obj == w && e.pblk == end)
+				break;
+			uint64_t k = e.len < last - end + 1 ? e.len : last - end + 1;
+			end += k;
+		}
+		int rc = map_and_log(fs, in, b, end - b, w, b, EXT_NEW);
+		if (rc)
+			return rc;
+		if (in->wobj != w)	/* cannot happen: NEW keeps wobj */
+			return -EIO;
+		b = end;
+	}
+	return 0;
+}
+
+static int pread_all(int fd, void *buf, size_t len, off_t pos)
+{
+	char *p = buf;
+	while (len) {
+		ssize_t n = pread(fd, p, len, pos);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0) {	/* past the object's end: zeros */
+			memset(p, 0, len);
+			return 0;
+		}
+		p += n;
+		len -= (size_t)n;
+		pos += n;
+	}
+	return 0;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t len, off_t pos)
+{
+	const char *p = buf;
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, pos);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= (size_t)n;
+		pos += n;
+	}
+	return 0;
+}
+
+/* Copy bytes [from, to) of a block from src position to dst position. */
+static int copy_bytes(int sfd, off_t spos, int dfd, off_t dpos, size_t len)
+{
+	char buf[65536];
+	while (len) {
+		size_t n = len < sizeof(buf) ? len : sizeof(buf);
+		int rc = pread_all(sfd, buf, n, spos);
+		if (!rc)
+			rc = pwrite_all(dfd, buf, n, dpos);
+		if (rc)
+			return rc;
+		len -= n;
+		spos += (off_t)n;
+		dpos += (off_t)n;
+	}
+	return 0;
+}
+
+struct cow_plan {
+	uint64_t lblk;
+	struct object *src;	/* pinned */
+	uint64_t spblk;
+	uint32_t keep_lo_end;	/* copy [0, keep_lo_end) */
+	uint32_t keep_hi_start;	/* copy [keep_hi_start, B) */
+};
+
+/* Plan a partial-block copy-on-write of lblk where [lo, hi) (block-relative)
+ * will be overwritten.  fs->lock held.  Returns 1 if planned. */
+static int plan_cow(struct fs *fs, struct inode *in, uint64_t lblk,
+		    uint32_t lo, uint32_t hi, struct cow_plan *p, int *rc)
+{
+	struct extent e;
+
+	if (!extmap_lookup(&in->map, lblk, &e))
+		return 0;	/* hole: the fresh slot reads zeros */
+	if (e.obj == in->wobj && e.pblk == lblk)
+		return 0;	/* in place */
+	if (lo == 0 && hi == fs->block_size)
+		return 0;	/* fully overwritten */
+	p->src = obj_get(fs, e.obj);
+	if (!p->src) {
+		*rc = -EIO;
+		return -1;
+	}
+	if ((*rc = obj_pin(fs, p->src)))
+		return -1;
+	p->lblk = lblk;
+	p->spblk = e.pblk;
+	p->keep_lo_end = lo;
+	p->keep_hi_start = hi;
+	return 1;
+}
+
+static int run_cow(struct fs *fs, struct cow_plan *p, int dfd)
+{
+	off_t s = (off_t)(p->spblk << fs->block_shift);
+	off_t d = (off_t)(p->lblk << fs->block_shift);
+	int rc = 0;
+	if (p->keep_lo_end)
+		rc = copy_bytes(p->src->fd, s, dfd, d, p->keep_lo_end);
+	if (!rc && p->keep_hi_start < fs->block_size)
+		rc = copy_bytes(p->src->fd, s + p->keep_hi_start, dfd,
+				d + p->keep_hi_start,
+				fs->block_size - p->keep_hi_start);
+	return rc;
+}
+
+/*
+ * The write path.  Caller holds data_lock (shared) and in->io_lock, not
+ * fs->lock.  Bytes land in the write object at the file offset itself
+ * (block i at slot i), so one fill() call carries the whole write.
+ */
+static ssize_t write_locked(struct fs *fs, struct inode *in, off_t off,
+			    size_t len, fs_fill_fn fill, void *ctx)
+{
+	struct cow_plan plan[2];
+	int nplan = 0, rc = 0;
+	struct object *w;
+	uint64_t B = fs->block_size, first, last;
+	ssize_t n = 0;
+
+	if (len == 0)
+		return 0;
+	if ((uint64_t)off + len > ((uint64_t)1 << 62))
+		return -EFBIG;
+	first = (uint64_t)off >> fs->block_shift;
+	last = ((uint64_t)off + len - 1) >> fs->block_shift;
+
+	pthread_mutex_lock(&fs->lock);
+	if (fs->broken) {
+		rc = -EIO;
+		goto out_unlock;
+	}
+	w = ensure_wobj(fs, in, &rc);
+	if (!w)
+		goto out_unlock;
+	uint32_t lo = (uint32_t)((uint64_t)off & (B - 1));
+	uint32_t hi = first == last ? lo + (uint32_t)len : (uint32_t)B;
+	int r = plan_cow(fs, in, first, lo, hi, &plan[nplan], &rc);
+	if (r < 0)
+		goto out_unlock;
+	nplan += r;
+	if (last != first) {
+		hi = (uint32_t)(((uint64_t)off + len - 1) & (B - 1)) + 1;
+		r = plan_cow(fs, in, last, 0, hi, &plan[nplan], &rc);
+		if (r < 0)
+			goto out_unpin_plans;
+		nplan += r;
+	}
+	if ((rc = obj_pin(fs, w)))
+		goto out_unpin_plans;
+	pthread_mutex_unlock(&fs->lock);
+
+	for (int i = 0; i < nplan && !rc; i++)
+		rc = run_cow(fs, &plan[i], w->fd);
+	n = rc ? rc : fill(ctx, w->fd, off, len);
+
+	pthread_mutex_lock(&fs->lock);
+	if (n <= 0) {
+		rc = n < 0 ? (int)n : -EIO;
+		/* Slots may now hold bytes nothing maps: keep invariant (2). */
+		if (in->wobj == w->id)
+			file_retire_wobj(fs, in);
+		goto out_unpin;
+	}
+	last = ((uint64_t)off + (uint64_t)n - 1) >> fs->block_shift;
+	rc = obj_cover(w, (last + 1) << fs->block_shift);
+	if (!rc)
+		rc = map_to_wobj(fs, in, first, last);
+	if (rc)
+		goto out_unpin;
+	if ((uint64_t)off + (uint64_t)n > in->size)
+		in->size = (uint64_t)off + (uint64_t)n;
+	now_ts(&in->mtime);
+	in->ctime = in->mtime;
+	inode_dirty(fs, in);
+	obj_mark_dirty(fs, w);
+out_unpin:
+	obj_unpin(fs, w);
+out_unpin_plans:
+	for (int i = 0; i < nplan; i++)
+		obj_unpin(fs, plan[i].src);
+out_unlock:
+	pthread_mutex_unlock(&fs->lock);
+	return rc ? rc : n;
+}
+
+static struct inode *get_reg(struct fs *fs, uint64_t ino, int *rc)
+{
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (!in)
+		*rc = -ENOENT;
+	else if (!S_ISREG(in->mode)) {
+		*rc = S_ISDIR(in->mode) ? -EISDIR : -EINVAL;
+		in = NULL;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return in;
+}
+
+ssize_t fs_write(struct fs *fs, uint64_t ino, off_t off, size_t len,
+		 fs_fill_fn fill, void *ctx)
+{
+	int rc = 0;
+	ssize_t n;
+	struct inode *in;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	pthread_rwlock_rdlock(&fs->data_lock);
+	in = get_reg(fs, ino, &rc);
+	if (!in) {
+		pthread_rwlock_unlock(&fs->data_lock);
+		return rc;
+	}
+	pthread_mutex_lock(&in->io_lock);
+	n = write_locked(fs, in, off, len, fill, ctx);
+	pthread_mutex_unlock(&in->io_lock);
+	pthread_rwlock_unlock(&fs->data_lock);
+	return n;
+}
+
+/* ---- reads ---- */
+
+int fs_read_map(struct fs *fs, uint64_t ino, off_t off, size_t size,
+		struct fs_seg **segsp, int *nsegp)
+{
+	struct fs_seg *segs = NULL;
+	int nseg = 0, cap = 0, rc = 0;
+	struct extent e;
+	uint64_t pos, end;
+
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (!S_ISREG(in->mode)) {
+		rc = S_ISDIR(in->mode) ? -EISDIR : -EINVAL;
+		goto out;
+	}
+	pos = (uint64_t)off;
+	end = pos + size;
+	if (end > in->size)
+		end = in->size;
+	while (pos < end) {
+		uint64_t lblk = pos >> fs->block_shift;
+		uint64_t inblk = pos & (fs->block_size - 1);
+		int mapped = extmap_lookup(&in->map, lblk, &e);
+		uint64_t run = e.len == UINT64_MAX ? UINT64_MAX :
+			       (e.len << fs->block_shift) - inblk;
+		uint64_t n = run < end - pos ? run : end - pos;
+		struct object *o = NULL;
+
+		if (mapped) {
+			o = obj_get(fs, e.obj);
+			if (!o) {
+				fs_log(fs, "error: inode %llu maps missing object %016llx",
+				       (unsigned long long)in->ino,
+				       (unsigned long long)e.obj);
+				rc = -EIO;
+				goto out;
+			}
+		}
+		if (nseg == cap) {
+			cap = cap ? cap * 2 : 8;
+			struct fs_seg *ns = realloc(segs, (size_t)cap * sizeof(*ns));
+			if (!ns) {
+				rc = -ENOMEM;
+				goto out;
+			}
+			segs = ns;
+		}
+		if (o && (rc = obj_pin(fs, o)))
+			goto out;
+		segs[nseg++] = (struct fs_seg){
+			.fd = o ? o->fd : -1,
+			.obj = o ? o->id : 0,
+			.pos = o ? (off_t)((e.pblk << fs->block_shift) + inblk) : 0,
+			.len = (size_t)n,
+		};
+		pos += n;
+	}
+out:
+	if (rc) {
+		for (int i = 0; i < nseg; i++)
+			if (segs[i].obj)
+				obj_unpin(fs, obj_get(fs, segs[i].obj));
+		free(segs);
+		segs = NULL;
+		nseg = 0;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	*segsp = segs;
+	*nsegp = nseg;
+	return rc;
+}
+
+void fs_read_done(struct fs *fs, struct fs_seg *segs, int nseg)
+{
+	pthread_mutex_lock(&fs->lock);
+	for (int i = 0; i < nseg; i++) {
+		if (segs[i].obj) {
+			struct object *o = obj_get(fs, segs[i].obj);
+			if (o)
+				obj_unpin(fs, o);
+		}
+	}
+	pthread_mutex_unlock(&fs->lock);
+	free(segs);
+}
+
+/* ---- truncate, zeroing, fallocate ---- */
+
+static ssize_t fill_zero(void *ctx, int fd, off_t pos, size_t len)
+{
+	static const char zeros[65536];
+	size_t done = 0;
+	(void)ctx;
+	while (done < len) {
+		size_t n = len - done < sizeof(zeros) ? len - done : sizeof(zeros);
+		int rc = pwrite_all(fd, zeros, n, pos + (off_t)done);
+		if (rc)
+			return rc;
+		done += n;
+	}
+	return (ssize_t)len;
+}
+
+/*
+ * Make bytes [from, to) of block lblk read as zeros without changing the
+ * size.  A hole stays a hole.  Called with fs->lock held (and io_lock);
+ * drops and retakes fs->lock around the data I/O.
+ */
+static int zero_partial(struct fs *fs, struct inode *in, uint64_t lblk,
+			uint32_t from, uint32_t to)
+{
+	struct extent e;
+	ssize_t n;
+
+	if (from >= to || !extmap_lookup(&in->map, lblk, &e))
+		return 0;
+	uint64_t size = in->size;
+	pthread_mutex_unlock(&fs->lock);
+	n = write_locked(fs, in, (off_t)((lblk << fs->block_shift) + from),
+			 to - from, fill_zero, NULL);
+	pthread_mutex_lock(&fs->lock);
+	in->size = size;	/* zeroing never grows the file */
+	return n < 0 ? (int)n : 0;
+}
+
+/* fs->lock and io_lock held. */
+int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
+{
+	int rc = 0;
+
+	if (size > ((uint64_t)1 << 62))
+		return -EFBIG;
+	if (size < in->size) {
+		uint64_t B = fs->block_size;
+		uint64_t keep = (size + B - 1) >> fs->block_shift;
+		if (size & (B - 1))
+			rc = zero_partial(fs, in, size >> fs->block_shift,
+					  (uint32_t)(size & (B - 1)), (uint32_t)B);
+		if (!rc)
+			rc = punch_and_log(fs, in, keep, UINT64_MAX - keep);
+	}
+	if (!rc) {
+		in->size = size;
+		inode_dirty(fs, in);
+	}
+	return rc;
+}
+
+static void lock_two(struct inode *a, struct inode *b)
+{
+	if (a == b) {
+		pthread_mutex_lock(&a->io_lock);
+	} else if (a->ino < b->ino) {
+		pthread_mutex_lock(&a->io_lock);
+		pthread_mutex_lock(&b->io_lock);
+	} else {
+		pthread_mutex_lock(&b->io_lock);
+		pthread_mutex_lock(&a->io_lock);
+	}
+}
+
+static void unlock_two(struct inode *a, struct inode *b)
+{
+	pthread_mutex_unlock(&a->io_lock);
+	if (a != b)
+		pthread_mutex_unlock(&b->io_lock);
+}
+
+int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
+{
+	int rc = 0;
+	struct inode *in;
+	uint64_t B = fs->block_size;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+		return -EOPNOTSUPP;
+	if (off < 0 || len <= 0)
+		return -EINVAL;
+	pthread_rwlock_rdlock(&fs->data_lock);
+	in = get_reg(fs, ino, &rc);
+	if (!in) {
+		pthread_rwlock_unlock(&fs->data_lock);
+		return rc;
+	}
+	pthread_mutex_lock(&in->io_lock);
+	pthread_mutex_lock(&fs->lock);
+	uint64_t start = (uint64_t)off, end = (uint64_t)off + (uint64_t)len;
+	uint64_t first = start >> fs->block_shift, last = (end - 1) >> fs->block_shift;
+
+	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+		uint32_t lo = (uint32_t)(start & (B - 1));
+		uint32_t hi = (uint32_t)((end - 1) & (B - 1)) + 1;
+		uint64_t full_first = lo ? first + 1 : first;
+		uint64_t full_last1 = hi == B ? last + 1 : last; /* exclusive */
+		if (first == last && (lo || hi != B)) {
+			rc = zero_partial(fs, in, first, lo, hi);
+		} else {
+			if (lo)
+				rc = zero_partial(fs, in, first, lo, (uint32_t)B);
+			if (!rc && hi != B)
+				rc = zero_partial(fs, in, last, 0, hi);
+			if (!rc && full_last1 > full_first)
+				rc = punch_and_log(fs, in, full_first,
+						   full_last1 - full_first);
+		}
+	} else {
+		struct object *w = ensure_wobj(fs, in, &rc);
+		struct extent e;
+		if (w && (rc = obj_pin(fs, w)))
+			w = NULL;
+		for (uint64_t b = first; w && !rc && b <= last;) {
+			int mapped = extmap_lookup(&in->map, b, &e);
+			uint64_t n = e.len < last - b + 1 ? e.len : last - b + 1;
+			if (!mapped) {
+				if (fallocate(w->fd, 0, (off_t)(b << fs->block_shift),
+					      (off_t)(n << fs->block_shift)) < 0)
+					rc = -errno;
+				else
+					rc = obj_cover(w, (b + n) << fs->block_shift);
+				if (!rc)
+					rc = map_and_log(fs, in, b, n, w->id, b, EXT_NEW);
+				obj_mark_dirty(fs, w);
+			}
+			b += n;
+		}
+		if (w)
+			obj_unpin(fs, w);
+	}
+	if (!rc && !(mode & FALLOC_FL_KEEP_SIZE) && end > in->size)
+		in->size = end;
+	if (!rc) {
+		now_ts(&in->ctime);
+		if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+			in->mtime = in->ctime;
+		inode_dirty(fs, in);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	pthread_mutex_unlock(&in->io_lock);
+	pthread_rwlock_unlock(&fs->data_lock);
+	return rc;
+}
+
+off_t fs_lseek(struct fs *fs, uint64_t ino, off_t off, int whence)
+{
+	off_t rc;
+	struct extent e;
+
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (off < 0 || (uint64_t)off >= in->size) {
+		rc = -ENXIO;
+		goto out;
+	}
+	uint64_t b = (uint64_t)off >> fs->block_shift;
+	if (whence == SEEK_DATA) {
+		if (extmap_lookup(&in->map, b, &e)) {
+			rc = off;
+		} else if (e.len == UINT64_MAX ||
+			   ((b + e.len) << fs->block_shift) >= in->size) {
+			rc = -ENXIO;
+		} else {
+			rc = (off_t)((b + e.len) << fs->block_shift);
+		}
+	} else if (whence == SEEK_HOLE) {
+		uint64_t pos = b;
+		while (extmap_lookup(&in->map, pos, &e))
+			pos += e.len;
+		uint64_t h = pos << fs->block_shift;
+		if (pos == b)
+			rc = off;
+		else
+			rc = (off_t)(h < in->size ? h : in->size);
+	} else {
+		rc = -EINVAL;
+	}
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+/* ---- copy_file_range: share whole blocks, copy partial ones ---- */
+
+struct seg_fill {
+	struct fs_seg *segs;
+	int nseg;
+};
+
+static ssize_t fill_from_segs(void *ctx, int fd, off_t pos, size_t len)
+{
+	struct seg_fill *f = ctx;
+	size_t done = 0;
+	for (int i = 0; i < f->nseg && done < len; i++) {
+		struct fs_seg *s = &f->segs[i];
+		int rc;
+		if (s->fd < 0)
+			rc = (int)fill_zero(NULL, fd, pos + (off_t)done, s->len);
+		else
+			rc = copy_bytes(s->fd, s->pos, fd, pos + (off_t)done, s->len);
+		if (rc < 0)
+			return rc;
+		done += s->len;
+	}
+	return (ssize_t)done;
+}
+
+/* Copy bytes through the read map and the write path (io_locks held). */
+static ssize_t copy_plain(struct fs *fs, struct inode *src, off_t soff,
+			  struct inode *dst, off_t doff, size_t len)
+{
+	struct seg_fill f;
+	int rc = fs_read_map(fs, src->ino, soff, len, &f.segs, &f.nseg);
+	if (rc)
+		return rc;
+	size_t got = 0;
+	for (int i = 0; i < f.nseg; i++)
+		got += f.segs[i].len;
+	ssize_t n = got ? write_locked(fs, dst, doff, got, fill_from_segs, &f) : 0;
+	fs_read_done(fs, f.segs, f.nseg);
+	return n;
+}
+
+/* Share blocks [sb, sb+n) of src as [db, db+n) of dst.  fs->lock held. */
+static int share_blocks(struct fs *fs, struct inode *src, uint64_t sb,
+			struct inode *dst, uint64_t db, uint64_t n)
+{
+	struct extent e;
+	int rc = 0;
+
+	for (uint64_t i = 0; i < n && !rc;) {
+		int mapped = extmap_lookup(&src->map, sb + i, &e);
+		uint64_t k = e.len < n - i ? e.len : n - i;
+		if (!mapped) {
+			rc = punch_and_log(fs, dst, db + i, k);
+		} else {
+			if (e.obj == src->wobj)
+				file_retire_wobj(fs, src);	/* invariant (1) */
+			rc = map_and_log(fs, dst, db + i, k, e.obj, e.pblk, EXT_SHARE);
+		}
+		i += k;
+	}
+	return rc;
+}
+
+ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
+		      uint64_t ino_out, off_t off_out, size_t len)
+{
+	int rc = 0;
+	struct inode *src, *dst;
+	uint64_t B = fs->block_size;
+	ssize_t total = 0, n;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	pthread_rwlock_rdlock(&fs->data_lock);
+	src = get_reg(fs, ino_in, &rc);
+	dst = src ? get_reg(fs, ino_out, &rc) : NULL;
+	if (!dst) {
+		pthread_rwlock_unlock(&fs->data_lock);
+		return rc;
+	}
+	lock_two(src, dst);
+	pthread_mutex_lock(&fs->lock);
+	if ((uint64_t)off_in >= src->size)
+		len = 0;
+	else if ((uint64_t)off_in + len > src->size)
+		len = (size_t)(src->size - (uint64_t)off_in);
+	pthread_mutex_unlock(&fs->lock);
+
+	uint64_t si = (uint64_t)off_in, di = (uint64_t)off_out;
+	if ((si & (B - 1)) != (di & (B - 1)) || len < B || src == dst) {
+		total = len ? copy_plain(fs, src, off_in, dst, off_out, len) : 0;
+		goto out;
+	}
+	/* head: up to the first block boundary */
+	size_t head = (size_t)((B - (si & (B - 1))) & (B - 1));
+	if (head) {
+		n = copy_plain(fs, src, (off_t)si, dst, (off_t)di, head);
+		if (n < 0) {
+			total = n;
+			goto out;
+		}
+		total += n;
+	}
+	uint64_t nblk = (len - head) >> fs->block_shift;
+	if (nblk) {
+		pthread_mutex_lock(&fs->lock);
+		rc = share_blocks(fs, src, (si + head) >> fs->block_shift, dst,
+				  (di + head) >> fs->block_shift, nblk);
+		uint64_t end = di + head + (nblk << fs->block_shift);
+		if (!rc) {
+			if (end > dst->size)
+				dst->size = end;
+			now_ts(&dst->mtime);
+			dst->ctime = dst->mtime;
+			inode_dirty(fs, dst);
+		}
+		pthread_mutex_unlock(&fs->lock);
+		if (rc) {
+			total = total ? total : rc;
+			goto out;
+		}
+		total += (ssize_t)(nblk << fs->block_shift);
+	}
+	size_t tail = len - head - (size_t)(nblk << fs->block_shift);
+	if (tail) {
+		n = copy_plain(fs, src, (off_t)(si + (uint64_t)total),
+			       dst, (off_t)(di + (uint64_t)total), tail);
+		if (n > 0)
+			total += n;
+	}
+out:
+	unlock_two(src, dst);
+	pthread_rwlock_unlock(&fs->data_lock);
+	return total;
+}

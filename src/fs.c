@@ -1,0 +1,1276 @@
+/*
+ * fs.c - the namespace: the inode table, directories, symlinks, hard links,
+ * attributes and extended attributes, and the records that change them.
+ * File data lives in file.c, the metadata file in journal.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "cowfs/fs_impl.h"
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
+
+static int ino_cmp(struct inode *a, struct inode *b)
+{
+	return (a->ino < b->ino) ? -1 : (a->ino > b->ino);
+}
+RB_GENERATE(inode_tree, inode, node, ino_cmp)
+
+static int name_cmp(struct dirent_node *a, struct dirent_node *b)
+{
+	return strcmp(a->name, b->name);
+}
+RB_GENERATE(dir_names, dirent_node, by_name, name_cmp)
+
+static int cookie_cmp(struct dirent_node *a, struct dirent_node *b)
+{
+	return (a->cookie < b->cookie) ? -1 : (a->cookie > b->cookie);
+}
+RB_GENERATE(dir_cookies, dirent_node, by_cookie, cookie_cmp)
+
+void fs_log(struct fs *fs, const char *fmt, ...)
+{
+	va_list ap;
+	struct timespec ts;
+	char tbuf[32];
+	struct tm tm;
+	FILE *f = fs->log ? fs->log : stderr;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	localtime_r(&ts.tv_sec, &tm);
+	strftime(tbuf, sizeof(tbuf), "%Y-%m-%d %H:%M:%S", &tm);
+	flockfile(f);
+	fprintf(f, "%s cowfs[%d]: ", tbuf, (int)getpid());
+	va_start(ap, fmt);
+	vfprintf(f, fmt, ap);
+	va_end(ap);
+	fputc('\n', f);
+	fflush(f);
+	funlockfile(f);
+}
+
+unsigned fs_block_size(const struct fs *fs)
+{
+	return (unsigned)fs->block_size;
+}
+
+void now_ts(struct timespec *ts)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+}
+
+struct inode *inode_get(struct fs *fs, uint64_t ino)
+{
+	struct inode key = { .ino = ino };
+	return RB_FIND(inode_tree, &fs->inodes, &key);
+}
+
+struct inode *inode_new(struct fs *fs, uint64_t ino)
+{
+	struct inode *in = calloc(1, sizeof(*in));
+
+	if (!in)
+		return NULL;
+	in->ino = ino;
+	RB_INIT(&in->names);
+	RB_INIT(&in->cookies);
+	in->next_cookie = 3;
+	extmap_init(&in->map);
+	pthread_mutex_init(&in->io_lock, NULL);
+	RB_INSERT(inode_tree, &fs->inodes, in);
+	if (ino >= fs->next_ino)
+		fs->next_ino = ino + 1;
+	return in;
+}
+
+void inode_dirty(struct fs *fs, struct inode *in)
+{
+	if (in->dirty)
+		return;
+	in->dirty = true;
+	in->dirty_next = fs->dirty;
+	fs->dirty = in;
+}
+
+static void undirty(struct fs *fs, struct inode *in)
+{
+	if (!in->dirty)
+		return;
+	for (struct inode **p = &fs->dirty; *p; p = &(*p)->dirty_next) {
+		if (*p == in) {
+			*p = in->dirty_next;
+			break;
+		}
+	}
+	in->dirty = false;
+}
+
+/* Free an inode and everything it holds (its blocks' references too). */
+void inode_free(struct fs *fs, struct inode *in)
+{
+	struct dirent_node *d, *t;
+
+	undirty(fs, in);
+	if (S_ISREG(in->mode)) {
+		file_map_punch(fs, in, 0, UINT64_MAX);
+		file_retire_wobj(fs, in);
+	}
+	RB_FOREACH_SAFE(d, dir_names, &in->names, t) {
+		RB_REMOVE(dir_names, &in->names, d);
+		RB_REMOVE(dir_cookies, &in->cookies, d);
+		free(d);
+	}
+	while (in->xattrs) {
+		struct xattr *x = in->xattrs;
+		in->xattrs = x->next;
+		free(x->name);
+		free(x->value);
+		free(x);
+	}
+	RB_REMOVE(inode_tree, &fs->inodes, in);
+	extmap_release(&in->map);
+	pthread_mutex_destroy(&in->io_lock);
+	free(in->target);
+	free(in);
+}
+
+/* An unlinked inode goes when the kernel forgets it and no handle is open. */
+void inode_maybe_free(struct fs *fs, struct inode *in)
+{
+	if (in->nlink || in->nlookup || in->nopen || in->ino == FS_ROOT_INO)
+		return;
+	struct rec r = { .type = REC_INODE_DEL };
+	r.u.del.ino = in->ino;
+	journal_log(fs, &r);
+	inode_free(fs, in);
+}
+
+void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = in->ino;
+	st->st_mode = in->mode;
+	st->st_nlink = in->nlink;
+	st->st_uid = in->uid;
+	st->st_gid = in->gid;
+	st->st_rdev = in->rdev;
+	st->st_size = (off_t)in->size;
+	st->st_blksize = (blksize_t)fs->block_size;
+	st->st_atim = in->atime;
+	st->st_mtim = in->mtime;
+	st->st_ctim = in->ctime;
+	if (S_ISREG(in->mode)) {
+		/* Allocation as the host counts it: whole blocks, but the
+		 * block holding EOF only up to EOF in 4 KiB pages. */
+		uint64_t bytes = in->map.nblocks << fs->block_shift;
+		uint64_t last = in->size ? (in->size - 1) >> fs->block_shift : 0;
+		struct extent e;
+		if (in->size && extmap_lookup(&in->map, last, &e)) {
+			uint64_t tail = in->size - (last << fs->block_shift);
+			tail = (tail + 4095) & ~(uint64_t)4095;
+			if (tail < fs->block_size)
+				bytes -= fs->block_size - tail;
+		}
+		st->st_blocks = (blkcnt_t)(bytes / 512);
+	} else if (S_ISDIR(in->mode)) {
+		st->st_size = (off_t)(in->nentries + 2) * 32;
+		st->st_blocks = 8;
+	} else if (S_ISLNK(in->mode)) {
+		st->st_size = in->target ? (off_t)strlen(in->target) : 0;
+	}
+}
+
+struct dirent_node *dir_find(struct inode *dir, const char *name)
+{
+	size_t n = strlen(name);
+	char buf[sizeof(struct dirent_node) + COWFS_NAME_MAX + 1];
+	struct dirent_node *key = (struct dirent_node *)buf;
+
+	if (n > COWFS_NAME_MAX)
+		return NULL;
+	memcpy(key->name, name, n + 1);
+	return RB_FIND(dir_names, &dir->names, key);
+}
+
+int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
+	    uint64_t cookie)
+{
+	size_t n = strlen(name);
+	struct dirent_node *d = malloc(sizeof(*d) + n + 1);
+
+	(void)fs;
+	if (!d)
+		return -ENOMEM;
+	memcpy(d->name, name, n + 1);
+	d->ino = ino;
+	d->cookie = cookie;
+	if (RB_INSERT(dir_names, &dir->names, d)) {
+		free(d);
+		return -EEXIST;
+	}
+	RB_INSERT(dir_cookies, &dir->cookies, d);
+	if (cookie >= dir->next_cookie)
+		dir->next_cookie = cookie + 1;
+	dir->nentries++;
+	return 0;
+}
+
+void dir_del(struct fs *fs, struct inode *dir, struct dirent_node *d)
+{
+	(void)fs;
+	RB_REMOVE(dir_names, &dir->names, d);
+	RB_REMOVE(dir_cookies, &dir->cookies, d);
+	dir->nentries--;
+	free(d);
+}
+
+static struct xattr **xattr_find(struct inode *in, const char *name)
+{
+	struct xattr **p;
+	for (p = &in->xattrs; *p; p = &(*p)->next)
+		if (!strcmp((*p)->name, name))
+			break;
+	return p;
+}
+
+int xattr_set(struct inode *in, const char *name, const void *v, uint32_t len)
+{
+	struct xattr **p = xattr_find(in, name), *x = *p;
+	void *val = malloc(len ? len : 1);
+
+	if (!val)
+		return -ENOMEM;
+	memcpy(val, v, len);
+	if (!x) {
+		x = calloc(1, sizeof(*x));
+		if (!x || !(x->name = strdup(name))) {
+			free(x);
+			free(val);
+			return -ENOMEM;
+		}
+		*p = x;
+	} else {
+		free(x->value);
+	}
+	x->value = val;
+	x->len = len;
+	return 0;
+}
+
+int xattr_del(struct inode *in, const char *name)
+{
+	struct xattr **p = xattr_find(in, name), *x = *p;
+	if (!x)
+		return -ENODATA;
+	*p = x->next;
+	free(x->name);
+	free(x->value);
+	free(x);
+	return 0;
+}
+
+void inode_to_rec(const struct inode *in, struct rec *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->type = REC_INODE;
+	r->u.inode.ino = in->ino;
+	r->u.inode.size = in->size;
+	r->u.inode.wobj = in->wobj;
+	r->u.inode.rdev = in->rdev;
+	r->u.inode.next_cookie = in->next_cookie;
+	r->u.inode.parent = in->parent;
+	r->u.inode.mode = in->mode;
+	r->u.inode.uid = in->uid;
+	r->u.inode.gid = in->gid;
+	r->u.inode.nlink = in->nlink;
+	r->u.inode.flags = in->flags;
+	r->u.inode.atime_sec = in->atime.tv_sec;
+	r->u.inode.atime_nsec = (uint32_t)in->atime.tv_nsec;
+	r->u.inode.mtime_sec = in->mtime.tv_sec;
+	r->u.inode.mtime_nsec = (uint32_t)in->mtime.tv_nsec;
+	r->u.inode.ctime_sec = in->ctime.tv_sec;
+	r->u.inode.ctime_nsec = (uint32_t)in->ctime.tv_nsec;
+	r->u.inode.btime_sec = in->btime.tv_sec;
+	r->u.inode.btime_nsec = (uint32_t)in->btime.tv_nsec;
+	if (in->target) {
+		r->data = in->target;
+		r->data_len = (uint32_t)strlen(in->target);
+	}
+}
+
+static int apply_inode(struct fs *fs, const struct rec *r)
+{
+	struct inode *in = inode_get(fs, r->u.inode.ino);
+
+	if (!in) {
+		if (r->u.inode.ino == 0)
+			return -EINVAL;
+		in = inode_new(fs, r->u.inode.ino);
+		if (!in)
+			return -ENOMEM;
+	} else if ((in->mode & S_IFMT) != (r->u.inode.mode & S_IFMT)) {
+		return -EINVAL;
+	}
+	in->size = r->u.inode.size;
+	in->rdev = r->u.inode.rdev;
+	if (r->u.inode.next_cookie > in->next_cookie)
+		in->next_cookie = r->u.inode.next_cookie;
+	in->parent = r->u.inode.parent;
+	in->mode = r->u.inode.mode;
+	in->uid = r->u.inode.uid;
+	in->gid = r->u.inode.gid;
+	in->nlink = r->u.inode.nlink;
+	in->flags = r->u.inode.flags;
+	in->atime = (struct timespec){ r->u.inode.atime_sec, r->u.inode.atime_nsec };
+	in->mtime = (struct timespec){ r->u.inode.mtime_sec, r->u.inode.mtime_nsec };
+	in->ctime = (struct timespec){ r->u.inode.ctime_sec, r->u.inode.ctime_nsec };
+	in->btime = (struct timespec){ r->u.inode.btime_sec, r->u.inode.btime_nsec };
+	if (S_ISLNK(in->mode) && !in->target) {
+		in->target = strndup(r->data ? r->data : "", r->data_len);
+		if (!in->target)
+			return -ENOMEM;
+	}
+	if (S_ISREG(in->mode) && r->u.inode.wobj != in->wobj) {
+		file_retire_wobj(fs, in);
+		if (r->u.inode.wobj) {
+			struct object *o = obj_get(fs, r->u.inode.wobj);
+			if (!o)
+				o = obj_new(fs, r->u.inode.wobj, in->ino);
+			if (!o)
+				return -ENOMEM;
+			o->owner = in->ino;
+			in->wobj = o->id;
+		}
+	}
+	return 0;
+}
+
+static int apply_dirent(struct fs *fs, const struct rec *r)
+{
+	struct inode *dir = inode_get(fs, r->u.dirent.parent);
+	char name[COWFS_NAME_MAX + 1];
+
+	if (!dir || !S_ISDIR(dir->mode) || r->name_len > COWFS_NAME_MAX)
+		return -EINVAL;
+	memcpy(name, r->name, r->name_len);
+	name[r->name_len] = 0;
+	if (r->type == REC_DIRENT_ADD) {
+		if (!inode_get(fs, r->u.dirent.ino))
+			return -EINVAL;
+		return dir_add(fs, dir, name, r->u.dirent.ino, r->u.dirent.cookie);
+	}
+	struct dirent_node *d = dir_find(dir, name);
+	if (!d)
+		return -EINVAL;
+	dir_del(fs, dir, d);
+	return 0;
+}
+
+static int apply_xattr(struct fs *fs, const struct rec *r)
+{
+	struct inode *in = inode_get(fs, r->u.xattr.ino);
+	char *name;
+	int rc;
+
+	if (!in)
+		return -EINVAL;
+	name = strndup(r->name, r->name_len);
+	if (!name)
+		return -ENOMEM;
+	if (r->type == REC_XATTR_SET)
+		rc = xattr_set(in, name, r->data, r->data_len);
+	else
+		rc = xattr_del(in, name) ? -EINVAL : 0;
+	free(name);
+	return rc;
+}
+
+/* Apply one record read from the metadata file.  -EINVAL: it does not fit
+ * the state (corruption). */
+int apply_rec(struct fs *fs, const struct rec *r)
+{
+	struct inode *in;
+
+	switch (r->type) {
+	case REC_SUPER:
+		fs->next_ino = r->u.super.next_ino;
+		fs->next_obj = r->u.super.next_obj;
+		return 0;
+	case REC_COMMIT:
+		if (r->u.commit.next_ino > fs->next_ino)
+			fs->next_ino = r->u.commit.next_ino;
+		if (r->u.commit.next_obj > fs->next_obj)
+			fs->next_obj = r->u.commit.next_obj;
+		fs->commit_seq = r->u.commit.seq;
+		return 0;
+	case REC_INODE:
+		return apply_inode(fs, r);
+	case REC_INODE_DEL:
+		in = inode_get(fs, r->u.del.ino);
+		if (!in || in->ino == FS_ROOT_INO)
+			return -EINVAL;
+		inode_free(fs, in);
+		return 0;
+	case REC_DIRENT_ADD:
+	case REC_DIRENT_DEL:
+		return apply_dirent(fs, r);
+	case REC_XATTR_SET:
+	case REC_XATTR_DEL:
+		return apply_xattr(fs, r);
+	case REC_EXT_SET:
+	case REC_EXT_PUNCH:
+		in = inode_get(fs, r->u.ext.ino);
+		if (!in || !S_ISREG(in->mode) || r->u.ext.len == 0 ||
+		    r->u.ext.lblk + r->u.ext.len < r->u.ext.lblk)
+			return -EINVAL;
+		if (r->type == REC_EXT_PUNCH)
+			return file_map_punch(fs, in, r->u.ext.lblk, r->u.ext.len);
+		if (r->u.ext.obj == 0)
+			return -EINVAL;
+		return file_map_set(fs, in, r->u.ext.lblk, r->u.ext.len,
+				    r->u.ext.obj, r->u.ext.pblk, r->flags);
+	case REC_REFCNT:
+		if (r->u.refcnt.count < 2 || r->u.refcnt.obj == 0)
+			return -EINVAL;
+		for (uint64_t i = 0; i < r->u.refcnt.len; i++)
+			if (refcount_set(&fs->rc, r->u.refcnt.obj,
+					 r->u.refcnt.pblk + i, r->u.refcnt.count))
+				return -ENOMEM;
+		return 0;
+	default:
+		return -EINVAL;
+	}
+}
+
+/* ---- operations ---- */
+
+static int check_name(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0)
+		return -ENOENT;
+	if (n > COWFS_NAME_MAX)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static struct inode *get_dir(struct fs *fs, uint64_t ino, int *rc)
+{
+	struct inode *d = inode_get(fs, ino);
+	if (!d)
+		*rc = -ENOENT;
+	else if (!S_ISDIR(d->mode)) {
+		*rc = -ENOTDIR;
+		d = NULL;
+	}
+	return d;
+}
+
+static void touch_mc(struct inode *in)
+{
+	now_ts(&in->mtime);
+	in->ctime = in->mtime;
+}
+
+int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st)
+{
+	int rc = 0;
+	struct inode *dir, *in = NULL;
+
+	pthread_mutex_lock(&fs->lock);
+	dir = get_dir(fs, parent, &rc);
+	if (!dir)
+		goto out;
+	if (!strcmp(name, ".")) {
+		in = dir;
+	} else if (!strcmp(name, "..")) {
+		in = inode_get(fs, dir->parent ? dir->parent : FS_ROOT_INO);
+	} else if (strlen(name) > COWFS_NAME_MAX) {
+		rc = -ENAMETOOLONG;
+		goto out;
+	} else {
+		struct dirent_node *d = dir_find(dir, name);
+		if (d)
+			in = inode_get(fs, d->ino);
+	}
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	in->nlookup++;
+	inode_stat(fs, in, st);
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+void fs_forget(struct fs *fs, uint64_t ino, uint64_t nlookup)
+{
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (in) {
+		in->nlookup = nlookup > in->nlookup ? 0 : in->nlookup - nlookup;
+		inode_maybe_free(fs, in);
+	}
+	pthread_mutex_unlock(&fs->lock);
+}
+
+int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st)
+{
+	int rc = 0;
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (in)
+		inode_stat(fs, in, st);
+	else
+		rc = -ENOENT;
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
+	       const struct stat *a, int to_set, struct stat *st)
+{
+	struct inode *in;
+	int rc = 0;
+
+	(void)c;
+	if (fs->opt.ro)
+		return -EROFS;
+	if (to_set & FS_SET_SIZE) {
+		pthread_rwlock_rdlock(&fs->data_lock);
+		pthread_mutex_lock(&fs->lock);
+		in = inode_get(fs, ino);
+		if (!in || !S_ISREG(in->mode)) {
+			rc = !in ? -ENOENT : S_ISDIR(in->mode) ? -EISDIR : -EINVAL;
+			pthread_mutex_unlock(&fs->lock);
+			pthread_rwlock_unlock(&fs->data_lock);
+			return rc;
+		}
+		pthread_mutex_unlock(&fs->lock);
+		pthread_mutex_lock(&in->io_lock);
+		pthread_mutex_lock(&fs->lock);
+		rc = file_truncate(fs, in, (uint64_t)a->st_size);
+		if (!rc)
+			touch_mc(in);
+		pthread_mutex_unlock(&fs->lock);
+		pthread_mutex_unlock(&in->io_lock);
+		pthread_rwlock_unlock(&fs->data_lock);
+		if (rc)
+			return rc;
+	}
+	pthread_mutex_lock(&fs->lock);
+	in = inode_get(fs, ino);
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (to_set & FS_SET_MODE)
+		in->mode = (in->mode & S_IFMT) | (a->st_mode & 07777);
+	if (to_set & FS_SET_UID)
+		in->uid = a->st_uid;
+	if (to_set & FS_SET_GID)
+		in->gid = a->st_gid;
+	if (to_set & FS_SET_ATIME_NOW)
+		now_ts(&in->atime);
+	else if (to_set & FS_SET_ATIME)
+		in->atime = a->st_atim;
+	if (to_set & FS_SET_MTIME_NOW)
+		now_ts(&in->mtime);
+	else if (to_set & FS_SET_MTIME)
+		in->mtime = a->st_mtim;
+	now_ts(&in->ctime);
+	inode_dirty(fs, in);
+	inode_stat(fs, in, st);
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+static struct xattr **xattr_find(struct inode *in, const char *name);
+static int inherit_acl(struct fs *fs, struct inode *dir, struct inode *in);
+
+/* Make a new inode in dir under name; ino and attributes per the caller.
+ * Called with fs->lock held. */
+static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
+		     const char *name, mode_t mode, dev_t rdev,
+		     const char *target, struct inode **out)
+{
+	struct inode *in;
+	struct rec r;
+	int rc;
+
+	if ((rc = check_name(name)))
+		return rc;
+	if (dir->nlink == 0)
+		return -ENOENT;
+	if (dir_find(dir, name))
+		return -EEXIST;
+	/* With a default ACL the ACL decides, not the umask (POSIX.1e). */
+	if (!S_ISLNK(mode) && !*xattr_find(dir, "system.posix_acl_default"))
+		mode &= ~(c->umask & 0777);
+	in = inode_new(fs, fs->next_ino);
+	if (!in)
+		return -ENOMEM;
+	in->mode = mode;
+	in->uid = c->uid;
+	in->gid = c->gid;
+	if (dir->mode & S_ISGID) {
+		in->gid = dir->gid;
+		if (S_ISDIR(mode))
+			in->mode |= S_ISGID;
+	}
+	in->rdev = rdev;
+	in->nlink = S_ISDIR(mode) ? 2 : 1;
+	now_ts(&in->btime);
+	in->atime = in->mtime = in->ctime = in->btime;
+	if (S_ISDIR(mode))
+		in->parent = dir->ino;
+	if (target && !(in->target = strdup(target))) {
+		inode_free(fs, in);
+		return -ENOMEM;
+	}
+	inode_to_rec(in, &r);
+	rc = journal_log(fs, &r);
+	if (!rc)
+		rc = dir_add(fs, dir, name, in->ino, dir->next_cookie);
+	if (rc) {
+		inode_free(fs, in);
+		return rc;
+	}
+	r = (struct rec){ .type = REC_DIRENT_ADD, .name = name,
+			  .name_len = (uint32_t)strlen(name) };
+	r.u.dirent.parent = dir->ino;
+	r.u.dirent.ino = in->ino;
+	r.u.dirent.cookie = dir->next_cookie - 1;
+	journal_log(fs, &r);
+	if (S_ISDIR(mode))
+		dir->nlink++;
+	touch_mc(dir);
+	inode_dirty(fs, dir);
+	in->nlookup++;
+	*out = in;
+	return 0;
+}
+
+
+int fs_mknod(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
+	     const char *name, mode_t mode, dev_t rdev, struct stat *st)
+{
+	int rc = 0;
+	struct inode *dir, *in;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if (!S_ISREG(mode) && !S_ISDIR(mode) && !S_ISFIFO(mode) &&
+	    !S_ISSOCK(mode) && !S_ISCHR(mode) && !S_ISBLK(mode))
+		return -EINVAL;
+	pthread_mutex_lock(&fs->lock);
+	dir = get_dir(fs, parent, &rc);
+	if (!dir)
+		goto out;
+	rc = make_node(fs, c, dir, name, mode, S_ISCHR(mode) || S_ISBLK(mode) ? rdev : 0,
+		       NULL, &in);
+	if (rc)
+		goto out;
+	inherit_acl(fs, dir, in);
+	inode_stat(fs, in, st);
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_symlink(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
+	       const char *name, const char *target, struct stat *st)
+{
+	int rc = 0;
+	struct inode *dir, *in;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if (strlen(target) >= 4096)
+		return -ENAMETOOLONG;
+	pthread_mutex_lock(&fs->lock);
+	dir = get_dir(fs, parent, &rc);
+	if (!dir)
+		goto out;
+	rc = make_node(fs, c, dir, name, S_IFLNK | 0777, 0, target, &in);
+	if (!rc)
+		inode_stat(fs, in, st);
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_readlink(struct fs *fs, uint64_t ino, char *buf, size_t size)
+{
+	int rc;
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (!in)
+		rc = -ENOENT;
+	else if (!S_ISLNK(in->mode) || !in->target)
+		rc = -EINVAL;
+	else {
+		rc = (int)strlcpy(buf, in->target, size);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+static void log_dirent(struct fs *fs, int type, struct inode *dir,
+		       const char *name, uint64_t ino, uint64_t cookie)
+{
+	struct rec r = { .type = (uint16_t)type, .name = name,
+			 .name_len = (uint32_t)strlen(name) };
+	r.u.dirent.parent = dir->ino;
+	r.u.dirent.ino = ino;
+	r.u.dirent.cookie = cookie;
+	journal_log(fs, &r);
+}
+
+/* Drop one link of in (its dirent already removed). */
+static void drop_link(struct fs *fs, struct inode *in)
+{
+	if (S_ISDIR(in->mode))
+		in->nlink = 0;
+	else if (in->nlink)
+		in->nlink--;
+	now_ts(&in->ctime);
+	inode_dirty(fs, in);
+	inode_maybe_free(fs, in);
+}
+
+static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir)
+{
+	int rc = 0;
+	struct inode *dir, *in;
+	struct dirent_node *d;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	pthread_mutex_lock(&fs->lock);
+	dir = get_dir(fs, parent, &rc);
+	if (!dir)
+		goto out;
+	d = dir_find(dir, name);
+	if (!d) {
+		rc = -ENOENT;
+		goto out;
+	}
+	in = inode_get(fs, d->ino);
+	if (isdir && !S_ISDIR(in->mode)) {
+		rc = -ENOTDIR;
+		goto out;
+	}
+	if (!isdir && S_ISDIR(in->mode)) {
+		rc = -EISDIR;
+		goto out;
+	}
+	if (isdir && in->nentries) {
+		rc = -ENOTEMPTY;
+		goto out;
+	}
+	log_dirent(fs, REC_DIRENT_DEL, dir, name, in->ino, d->cookie);
+	dir_del(fs, dir, d);
+	if (isdir)
+		dir->nlink--;
+	touch_mc(dir);
+	inode_dirty(fs, dir);
+	drop_link(fs, in);
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_unlink(struct fs *fs, uint64_t parent, const char *name)
+{
+	return do_remove(fs, parent, name, 0);
+}
+
+int fs_rmdir(struct fs *fs, uint64_t parent, const char *name)
+{
+	return do_remove(fs, parent, name, 1);
+}
+
+/* Is a an ancestor of (or equal to) b? */
+static int is_ancestor(struct fs *fs, struct inode *a, struct inode *b)
+{
+	for (struct inode *x = b; x; x = inode_get(fs, x->parent)) {
+		if (x == a)
+			return 1;
+		if (x->ino == FS_ROOT_INO)
+			break;
+	}
+	return 0;
+}
+
+/* A directory moved from one parent to another: fix "..", nlinks. */
+static void reparent(struct fs *fs, struct inode *in, struct inode *from,
+		     struct inode *to)
+{
+	if (!S_ISDIR(in->mode) || from == to)
+		return;
+	in->parent = to->ino;
+	from->nlink--;
+	to->nlink++;
+	inode_dirty(fs, in);
+}
+
+int fs_rename(struct fs *fs, uint64_t parent, const char *name,
+	      uint64_t newparent, const char *newname, unsigned flags)
+{
+	int rc = 0;
+	struct inode *sdir, *ddir, *src, *dst = NULL;
+	struct dirent_node *sd, *dd;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE))
+		return -EINVAL;
+	if ((flags & RENAME_NOREPLACE) && (flags & RENAME_EXCHANGE))
+		return -EINVAL;
+	if ((rc = check_name(newname)))
+		return rc;
+	pthread_mutex_lock(&fs->lock);
+	sdir = get_dir(fs, parent, &rc);
+	ddir = sdir ? get_dir(fs, newparent, &rc) : NULL;
+	if (!ddir)
+		goto out;
+	sd = dir_find(sdir, name);
+	if (!sd) {
+		rc = -ENOENT;
+		goto out;
+	}
+	src = inode_get(fs, sd->ino);
+	dd = dir_find(ddir, newname);
+	if (dd)
+		dst = inode_get(fs, dd->ino);
+	if (S_ISDIR(src->mode) && src != ddir && is_ancestor(fs, src, ddir)) {
+		rc = -EINVAL;
+		goto out;
+	}
+	if (flags & RENAME_EXCHANGE) {
+		if (!dst) {
+			rc = -ENOENT;
+			goto out;
+		}
+		if (S_ISDIR(dst->mode) && is_ancestor(fs, dst, sdir)) {
+			rc = -EINVAL;
+			goto out;
+		}
+		log_dirent(fs, REC_DIRENT_DEL, sdir, name, src->ino, sd->cookie);
+		log_dirent(fs, REC_DIRENT_DEL, ddir, newname, dst->ino, dd->cookie);
+		log_dirent(fs, REC_DIRENT_ADD, sdir, name, dst->ino, sd->cookie);
+		log_dirent(fs, REC_DIRENT_ADD, ddir, newname, src->ino, dd->cookie);
+		sd->ino = dst->ino;
+		dd->ino = src->ino;
+		reparent(fs, src, sdir, ddir);
+		reparent(fs, dst, ddir, sdir);
+		now_ts(&src->ctime);
+		dst->ctime = src->ctime;
+		inode_dirty(fs, src);
+		inode_dirty(fs, dst);
+		goto touch;
+	}
+	if (dst) {
+		if (dst == src) {
+			rc = 0;	/* two links to one inode: nothing to do */
+			goto out;
+		}
+		if (flags & RENAME_NOREPLACE) {
+			rc = -EEXIST;
+			goto out;
+		}
+		if (S_ISDIR(src->mode) && !S_ISDIR(dst->mode)) {
+			rc = -ENOTDIR;
+			goto out;
+		}
+		if (!S_ISDIR(src->mode) && S_ISDIR(dst->mode)) {
+			rc = -EISDIR;
+			goto out;
+		}
+		if (S_ISDIR(dst->mode) && dst->nentries) {
+			rc = -ENOTEMPTY;
+			goto out;
+		}
+		log_dirent(fs, REC_DIRENT_DEL, ddir, newname, dst->ino, dd->cookie);
+		dir_del(fs, ddir, dd);
+		if (S_ISDIR(dst->mode))
+			ddir->nlink--;
+		drop_link(fs, dst);
+	}
+	uint64_t sino = src->ino;
+	log_dirent(fs, REC_DIRENT_DEL, sdir, name, sino, sd->cookie);
+	dir_del(fs, sdir, sd);
+	rc = dir_add(fs, ddir, newname, sino, ddir->next_cookie);
+	if (rc) {
+		fs_log(fs, "error: rename: out of memory adding '%s'", newname);
+		fs->broken = 1;
+		goto out;
+	}
+	log_dirent(fs, REC_DIRENT_ADD, ddir, newname, sino, ddir->next_cookie - 1);
+	reparent(fs, src, sdir, ddir);
+	now_ts(&src->ctime);
+	inode_dirty(fs, src);
+touch:
+	touch_mc(sdir);
+	inode_dirty(fs, sdir);
+	if (ddir != sdir) {
+		ddir->mtime = ddir->ctime = sdir->mtime;
+		inode_dirty(fs, ddir);
+	}
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
+	    const char *newname, struct stat *st)
+{
+	int rc = 0;
+	struct inode *dir, *in;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if ((rc = check_name(newname)))
+		return rc;
+	pthread_mutex_lock(&fs->lock);
+	dir = get_dir(fs, newparent, &rc);
+	if (!dir)
+		goto out;
+	in = inode_get(fs, ino);
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (S_ISDIR(in->mode)) {
+		rc = -EPERM;
+		goto out;
+	}
+	if (in->nlink == 0) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (in->nlink >= 65000) {
+		rc = -EMLINK;
+		goto out;
+	}
+	if (dir_find(dir, newname)) {
+		rc = -EEXIST;
+		goto out;
+	}
+	rc = dir_add(fs, dir, newname, ino, dir->next_cookie);
+	if (rc)
+		goto out;
+	log_dirent(fs, REC_DIRENT_ADD, dir, newname, ino, dir->next_cookie - 1);
+	in->nlink++;
+	now_ts(&in->ctime);
+	inode_dirty(fs, in);
+	touch_mc(dir);
+	inode_dirty(fs, dir);
+	in->nlookup++;
+	inode_stat(fs, in, st);
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
+	       fs_emit_fn emit, void *ctx)
+{
+	int rc = 0;
+	struct inode *dir, *in;
+	struct stat st;
+	struct dirent_node key, *d;
+
+	pthread_mutex_lock(&fs->lock);
+	dir = get_dir(fs, ino, &rc);
+	if (!dir)
+		goto out;
+	if (off < 1) {
+		inode_stat(fs, dir, &st);
+		if (emit(ctx, ".", &st, 1))
+			goto out;
+	}
+	if (off < 2) {
+		in = inode_get(fs, dir->parent ? dir->parent : FS_ROOT_INO);
+		inode_stat(fs, in ? in : dir, &st);
+		if (emit(ctx, "..", &st, 2))
+			goto out;
+	}
+	key.cookie = off + 1;
+	for (d = RB_NFIND(dir_cookies, &dir->cookies, &key); d;
+	     d = RB_NEXT(dir_cookies, &dir->cookies, d)) {
+		in = inode_get(fs, d->ino);
+		if (!in)
+			continue;
+		inode_stat(fs, in, &st);
+		if (emit(ctx, d->name, &st, d->cookie))
+			break;
+		if (plus)
+			in->nlookup++;
+	}
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_open_file(struct fs *fs, uint64_t ino, int flags)
+{
+	int rc = 0;
+	(void)flags;
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (!in)
+		rc = -ENOENT;
+	else
+		in->nopen++;
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+void fs_release(struct fs *fs, uint64_t ino)
+{
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (in && in->nopen) {
+		in->nopen--;
+		inode_maybe_free(fs, in);
+	}
+	pthread_mutex_unlock(&fs->lock);
+}
+
+int fs_fsync(struct fs *fs, uint64_t ino)
+{
+	(void)ino;
+	if (fs->opt.ro)
+		return 0;
+	return journal_commit(fs);
+}
+
+int fs_statfs(struct fs *fs, struct statvfs *sv)
+{
+	if (fstatvfs(fs->store.dirfd, sv) < 0)
+		return -errno;
+	pthread_mutex_lock(&fs->lock);
+	uint64_t n = 0;
+	struct inode *in;
+	RB_FOREACH(in, inode_tree, &fs->inodes)
+		n++;
+	pthread_mutex_unlock(&fs->lock);
+	sv->f_files = sv->f_ffree + n;
+	sv->f_namemax = COWFS_NAME_MAX;
+	return 0;
+}
+
+/* ---- extended attributes ---- */
+
+static int xattr_name_ok(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n > 255)
+		return -ERANGE;
+	if (!strncmp(name, "user.", 5) || !strncmp(name, "trusted.", 8) ||
+	    !strncmp(name, "security.", 9) ||
+	    !strcmp(name, "system.posix_acl_access") ||
+	    !strcmp(name, "system.posix_acl_default"))
+		return 0;
+	return -EOPNOTSUPP;
+}
+
+static void log_xattr(struct fs *fs, struct inode *in, const char *name,
+		      const void *v, size_t size, int del)
+{
+	struct rec r = { .type = del ? REC_XATTR_DEL : REC_XATTR_SET,
+			 .name = name, .name_len = (uint32_t)strlen(name),
+			 .data = v, .data_len = (uint32_t)size };
+	r.u.xattr.ino = in->ino;
+	journal_log(fs, &r);
+}
+
+int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
+		const void *value, size_t size, int flags)
+{
+	int rc;
+	struct inode *in;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if ((rc = xattr_name_ok(name)))
+		return rc;
+	if (size > COWFS_XATTR_MAX)
+		return -E2BIG;
+	pthread_mutex_lock(&fs->lock);
+	in = inode_get(fs, ino);
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (!strncmp(name, "user.", 5) && !S_ISREG(in->mode) && !S_ISDIR(in->mode)) {
+		rc = -EPERM;
+		goto out;
+	}
+	if (!strcmp(name, "system.posix_acl_default") && !S_ISDIR(in->mode)) {
+		rc = -EACCES;
+		goto out;
+	}
+	int exists = *xattr_find(in, name) != NULL;
+	if ((flags & XATTR_CREATE) && exists) {
+		rc = -EEXIST;
+		goto out;
+	}
+	if ((flags & XATTR_REPLACE) && !exists) {
+		rc = -ENODATA;
+		goto out;
+	}
+	rc = xattr_set(in, name, value, (uint32_t)size);
+	if (rc)
+		goto out;
+	log_xattr(fs, in, name, value, size, 0);
+	now_ts(&in->ctime);
+	inode_dirty(fs, in);
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_getxattr(struct fs *fs, uint64_t ino, const char *name, void *buf,
+		size_t size)
+{
+	int rc;
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	struct xattr *x;
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	x = *xattr_find(in, name);
+	if (!x) {
+		rc = -ENODATA;
+		goto out;
+	}
+	rc = (int)x->len;
+	if (size) {
+		if (size < x->len)
+			rc = -ERANGE;
+		else
+			memcpy(buf, x->value, x->len);
+	}
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_listxattr(struct fs *fs, uint64_t ino, char *buf, size_t size)
+{
+	int rc = 0;
+	size_t total = 0;
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	for (struct xattr *x = in->xattrs; x; x = x->next) {
+		size_t n = strlen(x->name) + 1;
+		if (size && total + n <= size)
+			memcpy(buf + total, x->name, n);
+		total += n;
+	}
+	rc = (int)total;
+	if (size && total > size)
+		rc = -ERANGE;
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+int fs_removexattr(struct fs *fs, uint64_t ino, const char *name)
+{
+	int rc;
+	if (fs->opt.ro)
+		return -EROFS;
+	pthread_mutex_lock(&fs->lock);
+	struct inode *in = inode_get(fs, ino);
+	if (!in) {
+		rc = -ENOENT;
+		goto out;
+	}
+	rc = xattr_del(in, name);
+	if (!rc) {
+		log_xattr(fs, in, name, NULL, 0, 1);
+		now_ts(&in->ctime);
+		inode_dirty(fs, in);
+	}
+out:
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+/* ---- POSIX ACL inheritance (the kernel enforces, we must inherit) ----
+ * xattr form: u32 version 2, then entries {u16 tag, u16 perm, u32 id}. */
+#define ACL_USER_OBJ 0x01
+#define ACL_USER 0x02
+#define ACL_GROUP_OBJ 0x04
+#define ACL_GROUP 0x08
+#define ACL_MASK 0x10
+#define ACL_OTHER 0x20
+
+static int inherit_acl(struct fs *fs, struct inode *dir, struct inode *in)
+{
+	struct xattr *def = *xattr_find(dir, "system.posix_acl_default");
+	unsigned char *acl;
+	size_t n;
+	int has_mask = 0;
+
+	if (!def || def->len < 4 || (def->len - 4) % 8 || S_ISLNK(in->mode))
+		return 0;
+	n = (def->len - 4) / 8;
+	acl = malloc(def->len);
+	if (!acl)
+		return -ENOMEM;
+	memcpy(acl, def->value, def->len);
+	for (size_t i = 0; i < n; i++)
+		if ((acl[4 + i * 8] | acl[5 + i * 8] << 8) == ACL_MASK)
+			has_mask = 1;
+	/* posix_acl_create_masq: the new mode limits the ACL's entries and the
+	 * ACL limits the mode. The kernel applied no umask (default ACL). */
+	mode_t mode = in->mode;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char *e = acl + 4 + i * 8;
+		unsigned tag = (unsigned)(e[0] | e[1] << 8);
+		unsigned perm = (unsigned)(e[2] | e[3] << 8);
+		unsigned shift = tag == ACL_USER_OBJ ? 6 : tag == ACL_OTHER ? 0 :
+				 (tag == ACL_MASK || (tag == ACL_GROUP_OBJ && !has_mask)) ? 3 : 99;
+		if (shift == 99)
+			continue;
+		perm &= (mode >> shift) & 7;
+		mode = (mode & ~((mode_t)7 << shift)) | ((mode_t)perm << shift);
+		e[2] = (unsigned char)perm;
+		e[3] = 0;
+	}
+	in->mode = mode;
+	xattr_set(in, "system.posix_acl_access", acl, (uint32_t)def->len);
+	log_xattr(fs, in, "system.posix_acl_access", acl, def->len, 0);
+	if (S_ISDIR(in->mode)) {
+		xattr_set(in, "system.posix_acl_default", def->value, def->len);
+		log_xattr(fs, in, "system.posix_acl_default", def->value,
+			  def->len, 0);
+	}
+	inode_dirty(fs, in);
+	free(acl);
+	return 0;
+}

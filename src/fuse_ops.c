@@ -1,0 +1,629 @@
+/*
+ * fuse_ops.c - the libfuse low-level operations: decode a request, call
+ * the core, reply.  No policy lives here.  Inode numbers are the store's
+ * own (FS_ROOT_INO is FUSE_ROOT_ID).
+ */
+#define FUSE_USE_VERSION 314
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cowfs/fs.h"
+#include "cowfs/fuse_ops.h"
+
+/* The daemon is the only writer of the namespace: the kernel may cache. */
+#define ENTRY_TIMEOUT 3600.0
+#define ATTR_TIMEOUT 3600.0
+#define ZERO_BUF (1u << 20)
+
+static char *zero_buf;
+
+static struct fs *FS(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static void get_ctx(fuse_req_t req, struct fs_ctx *c)
+{
+	const struct fuse_ctx *fc = fuse_req_ctx(req);
+	c->uid = fc->uid;
+	c->gid = fc->gid;
+	c->umask = fc->umask;
+}
+
+static void reply_entry(fuse_req_t req, const struct stat *st)
+{
+	struct fuse_entry_param e;
+
+	memset(&e, 0, sizeof(e));
+	e.ino = st->st_ino;
+	e.attr = *st;
+	e.attr_timeout = ATTR_TIMEOUT;
+	e.entry_timeout = ENTRY_TIMEOUT;
+	struct fs *fs = FS(req);
+	if (fuse_reply_entry(req, &e) == -ENOENT)
+		fs_forget(fs, st->st_ino, 1);	/* interrupted */
+}
+
+static void op_init(void *ud, struct fuse_conn_info *conn)
+{
+	(void)ud;
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_READ)
+		conn->want |= FUSE_CAP_SPLICE_READ;
+	if (conn->capable & FUSE_CAP_POSIX_ACL)
+		conn->want |= FUSE_CAP_POSIX_ACL;
+	if (conn->capable & FUSE_CAP_DONT_MASK)
+		conn->want |= FUSE_CAP_DONT_MASK;
+	/* Let the kernel clear setuid/setgid on write and chown. */
+	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+	conn->max_write = 1u << 20;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct stat st;
+	int rc = fs_lookup(FS(req), parent, name, &st);
+	if (rc == -ENOENT) {
+		/* negative entry, cached: the daemon is the only writer */
+		struct fuse_entry_param e;
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = ENTRY_TIMEOUT;
+		fuse_reply_entry(req, &e);
+	} else if (rc) {
+		fuse_reply_err(req, -rc);
+	} else {
+		reply_entry(req, &st);
+	}
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n)
+{
+	fs_forget(FS(req), ino, n);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count,
+			    struct fuse_forget_data *f)
+{
+	for (size_t i = 0; i < count; i++)
+		fs_forget(FS(req), f[i].ino, f[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct stat st;
+	int rc = fs_getattr(FS(req), ino, &st);
+	(void)fi;
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	struct stat st;
+	struct fs_ctx c;
+	int set = 0, rc;
+
+	(void)fi;
+	get_ctx(req, &c);
+	if (to_set & FUSE_SET_ATTR_MODE)
+		set |= FS_SET_MODE;
+	if (to_set & FUSE_SET_ATTR_UID)
+		set |= FS_SET_UID;
+	if (to_set & FUSE_SET_ATTR_GID)
+		set |= FS_SET_GID;
+	if (to_set & FUSE_SET_ATTR_SIZE)
+		set |= FS_SET_SIZE;
+	if (to_set & FUSE_SET_ATTR_ATIME)
+		set |= FS_SET_ATIME;
+	if (to_set & FUSE_SET_ATTR_MTIME)
+		set |= FS_SET_MTIME;
+	if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+		set |= FS_SET_ATIME_NOW;
+	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+		set |= FS_SET_MTIME_NOW;
+	rc = fs_setattr(FS(req), &c, ino, attr, set, &st);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[4097];
+	int rc = fs_readlink(FS(req), ino, buf, sizeof(buf));
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_readlink(req, buf);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	struct stat st;
+	struct fs_ctx c;
+	get_ctx(req, &c);
+	int rc = fs_mknod(FS(req), &c, parent, name, mode, rdev, &st);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		reply_entry(req, &st);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode)
+{
+	op_mknod(req, parent, name, S_IFDIR | (mode & 07777), 0);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+		       const char *name)
+{
+	struct stat st;
+	struct fs_ctx c;
+	get_ctx(req, &c);
+	int rc = fs_symlink(FS(req), &c, parent, name, link, &st);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		reply_entry(req, &st);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -fs_unlink(FS(req), parent, name));
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -fs_rmdir(FS(req), parent, name));
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      fuse_ino_t newparent, const char *newname,
+		      unsigned int flags)
+{
+	fuse_reply_err(req, -fs_rename(FS(req), parent, name, newparent,
+				       newname, flags));
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		    const char *newname)
+{
+	struct stat st;
+	int rc = fs_link(FS(req), ino, newparent, newname, &st);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		reply_entry(req, &st);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	int rc = fs_open_file(FS(req), ino, fi->flags);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	fi->keep_cache = 1;
+	struct fs *fs = FS(req);
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		fs_release(fs, ino);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	struct stat st;
+	struct fs_ctx c;
+	struct fuse_entry_param e;
+
+	get_ctx(req, &c);
+	int rc = fs_mknod(FS(req), &c, parent, name, S_IFREG | (mode & 07777), 0, &st);
+	if (!rc)
+		rc = fs_open_file(FS(req), st.st_ino, fi->flags);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	memset(&e, 0, sizeof(e));
+	e.ino = st.st_ino;
+	e.attr = st;
+	e.attr_timeout = ATTR_TIMEOUT;
+	e.entry_timeout = ENTRY_TIMEOUT;
+	fi->keep_cache = 1;
+	struct fs *fs = FS(req);
+	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+		fs_release(fs, st.st_ino);
+		fs_forget(fs, st.st_ino, 1);
+	}
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs_seg *segs;
+	int nseg, rc;
+	size_t nbuf = 0;
+
+	struct fs *fs = FS(req);	/* req is gone after the reply */
+	(void)fi;
+	rc = fs_read_map(fs, ino, off, size, &segs, &nseg);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	for (int i = 0; i < nseg; i++)
+		nbuf += segs[i].fd < 0 ? (segs[i].len + ZERO_BUF - 1) / ZERO_BUF : 1;
+	struct fuse_bufvec *bv = calloc(1, sizeof(*bv) + (nbuf + 1) * sizeof(struct fuse_buf));
+	if (!bv) {
+		fs_read_done(FS(req), segs, nseg);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t k = 0;
+	for (int i = 0; i < nseg; i++) {
+		if (segs[i].fd >= 0) {
+			bv->buf[k].size = segs[i].len;
+			bv->buf[k].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+			bv->buf[k].fd = segs[i].fd;
+			bv->buf[k].pos = segs[i].pos;
+			k++;
+			continue;
+		}
+		for (size_t left = segs[i].len; left;) {
+			size_t n = left < ZERO_BUF ? left : ZERO_BUF;
+			bv->buf[k].size = n;
+			bv->buf[k].mem = zero_buf;
+			k++;
+			left -= n;
+		}
+	}
+	bv->count = k;
+	if (k == 0)
+		fuse_reply_buf(req, NULL, 0);
+	else
+		fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+	fs_read_done(fs, segs, nseg);
+	free(bv);
+}
+
+static ssize_t fill_from_bufvec(void *ctx, int fd, off_t pos, size_t len)
+{
+	struct fuse_bufvec *src = ctx;
+	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(len);
+
+	dst.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	dst.buf[0].fd = fd;
+	dst.buf[0].pos = pos;
+	return fuse_buf_copy(&dst, src, 0);
+}
+
+static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
+			 off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	ssize_t n = fs_write(FS(req), ino, off, fuse_buf_size(in),
+			     fill_from_bufvec, in);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	fs_release(FS(req), ino);
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		     struct fuse_file_info *fi)
+{
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, -fs_fsync(FS(req), ino));
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct stat st;
+	int rc = fs_getattr(FS(req), ino, &st);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else if (!S_ISDIR(st.st_mode))
+		fuse_reply_err(req, ENOTDIR);
+	else {
+		fi->cache_readdir = 0;
+		fi->keep_cache = 0;
+		fuse_reply_open(req, fi);
+	}
+}
+
+struct dirbuf {
+	fuse_req_t req;
+	char *buf;
+	size_t size, len;
+	int plus;
+};
+
+static int emit_entry(void *ctx, const char *name, const struct stat *st,
+		      uint64_t next_off)
+{
+	struct dirbuf *d = ctx;
+	size_t n;
+
+	if (d->plus) {
+		struct fuse_entry_param e;
+		memset(&e, 0, sizeof(e));
+		int dot = !strcmp(name, ".") || !strcmp(name, "..");
+		e.ino = dot ? 0 : st->st_ino;
+		e.attr = *st;
+		e.attr_timeout = ATTR_TIMEOUT;
+		e.entry_timeout = ENTRY_TIMEOUT;
+		n = fuse_add_direntry_plus(d->req, d->buf + d->len, d->size - d->len,
+					   name, &e, (off_t)next_off);
+	} else {
+		n = fuse_add_direntry(d->req, d->buf + d->len, d->size - d->len,
+				      name, st, (off_t)next_off);
+	}
+	if (n > d->size - d->len)
+		return 1;
+	d->len += n;
+	return 0;
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       int plus)
+{
+	struct dirbuf d = { req, malloc(size ? size : 1), size, 0, plus };
+	int rc;
+
+	if (!d.buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	rc = fs_readdir(FS(req), ino, (uint64_t)off, plus, emit_entry, &d);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, d.buf, d.len);
+	free(d.buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, 0);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+			   off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, 1);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
+			  struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+			struct fuse_file_info *fi)
+{
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, -fs_fsync(FS(req), ino));
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+	(void)ino;
+	int rc = fs_statfs(FS(req), &sv);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_statfs(req, &sv);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			const char *value, size_t size, int flags)
+{
+	fuse_reply_err(req, -fs_setxattr(FS(req), ino, name, value, size, flags));
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	int rc = fs_getxattr(FS(req), ino, name, buf, size);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)rc);
+	else
+		fuse_reply_buf(req, buf, (size_t)rc);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	int rc = fs_listxattr(FS(req), ino, buf, size);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)rc);
+	else
+		fuse_reply_buf(req, buf, (size_t)rc);
+	free(buf);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	fuse_reply_err(req, -fs_removexattr(FS(req), ino, name));
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
+			 off_t len, struct fuse_file_info *fi)
+{
+	(void)fi;
+	fuse_reply_err(req, -fs_fallocate(FS(req), ino, mode, off, len));
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	(void)fi;
+	off_t r = fs_lseek(FS(req), ino, off, whence);
+	if (r < 0)
+		fuse_reply_err(req, (int)-r);
+	else
+		fuse_reply_lseek(req, r);
+}
+
+static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			       struct fuse_file_info *fi_in, fuse_ino_t ino_out,
+			       off_t off_out, struct fuse_file_info *fi_out,
+			       size_t len, int flags)
+{
+	(void)fi_in;
+	(void)fi_out;
+	if (flags) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	ssize_t n = fs_copy_range(FS(req), ino_in, off_in, ino_out, off_out, len);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.symlink = op_symlink,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.create = op_create,
+	.read = op_read,
+	.write_buf = op_write_buf,
+	.flush = op_flush,
+	.release = op_release,
+	.fsync = op_fsync,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.fsyncdir = op_fsyncdir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.fallocate = op_fallocate,
+	.lseek = op_lseek,
+	.copy_file_range = op_copy_file_range,
+};
+
+int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *se;
+	struct fuse_loop_config *cfg;
+	int rc = -EIO;
+
+	zero_buf = calloc(1, ZERO_BUF);
+	if (!zero_buf)
+		return -ENOMEM;
+	if (fuse_opt_add_arg(&args, "cowfs") ||
+	    fuse_opt_add_arg(&args, "-o") ||
+	    fuse_opt_add_arg(&args, "default_permissions,subtype=cowfs"))
+		goto out;
+	if (m->fuse_opts && *m->fuse_opts &&
+	    (fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, m->fuse_opts)))
+		goto out;
+	if (m->debug && fuse_opt_add_arg(&args, "-d"))
+		goto out;
+
+	se = fuse_session_new(&args, &ops, sizeof(ops), fs);
+	if (!se)
+		goto out;
+	if (fuse_set_signal_handlers(se))
+		goto out_destroy;
+	if (fuse_session_mount(se, m->mountpoint)) {
+		rc = -EIO;
+		goto out_handlers;
+	}
+	/* Errors before this point reach the terminal. */
+	if (fuse_daemonize(m->foreground)) {
+		rc = -EIO;
+		goto out_unmount;
+	}
+	fs_start(fs);
+	cfg = fuse_loop_cfg_create();
+	if (!cfg) {
+		rc = -ENOMEM;
+		goto out_unmount;
+	}
+	fuse_loop_cfg_set_clone_fd(cfg, 0);
+	fuse_loop_cfg_set_max_threads(cfg, 16);
+	fuse_loop_cfg_set_idle_threads(cfg, 8);
+	rc = fuse_session_loop_mt(se, cfg);
+	rc = rc < 0 ? rc : 0;
+	fuse_loop_cfg_destroy(cfg);
+out_unmount:
+	fuse_session_unmount(se);
+out_handlers:
+	fuse_remove_signal_handlers(se);
+out_destroy:
+	fuse_session_destroy(se);
+out:
+	fuse_opt_free_args(&args);
+	free(zero_buf);
+	return rc;
+}

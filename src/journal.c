@@ -1,0 +1,658 @@
+/*
+ * journal.c - the metadata file at run time: logging records, committing
+ * batches, writing checkpoints, and loading/replaying at mount.
+ *
+ * Crash-safety invariants (numbered as SQLite's pager.c does):
+ *  (1) Data before metadata: every object written since the last commit is
+ *      fdatasync()ed before the batch that may point at its blocks is
+ *      written to the journal.
+ *  (2) A batch is atomic: records are applied at load only up to the last
+ *      COMMIT record that is whole and checksums; anything after it (a torn
+ *      tail) is discarded and truncated.
+ *  (3) Free after commit: blocks whose count reached 0 are punched, and dead
+ *      objects unlinked, only after the batch that dropped them is durable
+ *      (journal fdatasync()ed, or the checkpoint renamed and its directory
+ *      fsync()ed).  A crash can leak space, never free a referenced block.
+ *  (4) A checkpoint replaces the file atomically: temp file, fsync, rename,
+ *      fsync of the store directory.  It holds the whole state, so the
+ *      journal starts empty after it.
+ *  (5) A failed metadata write (ENOSPC, EIO) truncates the file back to its
+ *      last good end and keeps the batch in memory for the next attempt.
+ *
+ * States of a batch: logged (jbuf, fs->lock) -> taken (take_batch) ->
+ * synced (sync_batch: data, then records) -> finished (finish_batch: frees)
+ * or restored (restore_batch: back into jbuf on failure).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+
+#include "cowfs/fs_impl.h"
+
+#define CKPT_MIN_JOURNAL (32u << 20)
+
+static int jreserve(struct fs *fs, size_t n)
+{
+	if (fs->jlen + n <= fs->jcap)
+		return 0;
+	size_t cap = fs->jcap ? fs->jcap * 2 : 65536;
+	while (cap < fs->jlen + n)
+		cap *= 2;
+	unsigned char *b = realloc(fs->jbuf, cap);
+	if (!b)
+		return -ENOMEM;
+	fs->jbuf = b;
+	fs->jcap = cap;
+	return 0;
+}
+
+int journal_log(struct fs *fs, const struct rec *r)
+{
+	if (fs->replaying || fs->opt.ro)
+		return 0;
+	/* A sequential writer extends the previous EXT_SET in place. */
+	if (r->type == REC_EXT_SET && fs->ext_coalesce) {
+		struct rec p;
+		long n = format_decode(fs->jbuf + fs->ext_last_off,
+				       fs->jlen - fs->ext_last_off, &p);
+		if (n > 0 && p.flags == r->flags && p.u.ext.ino == r->u.ext.ino &&
+		    p.u.ext.obj == r->u.ext.obj &&
+		    p.u.ext.lblk + p.u.ext.len == r->u.ext.lblk &&
+		    p.u.ext.pblk + p.u.ext.len == r->u.ext.pblk) {
+			p.u.ext.len += r->u.ext.len;
+			format_encode(&p, fs->jbuf + fs->ext_last_off);
+			return 0;
+		}
+	}
+	if (jreserve(fs, COWFS_REC_MAX))
+		return -ENOMEM;
+	size_t off = fs->jlen;
+	fs->jlen += format_encode(r, fs->jbuf + off);
+	fs->jrecs++;
+	fs->ext_coalesce = r->type == REC_EXT_SET;
+	fs->ext_last_off = off;
+	return 0;
+}
+
+int journal_log_inode(struct fs *fs, struct inode *in)
+{
+	struct rec r;
+	inode_to_rec(in, &r);
+	return journal_log(fs, &r);
+}
+
+static void flush_dirty_inodes(struct fs *fs)
+{
+	while (fs->dirty) {
+		struct inode *in = fs->dirty;
+		fs->dirty = in->dirty_next;
+		in->dirty = false;
+		journal_log_inode(fs, in);
+	}
+}
+
+struct batch {
+	unsigned char *buf;	/* records; NULL for a checkpoint */
+	size_t len;
+	struct object **objs;	/* pinned, to fdatasync */
+	size_t nobjs;
+	struct pending_free *frees;
+	size_t nfrees;
+	struct object **unlinks;
+	size_t nunlinks;
+};
+
+/* fs->lock held: move everything logged so far into b. */
+static int take_batch(struct fs *fs, struct batch *b, int with_records)
+{
+	size_t n = 0;
+
+	memset(b, 0, sizeof(*b));
+	for (struct object *o = fs->dirty_objs; o; o = o->dirty_next)
+		n++;
+	b->objs = calloc(n ? n : 1, sizeof(*b->objs));
+	if (!b->objs)
+		return -ENOMEM;
+	for (struct object *o = fs->dirty_objs; o; o = o->dirty_next) {
+		if (obj_pin(fs, o) == 0)
+			b->objs[b->nobjs++] = o;
+		o->dirty = false;
+	}
+	fs->dirty_objs = NULL;
+	if (with_records) {
+		b->buf = fs->jbuf;
+		b->len = fs->jlen;
+	} else {
+		free(fs->jbuf);
+	}
+	fs->jbuf = NULL;
+	fs->jlen = fs->jcap = 0;
+	fs->jrecs = 0;
+	fs->ext_coalesce = 0;
+	b->frees = fs->frees;
+	b->nfrees = fs->nfrees;
+	fs->frees = NULL;
+	fs->nfrees = fs->cap_frees = 0;
+	b->unlinks = fs->unlinks;
+	b->nunlinks = fs->nunlinks;
+	fs->unlinks = NULL;
+	fs->nunlinks = fs->cap_unlinks = 0;
+	return 0;
+}
+
+/* Without fs->lock: make the batch's data durable. */
+static int sync_data(struct fs *fs, struct batch *b)
+{
+	for (size_t i = 0; i < b->nobjs; i++)
+		if (fdatasync(b->objs[i]->fd) < 0) {
+			int e = errno;
+			fs_log(fs, "error: object %016llx: fdatasync: %s",
+			       (unsigned long long)b->objs[i]->id, strerror(e));
+			return -e;
+		}
+	return 0;
+}
+
+/* fs->lock held: the batch failed to reach the disk; put it back in front
+ * of whatever was logged since. */
+static void restore_batch(struct fs *fs, struct batch *b)
+{
+	if (b->buf) {
+		unsigned char *nb = malloc(b->len + fs->jlen + 1);
+		if (nb) {
+			memcpy(nb, b->buf, b->len);
+			if (fs->jlen)
+				memcpy(nb + b->len, fs->jbuf, fs->jlen);
+			free(fs->jbuf);
+			fs->jbuf = nb;
+			fs->jlen = fs->jcap = b->len + fs->jlen;
+			fs->ext_coalesce = 0;
+		} else {
+			fs->broken = 1;
+		}
+		free(b->buf);
+		b->buf = NULL;
+	}
+	for (size_t i = 0; i < b->nobjs; i++) {
+		struct object *o = b->objs[i];
+		if (!o->dirty) {
+			o->dirty = true;
+			o->dirty_next = fs->dirty_objs;
+			fs->dirty_objs = o;
+		}
+		obj_unpin(fs, o);
+	}
+	b->nobjs = 0;
+	for (size_t i = 0; i < b->nfrees; i++) {
+		struct pending_free *f = &b->frees[i];
+		for (uint64_t k = 0; k < f->len; k++) {
+			/* re-queue through the normal path */
+			if (fs->nfrees == fs->cap_frees) {
+				size_t cap = fs->cap_frees ? fs->cap_frees * 2 : 64;
+				struct pending_free *n = realloc(fs->frees, cap * sizeof(*n));
+				if (!n)
+					break;
+				fs->frees = n;
+				fs->cap_frees = cap;
+			}
+			fs->frees[fs->nfrees++] = (struct pending_free){ f->obj, f->pblk + k, 1 };
+		}
+	}
+	for (size_t i = 0; i < b->nunlinks; i++) {
+		b->unlinks[i]->doomed = false;
+		obj_maybe_doom(fs, b->unlinks[i]);
+	}
+	free(b->frees);
+	free(b->unlinks);
+	free(b->objs);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Without fs->lock: the batch is durable; return freed space. */
+static void finish_batch(struct fs *fs, struct batch *b)
+{
+	pthread_mutex_lock(&fs->lock);
+	for (size_t i = 0; i < b->nobjs; i++)
+		obj_unpin(fs, b->objs[i]);
+	for (size_t i = 0; i < b->nfrees; i++) {
+		struct pending_free *f = &b->frees[i];
+		struct object *o = obj_get(fs, f->obj);
+		if (!o || o->doomed || obj_pin(fs, o))
+			continue;
+		pthread_mutex_unlock(&fs->lock);
+		if (fallocate(o->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)(f->pblk << fs->block_shift),
+			      (off_t)(f->len << fs->block_shift)) < 0)
+			fs_log(fs, "warning: object %016llx: punch: %s",
+			       (unsigned long long)o->id, strerror(errno));
+		pthread_mutex_lock(&fs->lock);
+		obj_unpin(fs, o);
+	}
+	for (size_t i = 0; i < b->nunlinks; i++) {
+		struct object *o = b->unlinks[i];
+		if (o->nlive || o->owner) {	/* revived during replay */
+			o->doomed = false;
+			continue;
+		}
+		if (o->pins) {			/* a read still uses it */
+			o->doomed = false;
+			obj_maybe_doom(fs, o);
+			continue;
+		}
+		if (o->fd >= 0) {
+			TAILQ_REMOVE(&fs->lru, o, lru);
+			close(o->fd);
+			fs->nfds--;
+		}
+		RB_REMOVE(object_tree, &fs->objects, o);
+		uint64_t id = o->id;
+		free(o);
+		int rc = store_obj_unlink(&fs->store, id);
+		if (rc)
+			fs_log(fs, "warning: object %016llx: unlink: %s",
+			       (unsigned long long)id, strerror(-rc));
+	}
+	pthread_mutex_unlock(&fs->lock);
+	free(b->buf);
+	free(b->objs);
+	free(b->frees);
+	free(b->unlinks);
+	memset(b, 0, sizeof(*b));
+}
+
+static int pwrite_full(int fd, const void *buf, size_t len, off_t pos)
+{
+	const char *p = buf;
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, pos);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= (size_t)n;
+		pos += n;
+	}
+	return 0;
+}
+
+static int checkpoint_locked(struct fs *fs);
+
+/* commit_lock held. */
+static int commit_locked(struct fs *fs)
+{
+	struct batch b;
+	int rc;
+
+	pthread_mutex_lock(&fs->lock);
+	flush_dirty_inodes(fs);
+	if (!fs->jlen && !fs->dirty_objs && !fs->nfrees && !fs->nunlinks) {
+		pthread_mutex_unlock(&fs->lock);
+		return 0;
+	}
+	if (fs->jlen) {
+		struct rec r = { .type = REC_COMMIT };
+		r.u.commit.seq = ++fs->commit_seq;
+		r.u.commit.next_ino = fs->next_ino;
+		r.u.commit.next_obj = fs->next_obj;
+		if ((rc = journal_log(fs, &r))) {
+			pthread_mutex_unlock(&fs->lock);
+			return rc;
+		}
+	}
+	rc = take_batch(fs, &b, 1);
+	pthread_mutex_unlock(&fs->lock);
+	if (rc)
+		return rc;
+
+	rc = sync_data(fs, &b);
+	if (!rc && b.len) {
+		rc = pwrite_full(fs->metafd, b.buf, b.len, (off_t)fs->meta_end);
+		if (!rc && fdatasync(fs->metafd) < 0)
+			rc = -errno;
+		if (rc) {
+			fs_log(fs, "error: metadata journal write: %s", strerror(-rc));
+			if (ftruncate(fs->metafd, (off_t)fs->meta_end) < 0)
+				fs_log(fs, "error: metadata truncate: %s", strerror(errno));
+		}
+	}
+	if (rc) {
+		pthread_mutex_lock(&fs->lock);
+		restore_batch(fs, &b);
+		pthread_mutex_unlock(&fs->lock);
+		return rc;
+	}
+	fs->meta_end += b.len;
+	finish_batch(fs, &b);
+
+	uint64_t jbytes = fs->meta_end - COWFS_HDR_SIZE - fs->ckpt_len;
+	if (jbytes > CKPT_MIN_JOURNAL && jbytes > 2 * fs->ckpt_len)
+		checkpoint_locked(fs);
+	return 0;
+}
+
+int journal_commit(struct fs *fs)
+{
+	int rc;
+	if (fs->opt.ro)
+		return 0;
+	pthread_mutex_lock(&fs->commit_lock);
+	rc = commit_locked(fs);
+	pthread_mutex_unlock(&fs->commit_lock);
+	return rc;
+}
+
+/* ---- checkpoint image ---- */
+
+struct img {
+	unsigned char *buf;
+	size_t len, cap;
+	int err;
+};
+
+static void img_add(struct img *im, const struct rec *r)
+{
+	if (im->err)
+		return;
+	if (im->len + COWFS_REC_MAX > im->cap) {
+		size_t cap = im->cap ? im->cap * 2 : (1u << 20);
+		while (cap < im->len + COWFS_REC_MAX)
+			cap *= 2;
+		unsigned char *b = realloc(im->buf, cap);
+		if (!b) {
+			im->err = -ENOMEM;
+			return;
+		}
+		im->buf = b;
+		im->cap = cap;
+	}
+	im->len += format_encode(r, im->buf + im->len);
+}
+
+/* fs->lock held.  Encodes the whole state, header first.  Caller owns
+ * *buf. */
+int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
+{
+	struct img im = { 0 };
+	struct inode *in;
+	struct rec r;
+	struct disk_header h;
+	unsigned char hdr[COWFS_HDR_SIZE];
+
+	memset(hdr, 0, sizeof(hdr));
+	im.buf = malloc(1u << 20);
+	if (!im.buf)
+		return -ENOMEM;
+	im.cap = 1u << 20;
+	im.len = COWFS_HDR_SIZE;	/* header goes in front at the end */
+
+	r = (struct rec){ .type = REC_SUPER };
+	r.u.super.next_ino = fs->next_ino;
+	r.u.super.next_obj = fs->next_obj;
+	r.u.super.root_ino = FS_ROOT_INO;
+	img_add(&im, &r);
+	RB_FOREACH(in, inode_tree, &fs->inodes) {
+		inode_to_rec(in, &r);
+		img_add(&im, &r);
+		for (struct xattr *x = in->xattrs; x; x = x->next) {
+			r = (struct rec){ .type = REC_XATTR_SET, .name = x->name,
+					  .name_len = (uint32_t)strlen(x->name),
+					  .data = x->value, .data_len = x->len };
+			r.u.xattr.ino = in->ino;
+			img_add(&im, &r);
+		}
+		for (size_t i = 0; i < in->map.n; i++) {
+			r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NOREF };
+			r.u.ext.ino = in->ino;
+			r.u.ext.lblk = in->map.v[i].lblk;
+			r.u.ext.len = in->map.v[i].len;
+			r.u.ext.obj = in->map.v[i].obj;
+			r.u.ext.pblk = in->map.v[i].pblk;
+			img_add(&im, &r);
+		}
+	}
+	RB_FOREACH(in, inode_tree, &fs->inodes) {
+		struct dirent_node *d;
+		RB_FOREACH(d, dir_cookies, &in->cookies) {
+			r = (struct rec){ .type = REC_DIRENT_ADD, .name = d->name,
+					  .name_len = (uint32_t)strlen(d->name) };
+			r.u.dirent.parent = in->ino;
+			r.u.dirent.ino = d->ino;
+			r.u.dirent.cookie = d->cookie;
+			img_add(&im, &r);
+		}
+	}
+	size_t it = 0;
+	uint64_t obj, pblk;
+	uint32_t count;
+	while (refcount_next(&fs->rc, &it, &obj, &pblk, &count)) {
+		r = (struct rec){ .type = REC_REFCNT };
+		r.u.refcnt.obj = obj;
+		r.u.refcnt.pblk = pblk;
+		r.u.refcnt.len = 1;
+		r.u.refcnt.count = count;
+		img_add(&im, &r);
+	}
+	if (im.err) {
+		free(im.buf);
+		return im.err;
+	}
+	format_header_init(&h, fs->block_shift);
+	h.generation = fs->generation + 1;
+	format_header_encode(&h, im.buf + COWFS_HDR_SIZE, im.len - COWFS_HDR_SIZE,
+			     hdr);
+	memcpy(im.buf, hdr, COWFS_HDR_SIZE);
+	*buf = im.buf;
+	*len = im.len;
+	return 0;
+}
+
+/* commit_lock held. */
+static int checkpoint_locked(struct fs *fs)
+{
+	struct batch b;
+	unsigned char *img;
+	size_t len;
+	int rc, fd;
+
+	pthread_mutex_lock(&fs->lock);
+	flush_dirty_inodes(fs);
+	rc = journal_encode_checkpoint(fs, &img, &len);
+	if (!rc && (rc = take_batch(fs, &b, 1)))
+		free(img);
+	pthread_mutex_unlock(&fs->lock);
+	if (rc)
+		return rc;
+	rc = sync_data(fs, &b);
+	fd = rc ? rc : store_meta_replace(&fs->store, img, len);
+	if (fd < 0) {
+		fs_log(fs, "error: checkpoint: %s", strerror(-fd));
+		free(img);
+		pthread_mutex_lock(&fs->lock);
+		restore_batch(fs, &b);
+		pthread_mutex_unlock(&fs->lock);
+		return fd;
+	}
+	free(img);
+	close(fs->metafd);
+	fs->metafd = fd;
+	fs->meta_end = len;
+	fs->ckpt_len = len - COWFS_HDR_SIZE;
+	fs->generation++;
+	finish_batch(fs, &b);
+	return 0;
+}
+
+int journal_checkpoint(struct fs *fs)
+{
+	int rc;
+	if (fs->opt.ro)
+		return 0;
+	pthread_mutex_lock(&fs->commit_lock);
+	rc = checkpoint_locked(fs);
+	pthread_mutex_unlock(&fs->commit_lock);
+	return rc;
+}
+
+/* ---- loading ---- */
+
+int journal_load(struct fs *fs, char *err, size_t errlen)
+{
+	void *data = NULL;
+	size_t len;
+	struct disk_header h;
+	const char *msg;
+	struct rec r;
+	int rc;
+	const unsigned char *p;
+
+	rc = store_meta_read(&fs->store, &data, &len);
+	if (rc) {
+		snprintf(err, errlen, "'%s/%s': %s", fs->store.path, STORE_META,
+			 strerror(-rc));
+		return rc;
+	}
+	p = data;
+	rc = -EUCLEAN;
+	if (len < COWFS_HDR_SIZE) {
+		snprintf(err, errlen, "'%s/%s': not a cowfs metadata file (too short)",
+			 fs->store.path, STORE_META);
+		goto out;
+	}
+	if ((msg = format_header_decode(p, &h))) {
+		snprintf(err, errlen, "'%s/%s': %s", fs->store.path, STORE_META, msg);
+		if (h.version != COWFS_VERSION_FMT && !memcmp(p, COWFS_MAGIC, 8) &&
+		    strstr(msg, "version"))
+			snprintf(err, errlen, "'%s/%s': unsupported metadata format "
+				 "version %u (this cowfs reads version %u)",
+				 fs->store.path, STORE_META, h.version,
+				 COWFS_VERSION_FMT);
+		goto out;
+	}
+	if (h.ckpt_len > len - COWFS_HDR_SIZE) {
+		snprintf(err, errlen, "'%s/%s': checkpoint is truncated (%llu of "
+			 "%llu bytes)", fs->store.path, STORE_META,
+			 (unsigned long long)(len - COWFS_HDR_SIZE),
+			 (unsigned long long)h.ckpt_len);
+		goto out;
+	}
+	if (format_csum(p + COWFS_HDR_SIZE, h.ckpt_len) != h.ckpt_csum) {
+		snprintf(err, errlen, "'%s/%s': checkpoint checksum mismatch "
+			 "(corrupt metadata)", fs->store.path, STORE_META);
+		goto out;
+	}
+	fs->block_shift = h.block_shift;
+	fs->block_size = 1ull << h.block_shift;
+	fs->generation = h.generation;
+	fs->ckpt_len = h.ckpt_len;
+
+	fs->replaying = 1;
+	size_t off = COWFS_HDR_SIZE, end = COWFS_HDR_SIZE + h.ckpt_len;
+	while (off < end) {
+		long n = format_decode(p + off, end - off, &r);
+		if (n <= 0 || (r.type == REC_EXT_SET && !(r.flags & EXT_NOREF)) ||
+		    r.type == REC_COMMIT || r.type == REC_CLONE) {
+			snprintf(err, errlen, "'%s/%s': corrupt checkpoint record at "
+				 "offset %zu", fs->store.path, STORE_META, off);
+			goto out;
+		}
+		if ((rc = apply_rec(fs, &r))) {
+			snprintf(err, errlen, "'%s/%s': inconsistent checkpoint record "
+				 "at offset %zu (type %u)", fs->store.path,
+				 STORE_META, off, r.type);
+			rc = -EUCLEAN;
+			goto out;
+		}
+		off += (size_t)n;
+	}
+	struct inode *root = inode_get(fs, FS_ROOT_INO);
+	if (!root || !S_ISDIR(root->mode)) {
+		snprintf(err, errlen, "'%s/%s': checkpoint has no root directory",
+			 fs->store.path, STORE_META);
+		rc = -EUCLEAN;
+		goto out;
+	}
+	file_compute_nlive(fs);
+
+	/* Journal: find the end of the last whole batch, then apply. */
+	size_t good = end, scan = end;
+	while (scan < len) {
+		long n = format_decode(p + scan, len - scan, &r);
+		if (n == 0)
+			break;	/* torn tail */
+		if (n < 0) {
+			snprintf(err, errlen, "'%s/%s': corrupt journal record at "
+				 "offset %zu", fs->store.path, STORE_META, scan);
+			rc = -EUCLEAN;
+			goto out;
+		}
+		scan += (size_t)n;
+		if (r.type == REC_COMMIT)
+			good = scan;
+	}
+	for (off = end; off < good;) {
+		long n = format_decode(p + off, good - off, &r);
+		if ((rc = apply_rec(fs, &r))) {
+			snprintf(err, errlen, "'%s/%s': journal record at offset %zu "
+				 "(type %u) does not apply: %s", fs->store.path,
+				 STORE_META, off, r.type, strerror(-rc));
+			rc = -EUCLEAN;
+			goto out;
+		}
+		off += (size_t)n;
+	}
+	if (len > good)
+		fs_log(fs, "journal: discarded a torn tail of %zu bytes", len - good);
+	fs->meta_end = good;
+	rc = good > end || len > good;	/* 1: the last stop was unclean */
+out:
+	fs->replaying = 0;
+	free(data);
+	return rc;
+}
+
+/* ---- background commits ---- */
+
+static void *commit_thread(void *arg)
+{
+	struct fs *fs = arg;
+	struct timespec ts;
+
+	pthread_mutex_lock(&fs->lock);
+	while (!fs->stopping) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += fs->opt.commit_secs;
+		pthread_cond_timedwait(&fs->cond, &fs->lock, &ts);
+		if (fs->stopping)
+			break;
+		pthread_mutex_unlock(&fs->lock);
+		journal_commit(fs);
+		pthread_mutex_lock(&fs->lock);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return NULL;
+}
+
+void journal_start_thread(struct fs *fs)
+{
+	if (fs->opt.ro || fs->thread_started)
+		return;
+	if (pthread_create(&fs->thread, NULL, commit_thread, fs) == 0)
+		fs->thread_started = true;
+}
+
+void journal_stop_thread(struct fs *fs)
+{
+	if (!fs->thread_started)
+		return;
+	pthread_mutex_lock(&fs->lock);
+	fs->stopping = true;
+	pthread_cond_signal(&fs->cond);
+	pthread_mutex_unlock(&fs->lock);
+	pthread_join(fs->thread, NULL);
+	fs->thread_started = false;
+}

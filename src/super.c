@@ -1,0 +1,207 @@
+/*
+ * super.c - a store's life as a filesystem: creating one, opening and
+ * loading it (with crash recovery), and closing it cleanly.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "cowfs/fs_impl.h"
+
+int fs_init_store(const char *path, unsigned block_shift, char *err,
+		  size_t errlen)
+{
+	struct fs fs;
+	struct inode *root;
+	unsigned char *img;
+	size_t len;
+	int rc;
+
+	memset(&fs, 0, sizeof(fs));
+	RB_INIT(&fs.inodes);
+	RB_INIT(&fs.objects);
+	TAILQ_INIT(&fs.lru);
+	fs.block_shift = block_shift;
+	fs.block_size = 1ull << block_shift;
+	fs.next_ino = FS_ROOT_INO;
+	fs.next_obj = 1;
+	root = inode_new(&fs, FS_ROOT_INO);
+	if (!root)
+		return -ENOMEM;
+	root->mode = S_IFDIR | 0755;
+	root->nlink = 2;
+	root->uid = getuid();
+	root->gid = getgid();
+	root->parent = FS_ROOT_INO;
+	now_ts(&root->btime);
+	root->atime = root->mtime = root->ctime = root->btime;
+	rc = journal_encode_checkpoint(&fs, &img, &len);
+	inode_free(&fs, root);
+	if (rc) {
+		snprintf(err, errlen, "%s", strerror(-rc));
+		return rc;
+	}
+	rc = store_create(path, img, len, err, errlen);
+	free(img);
+	return rc;
+}
+
+static void fs_free(struct fs *fs)
+{
+	struct inode *in, *t;
+
+	RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
+		/* no journaling, no refcounts: just memory */
+		extmap_release(&in->map);
+		in->map.n = 0;
+		in->wobj = 0;
+		in->mode = 0;
+		inode_free(fs, in);
+	}
+	file_close_fds(fs);
+	refcount_release(&fs->rc);
+	free(fs->jbuf);
+	free(fs->frees);
+	free(fs->unlinks);
+	if (fs->metafd >= 0)
+		close(fs->metafd);
+	store_close(&fs->store);
+	if (fs->log && fs->log != stderr)
+		fclose(fs->log);
+	pthread_mutex_destroy(&fs->lock);
+	pthread_rwlock_destroy(&fs->data_lock);
+	pthread_mutex_destroy(&fs->commit_lock);
+	pthread_cond_destroy(&fs->cond);
+	free(fs);
+}
+
+int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
+	    char *err, size_t errlen)
+{
+	struct fs *fs = calloc(1, sizeof(*fs));
+	struct rlimit rl;
+	int rc, unclean;
+
+	if (!fs)
+		return -ENOMEM;
+	fs->opt = *opt;
+	if (!fs->opt.commit_secs)
+		fs->opt.commit_secs = 5;
+	fs->metafd = -1;
+	RB_INIT(&fs->inodes);
+	RB_INIT(&fs->objects);
+	TAILQ_INIT(&fs->lru);
+	refcount_init(&fs->rc);
+	pthread_mutex_init(&fs->lock, NULL);
+	pthread_rwlock_init(&fs->data_lock, NULL);
+	pthread_mutex_init(&fs->commit_lock, NULL);
+	pthread_cond_init(&fs->cond, NULL);
+	fs->next_ino = FS_ROOT_INO + 1;
+	fs->next_obj = 1;
+	if (opt->logfile) {
+		fs->log = fopen(opt->logfile, "ae");
+		if (!fs->log) {
+			rc = -errno;
+			snprintf(err, errlen, "'%s': %s", opt->logfile, strerror(errno));
+			fs->store.dirfd = fs->store.objfd = fs->store.lockfd = -1;
+			fs_free(fs);
+			return rc;
+		}
+	}
+	/* Cached object fds: as many as the process may have, with room. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	fs->max_fds = rl.rlim_cur > 2048 ? (unsigned)((rl.rlim_cur - 256) / 2) : 512;
+	if (fs->max_fds > 65536)
+		fs->max_fds = 65536;
+
+	rc = store_open(&fs->store, path, opt->ro, err, errlen);
+	if (rc) {
+		fs_free(fs);
+		return rc;
+	}
+	unclean = journal_load(fs, err, errlen);
+	if (unclean < 0) {
+		fs_free(fs);
+		return unclean;
+	}
+	if (!fs->opt.ro) {
+		fs->metafd = store_meta_open(&fs->store);
+		if (fs->metafd < 0) {
+			rc = fs->metafd;
+			snprintf(err, errlen, "'%s/%s': %s", path, STORE_META,
+				 strerror(-rc));
+			fs_free(fs);
+			return rc;
+		}
+	}
+	/* Recovery: orphans (unlinked but open at the stop) go; write objects
+	 * are retired (invariant 4); objects nothing uses are unlinked. */
+	struct inode *in, *t;
+	int orphans = 0;
+	RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
+		if (in->nlink == 0 && in->ino != FS_ROOT_INO) {
+			inode_maybe_free(fs, in);
+			orphans++;
+		} else if (unclean && in->wobj) {
+			file_retire_wobj(fs, in);
+		}
+	}
+	struct object *o;
+	RB_FOREACH(o, object_tree, &fs->objects)
+		obj_maybe_doom(fs, o);
+	if (unclean)
+		fs_log(fs, "recovered after an unclean stop: journal replayed, "
+		       "%d orphan inode(s) freed", orphans);
+	if (!fs->opt.ro && (unclean || orphans)) {
+		rc = journal_checkpoint(fs);
+		if (rc) {
+			snprintf(err, errlen, "'%s': writing a checkpoint after "
+				 "recovery: %s", path, strerror(-rc));
+			fs_free(fs);
+			return rc;
+		}
+	}
+	*out = fs;
+	return 0;
+}
+
+int fs_start(struct fs *fs)
+{
+	store_set_pid(&fs->store);
+	journal_start_thread(fs);
+	return 0;
+}
+
+int fs_close(struct fs *fs)
+{
+	int rc = 0;
+
+	journal_stop_thread(fs);
+	if (!fs->opt.ro) {
+		/* Files still open or looked up at unmount are forgotten now. */
+		struct inode *in, *t;
+		pthread_mutex_lock(&fs->lock);
+		RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
+			in->nlookup = 0;
+			in->nopen = 0;
+			inode_maybe_free(fs, in);
+		}
+		pthread_mutex_unlock(&fs->lock);
+		rc = journal_checkpoint(fs);
+		if (rc)
+			rc = journal_commit(fs);
+		if (rc)
+			fs_log(fs, "error: could not write metadata at unmount: %s",
+			       strerror(-rc));
+	}
+	fs_free(fs);
+	return rc;
+}
