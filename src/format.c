@@ -172,7 +172,11 @@ size_t format_encode(const struct rec *r, void *buf)
 		put64(&p, r->u.clone.dst_parent);
 		put64(&p, r->u.clone.first_ino);
 		put64(&p, r->u.clone.cookie);
-		put64(&p, r->u.clone.next_obj);
+		put64(&p, (uint64_t)r->u.clone.time_sec);
+		put32(&p, r->u.clone.time_nsec);
+		put32(&p, r->u.clone.flags);
+		put32(&p, r->u.clone.uid);
+		put32(&p, r->u.clone.gid);
 		break;
 	case REC_ORIGIN:
 		put64(&p, r->u.origin.obj);
@@ -291,7 +295,11 @@ long format_decode(const void *buf, size_t avail, struct rec *r)
 		r->u.clone.dst_parent = get64(&c);
 		r->u.clone.first_ino = get64(&c);
 		r->u.clone.cookie = get64(&c);
-		r->u.clone.next_obj = get64(&c);
+		r->u.clone.time_sec = (int64_t)get64(&c);
+		r->u.clone.time_nsec = get32(&c);
+		r->u.clone.flags = get32(&c);
+		r->u.clone.uid = get32(&c);
+		r->u.clone.gid = get32(&c);
 		break;
 	case REC_ORIGIN:
 		r->u.origin.obj = get64(&c);

@@ -440,6 +440,8 @@ int apply_rec(struct fs *fs, const struct rec *r)
 			return -EINVAL;
 		return file_map_set(fs, in, r->u.ext.lblk, r->u.ext.len,
 				    r->u.ext.obj, r->u.ext.pblk, r->flags);
+	case REC_CLONE:
+		return clone_apply(fs, r);
 	case REC_REFCNT:
 		if (r->u.refcnt.count < 2 || r->u.refcnt.obj == 0)
 			return -EINVAL;
@@ -1100,6 +1102,44 @@ static void log_xattr(struct fs *fs, struct inode *in, const char *name,
 	journal_log(fs, &r);
 }
 
+#define ACL_USER_OBJ 0x01
+#define ACL_USER 0x02
+#define ACL_GROUP_OBJ 0x04
+#define ACL_GROUP 0x08
+#define ACL_MASK 0x10
+#define ACL_OTHER 0x20
+
+/*
+ * An access ACL sets the mode's permission bits (owner from USER_OBJ,
+ * group from MASK if any else GROUP_OBJ, other from OTHER), as ext4's
+ * posix_acl_update_mode() does.  Returns 1 when the ACL says no more than
+ * the mode (nothing to store), 0 when it must be kept, -EINVAL if malformed.
+ */
+static int acl_to_mode(struct inode *in, const void *value, size_t size)
+{
+	const unsigned char *p = value;
+	unsigned u = 0, g = 0, o = 0, m = 0;
+	int has_mask = 0, extended = 0;
+
+	if (size < 4 || (size - 4) % 8 || (p[0] | p[1] << 8) != 2)
+		return -EINVAL;
+	for (size_t i = 4; i < size; i += 8) {
+		unsigned tag = (unsigned)(p[i] | p[i + 1] << 8);
+		unsigned perm = (unsigned)(p[i + 2] | p[i + 3] << 8) & 7;
+		switch (tag) {
+		case ACL_USER_OBJ: u = perm; break;
+		case ACL_GROUP_OBJ: g = perm; break;
+		case ACL_OTHER: o = perm; break;
+		case ACL_MASK: m = perm; has_mask = 1; break;
+		case ACL_USER:
+		case ACL_GROUP: extended = 1; break;
+		default: return -EINVAL;
+		}
+	}
+	in->mode = (in->mode & ~0777u) | u << 6 | (has_mask ? m : g) << 3 | o;
+	return extended || has_mask ? 0 : 1;
+}
+
 int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 		const void *value, size_t size, int flags)
 {
@@ -1125,6 +1165,20 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 	if (!strcmp(name, "system.posix_acl_default") && !S_ISDIR(in->mode)) {
 		rc = -EACCES;
 		goto out;
+	}
+	if (!strcmp(name, "system.posix_acl_access")) {
+		rc = acl_to_mode(in, value, size);
+		if (rc < 0)
+			goto out;
+		now_ts(&in->ctime);
+		inode_dirty(fs, in);
+		if (rc == 1) {
+			/* equivalent to the mode bits: nothing to keep */
+			if (*xattr_find(in, name) && !xattr_del(in, name))
+				log_xattr(fs, in, name, NULL, 0, 1);
+			rc = 0;
+			goto out;
+		}
 	}
 	int exists = *xattr_find(in, name) != NULL;
 	if ((flags & XATTR_CREATE) && exists) {
@@ -1222,12 +1276,6 @@ out:
 
 /* ---- POSIX ACL inheritance (the kernel enforces, we must inherit) ----
  * xattr form: u32 version 2, then entries {u16 tag, u16 perm, u32 id}. */
-#define ACL_USER_OBJ 0x01
-#define ACL_USER 0x02
-#define ACL_GROUP_OBJ 0x04
-#define ACL_GROUP 0x08
-#define ACL_MASK 0x10
-#define ACL_OTHER 0x20
 
 static int inherit_acl(struct fs *fs, struct inode *dir, struct inode *in)
 {

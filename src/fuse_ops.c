@@ -13,6 +13,7 @@
 
 #include "cowfs/fs.h"
 #include "cowfs/fuse_ops.h"
+#include "cowfs/ioctl.h"
 
 /* The daemon is the only writer of the namespace: the kernel may cache. */
 #define ENTRY_TIMEOUT 3600.0
@@ -20,6 +21,7 @@
 #define ZERO_BUF (1u << 20)
 
 static char *zero_buf;
+static struct fuse_session *session;	/* for cache invalidation */
 
 static struct fs *FS(fuse_req_t req)
 {
@@ -533,7 +535,80 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_write(req, (size_t)n);
 }
 
+static void usage_to_ioc(const struct fs_usage *u, struct cowfs_ioc_usage *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->logical = u->logical;
+	o->shared = u->shared;
+	o->exclusive = u->exclusive;
+	o->files = u->files;
+	o->dirs = u->dirs;
+	o->other = u->other;
+	o->meta_bytes = u->meta_bytes;
+	o->block_size = u->block_size;
+	o->objects = u->objects;
+}
+
+static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
+		     void *arg, struct fuse_file_info *fi, unsigned flags,
+		     const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+{
+	struct fs *fs = FS(req);
+	struct fs_usage u;
+	struct cowfs_ioc_usage ou;
+	int rc;
+
+	(void)arg;
+	(void)fi;
+	if (flags & FUSE_IOCTL_COMPAT) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
+	switch (cmd) {
+	case COWFS_IOC_CLONE: {
+		struct cowfs_ioc_clone a;
+		struct fs_ctx c;
+		struct stat st;
+		if (in_bufsz < sizeof(a) || out_bufsz < sizeof(a)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		memcpy(&a, in_buf, sizeof(a));
+		a.name[sizeof(a.name) - 1] = 0;
+		get_ctx(req, &c);
+		rc = fs_clone(fs, &c, a.src_ino, ino, a.name, &st);
+		if (rc) {
+			fuse_reply_err(req, -rc);
+			return;
+		}
+		/* The kernel may hold a negative entry for the name and stale
+		 * attributes (nlink, mtime) for the directory. */
+		fuse_lowlevel_notify_inval_entry(session, ino, a.name, strlen(a.name));
+		fuse_lowlevel_notify_inval_inode(session, ino, -1, 0);
+		fuse_reply_ioctl(req, 0, &a, sizeof(a));
+		return;
+	}
+	case COWFS_IOC_DU:
+	case COWFS_IOC_DF:
+		if (out_bufsz < sizeof(ou)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		rc = cmd == COWFS_IOC_DU ? fs_du(fs, ino, &u) : fs_df(fs, &u);
+		if (rc) {
+			fuse_reply_err(req, -rc);
+			return;
+		}
+		usage_to_ioc(&u, &ou);
+		fuse_reply_ioctl(req, 0, &ou, sizeof(ou));
+		return;
+	default:
+		fuse_reply_err(req, ENOTTY);
+	}
+}
+
 static const struct fuse_lowlevel_ops ops = {
+	.ioctl = op_ioctl,
 	.init = op_init,
 	.lookup = op_lookup,
 	.forget = op_forget,
@@ -593,6 +668,7 @@ int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 	se = fuse_session_new(&args, &ops, sizeof(ops), fs);
 	if (!se)
 		goto out;
+	session = se;
 	if (fuse_set_signal_handlers(se))
 		goto out_destroy;
 	if (fuse_session_mount(se, m->mountpoint)) {

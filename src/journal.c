@@ -85,7 +85,7 @@ int journal_log_inode(struct fs *fs, struct inode *in)
 	return journal_log(fs, &r);
 }
 
-static void flush_dirty_inodes(struct fs *fs)
+void journal_flush_dirty(struct fs *fs)
 {
 	while (fs->dirty) {
 		struct inode *in = fs->dirty;
@@ -289,7 +289,7 @@ static int commit_locked(struct fs *fs)
 	int rc;
 
 	pthread_mutex_lock(&fs->lock);
-	flush_dirty_inodes(fs);
+	journal_flush_dirty(fs);
 	if (!fs->jlen && !fs->dirty_objs && !fs->nfrees && !fs->nunlinks) {
 		pthread_mutex_unlock(&fs->lock);
 		return 0;
@@ -460,7 +460,7 @@ static int checkpoint_locked(struct fs *fs)
 	int rc, fd;
 
 	pthread_mutex_lock(&fs->lock);
-	flush_dirty_inodes(fs);
+	journal_flush_dirty(fs);
 	rc = journal_encode_checkpoint(fs, &img, &len);
 	if (!rc && (rc = take_batch(fs, &b, 1)))
 		free(img);

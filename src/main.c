@@ -17,9 +17,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <libgen.h>
+#include <libutil.h>
+#include <sys/ioctl.h>
+#include <sys/statfs.h>
+
 #include "cowfs/fs.h"
 #include "cowfs/fuse_ops.h"
+#include "cowfs/ioctl.h"
 #include "cowfs/store.h"
+
+#define FUSE_SUPER_MAGIC 0x65735546
 
 struct cmd {
 	const char *name;
@@ -364,6 +372,263 @@ static int cmd_umount(int argc, char **argv)
 	return rc;
 }
 
+/* Is fd on a cowfs mount?  (FUSE with our ioctls.) */
+static int on_fuse(int fd)
+{
+	struct statfs sf;
+	return fstatfs(fd, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC;
+}
+
+static int cmd_clone(int argc, char **argv)
+{
+	struct cowfs_ioc_clone a;
+	struct stat sst, dst_st;
+	int rc, fd;
+
+	if ((rc = want_help("clone", argc, argv)) >= 0)
+		return rc;
+	if (argc != 3)
+		return usage_error("clone", argc < 3 ? "missing SRC or DST" :
+				   "too many arguments");
+	const char *src = argv[1], *dst = argv[2];
+	if (lstat(src, &sst) < 0) {
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, strerror(errno));
+		return 1;
+	}
+	if (lstat(dst, &dst_st) == 0) {
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", dst, strerror(EEXIST));
+		return 1;
+	}
+	char *d1 = strdup(dst), *d2 = strdup(dst);
+	if (!d1 || !d2)
+		err(1, "clone");
+	/* strip trailing slashes for basename/dirname */
+	for (size_t n = strlen(d1); n > 1 && d1[n - 1] == '/'; n--)
+		d1[n - 1] = d2[n - 1] = 0;
+	const char *parent = dirname(d1), *name = basename(d2);
+	if (strlen(name) >= sizeof(a.name)) {
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", dst, strerror(ENAMETOOLONG));
+		return 1;
+	}
+	fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", parent, strerror(errno));
+		return 1;
+	}
+	struct stat pst;
+	if (fstat(fd, &pst) < 0 || !on_fuse(fd)) {
+		fprintf(stderr, "cowfs: clone: '%s': not inside a cowfs mount\n", dst);
+		close(fd);
+		return 1;
+	}
+	if (pst.st_dev != sst.st_dev) {
+		fprintf(stderr, "cowfs: clone: '%s' and '%s' are not in the same "
+			"cowfs mount\n", src, dst);
+		close(fd);
+		return 1;
+	}
+	memset(&a, 0, sizeof(a));
+	a.src_ino = sst.st_ino;
+	strlcpy(a.name, name, sizeof(a.name));
+	if (ioctl(fd, COWFS_IOC_CLONE, &a) < 0) {
+		int e = errno;
+		if (e == ENOTTY || e == ENOSYS)
+			fprintf(stderr, "cowfs: clone: '%s': not inside a cowfs mount\n",
+				dst);
+		else
+			fprintf(stderr, "cowfs: clone: '%s': %s\n", dst, strerror(e));
+		close(fd);
+		return 1;
+	}
+	close(fd);
+	free(d1);
+	free(d2);
+	return 0;
+}
+
+static void human(char *buf, size_t len, uint64_t v, int exact)
+{
+	if (exact)
+		snprintf(buf, len, "%llu", (unsigned long long)v);
+	else
+		humanize_number(buf, len > 8 ? 8 : len, (int64_t)v, "",
+				HN_AUTOSCALE, HN_B | HN_NOSPACE | HN_DECIMAL);
+}
+
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
+static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
+		       struct cowfs_ioc_usage *u)
+{
+	struct stat st;
+	int fd;
+
+	memset(u, 0, sizeof(*u));
+	if (lstat(path, &st) < 0) {
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+		u->other = 1;	/* symlinks, fifos, sockets, devices: no data */
+		return 0;
+	}
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
+		return -1;
+	}
+	if (!on_fuse(fd) || ioctl(fd, nr, u) < 0) {
+		int e = errno;
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path,
+			!on_fuse(fd) || e == ENOTTY ? "not inside a cowfs mount" :
+			strerror(e));
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+static int cmd_du(int argc, char **argv)
+{
+	int json = 0, rc, first = 1, status = 0, i;
+	int exact = !isatty(STDOUT_FILENO);
+
+	if ((rc = want_help("du", argc, argv)) >= 0)
+		return rc;
+	for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
+		if (!strcmp(argv[i], "--json"))
+			json = 1;
+		else if (!strcmp(argv[i], "--bytes") || !strcmp(argv[i], "-b"))
+			exact = 1;
+		else if (!strcmp(argv[i], "--"))
+			{ i++; break; }
+		else
+			return usage_error("du", "unknown option '%s'", argv[i]);
+	}
+	if (i >= argc)
+		return usage_error("du", "missing PATH");
+	if (json)
+		printf("[");
+	else
+		printf("%12s %12s %12s  %s\n", "Logical", "Shared", "Exclusive", "Path");
+	for (; i < argc; i++) {
+		struct cowfs_ioc_usage u;
+		if (usage_ioctl("du", argv[i], COWFS_IOC_DU, &u)) {
+			status = 1;
+			continue;
+		}
+		if (json) {
+			printf("%s\n  {\"path\": ", first ? "" : ",");
+			json_str(argv[i]);
+			printf(", \"logical\": %llu, \"shared\": %llu, \"exclusive\": %llu, "
+			       "\"files\": %llu, \"dirs\": %llu}",
+			       (unsigned long long)u.logical, (unsigned long long)u.shared,
+			       (unsigned long long)u.exclusive, (unsigned long long)u.files,
+			       (unsigned long long)u.dirs);
+			first = 0;
+		} else {
+			char a[32], b[32], c[32];
+			human(a, sizeof(a), u.logical, exact);
+			human(b, sizeof(b), u.shared, exact);
+			human(c, sizeof(c), u.exclusive, exact);
+			printf("%12s %12s %12s  %s\n", a, b, c, argv[i]);
+		}
+	}
+	if (json)
+		printf("\n]\n");
+	return status;
+}
+
+static int cmd_df(int argc, char **argv)
+{
+	int json = 0, rc, i;
+	int exact = !isatty(STDOUT_FILENO);
+	struct cowfs_ioc_usage u;
+
+	if ((rc = want_help("df", argc, argv)) >= 0)
+		return rc;
+	for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
+		if (!strcmp(argv[i], "--json"))
+			json = 1;
+		else if (!strcmp(argv[i], "--bytes") || !strcmp(argv[i], "-b"))
+			exact = 1;
+		else
+			return usage_error("df", "unknown option '%s'", argv[i]);
+	}
+	if (argc - i != 1)
+		return usage_error("df", argc - i ? "too many arguments" :
+				   "missing MOUNTPOINT");
+	if (usage_ioctl("df", argv[i], COWFS_IOC_DF, &u))
+		return 1;
+	double ratio = u.exclusive ? (double)u.logical / (double)u.exclusive : 0.0;
+	if (json) {
+		printf("{\"mountpoint\": ");
+		json_str(argv[i]);
+		printf(", \"logical\": %llu, \"physical\": %llu, \"shared\": %llu, "
+		       "\"ratio\": %.3f, \"metadata\": %llu, \"files\": %llu, "
+		       "\"dirs\": %llu, \"objects\": %llu, \"block_size\": %llu}\n",
+		       (unsigned long long)u.logical, (unsigned long long)u.exclusive,
+		       (unsigned long long)u.shared, ratio,
+		       (unsigned long long)u.meta_bytes, (unsigned long long)u.files,
+		       (unsigned long long)u.dirs, (unsigned long long)u.objects,
+		       (unsigned long long)u.block_size);
+		return 0;
+	}
+	char a[32], b[32], c[32], d[32];
+	human(a, sizeof(a), u.logical, exact);
+	human(b, sizeof(b), u.exclusive, exact);
+	human(c, sizeof(c), u.shared, exact);
+	human(d, sizeof(d), u.meta_bytes, exact);
+	printf("logical bytes:   %s (%llu files, %llu directories)\n", a,
+	       (unsigned long long)u.files, (unsigned long long)u.dirs);
+	printf("physical bytes:  %s in %llu objects (blocks of %llu bytes)\n", b,
+	       (unsigned long long)u.objects, (unsigned long long)u.block_size);
+	printf("shared blocks:   %s\n", c);
+	printf("sharing ratio:   %.2f\n", ratio);
+	printf("metadata:        %s\n", d);
+	return 0;
+}
+
+static int cmd_fsck(int argc, char **argv)
+{
+	int repair = 0, verbose = 0, rc, i;
+	char errbuf[1024];
+
+	if ((rc = want_help("fsck", argc, argv)) >= 0)
+		return rc;
+	for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+		if (!strcmp(argv[i], "--repair"))
+			repair = 1;
+		else if (!strcmp(argv[i], "-v") || !strcmp(argv[i], "--verbose"))
+			verbose = 1;
+		else
+			return usage_error("fsck", "unknown option '%s'", argv[i]);
+	}
+	if (argc - i != 1)
+		return usage_error("fsck", argc - i ? "too many arguments" :
+				   "missing STORE");
+	rc = fs_fsck(argv[i], repair, verbose, stdout, errbuf, sizeof(errbuf));
+	if (rc < 0) {
+		fprintf(stderr, "cowfs: fsck: %s\n", errbuf);
+		return 3;
+	}
+	return rc;
+}
+
 static int cmd_help(int argc, char **argv);
 
 static const struct cmd cmds[] = {
@@ -382,6 +647,21 @@ static const struct cmd cmds[] = {
 	{ "umount", cmd_umount, "umount MOUNTPOINT",
 	  "Unmount a cowfs mount and wait until its daemon has written its\n"
 	  "metadata and exited.\n" },
+	{ "clone", cmd_clone, "clone SRC DST",
+	  "Make DST an instant copy-on-write clone of SRC (a file, symlink or\n"
+	  "directory tree in the same cowfs mount), like 'cp -a' but sharing\n"
+	  "every block.  DST must not exist; its parent must.\n" },
+	{ "du", cmd_du, "du [--json] [--bytes] PATH...",
+	  "For each PATH in a cowfs mount: logical bytes, bytes in blocks shared\n"
+	  "with files outside PATH, and bytes in blocks PATH alone holds.\n" },
+	{ "df", cmd_df, "df [--json] [--bytes] MOUNTPOINT",
+	  "The store's logical bytes, physical bytes, shared bytes and sharing\n"
+	  "ratio.\n" },
+	{ "fsck", cmd_fsck, "fsck [--repair] [-v] STORE",
+	  "Check an unmounted store: refcounts against extent maps, objects,\n"
+	  "directory entries and link counts, leaked space.  Exit 0: clean\n"
+	  "(leaks alone are harmless and reported), 1: problems found,\n"
+	  "3: the store could not be opened.  --repair returns leaked space.\n" },
 	{ "help", cmd_help, "help [COMMAND]",
 	  "Show the commands, or one command's usage.\n" },
 };

@@ -98,7 +98,9 @@ struct rec {
 		} commit;
 		struct {
 			uint64_t src_ino, dst_parent, first_ino, cookie;
-			uint64_t next_obj;
+			int64_t time_sec;
+			uint32_t time_nsec, flags;
+			uint32_t uid, gid;	/* owner override (CLONE_OWNER) */
 		} clone;	/* plus name = destination name */
 		struct {
 			uint64_t obj, dev, ino, size;

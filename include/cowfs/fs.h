@@ -132,4 +132,29 @@ int fs_getxattr(struct fs *fs, uint64_t ino, const char *name, void *buf,
 int fs_listxattr(struct fs *fs, uint64_t ino, char *buf, size_t size);
 int fs_removexattr(struct fs *fs, uint64_t ino, const char *name);
 
+/* Clone src (file, symlink or tree) as dst_parent/name.  No lookup
+ * reference is taken. */
+int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
+	     uint64_t dst_parent, const char *name, struct stat *st);
+
+struct fs_usage {
+	uint64_t logical;	/* bytes of file data (sum of sizes) */
+	uint64_t shared;	/* du: bytes in blocks also used outside PATH;
+				 * df: bytes in blocks with refcount >= 2 */
+	uint64_t exclusive;	/* du: bytes in blocks only PATH uses;
+				 * df: bytes in all referenced blocks */
+	uint64_t files, dirs, other;
+	uint64_t meta_bytes;	/* df: metadata file size */
+	uint64_t block_size;
+	uint64_t objects;	/* df: object files */
+};
+int fs_du(struct fs *fs, uint64_t ino, struct fs_usage *u);
+int fs_df(struct fs *fs, struct fs_usage *u);
+
+/* Offline check of a store (not mounted).  Prints to out; repair returns
+ * leaked space.  Returns 0 clean (leaks alone count as clean), 1 problems
+ * found, or -errno when the store cannot be opened (message in err). */
+int fs_fsck(const char *path, int repair, int verbose, void *out, char *err,
+	    size_t errlen);
+
 #endif

@@ -189,6 +189,10 @@ void file_close_fds(struct fs *fs);
 /* journal.c: all called with fs->lock held unless said otherwise */
 int journal_log(struct fs *fs, const struct rec *r);
 int journal_log_inode(struct fs *fs, struct inode *in);
+void journal_flush_dirty(struct fs *fs);
+
+/* clone.c */
+int clone_apply(struct fs *fs, const struct rec *r);
 /* Without fs->lock: commit everything logged so far; sync=1 for fsync. */
 int journal_commit(struct fs *fs);
 int journal_checkpoint(struct fs *fs);

@@ -1,0 +1,46 @@
+/*
+ * ioctl.h - the protocol between the cowfs command and its daemon, shared
+ * by both.  Every request is a fixed-size struct in an _IOWR number, so
+ * FUSE passes it to the daemon ("restricted" ioctl): 272 bytes, on a file
+ * or directory fd opened inside the mount.
+ */
+#ifndef COWFS_IOCTL_H
+#define COWFS_IOCTL_H
+
+#include <linux/ioctl.h>
+#include <stdint.h>
+
+#define COWFS_IOC_MAGIC 0xCF
+
+/* Clone: issued on the destination's parent directory. */
+struct cowfs_ioc_clone {
+	uint64_t src_ino;	/* in: st_ino of SRC (same mount) */
+	uint64_t flags;		/* in: 0 */
+	char name[256];		/* in: destination name, NUL-terminated;
+				 * out: unchanged */
+};
+
+/* Accounting: issued on the path measured (du) or any fd (df). */
+struct cowfs_ioc_usage {
+	uint64_t logical;	/* out: bytes of file data (sizes) */
+	uint64_t shared;	/* out: bytes in blocks shared with files
+				 * outside PATH (du) / shared blocks (df) */
+	uint64_t exclusive;	/* out: bytes in blocks only PATH uses (du) /
+				 * referenced blocks in all (df) */
+	uint64_t files;		/* out: regular files (inodes) */
+	uint64_t dirs;		/* out: directories */
+	uint64_t other;		/* out: symlinks, fifos, ... */
+	uint64_t meta_bytes;	/* out: metadata file size (df) */
+	uint64_t block_size;	/* out */
+	uint64_t objects;	/* out: object files (df) */
+	uint64_t reserved[25];
+};
+
+_Static_assert(sizeof(struct cowfs_ioc_clone) == 272, "clone arg size");
+_Static_assert(sizeof(struct cowfs_ioc_usage) == 272, "usage arg size");
+
+#define COWFS_IOC_CLONE _IOWR(COWFS_IOC_MAGIC, 1, struct cowfs_ioc_clone)
+#define COWFS_IOC_DU _IOWR(COWFS_IOC_MAGIC, 2, struct cowfs_ioc_usage)
+#define COWFS_IOC_DF _IOWR(COWFS_IOC_MAGIC, 3, struct cowfs_ioc_usage)
+
+#endif
