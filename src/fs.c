@@ -121,11 +121,11 @@ void inode_free(struct fs *fs, struct inode *in)
 {
 	struct dirent_node *d, *t;
 
-	undirty(fs, in);
 	if (S_ISREG(in->mode)) {
 		file_map_punch(fs, in, 0, UINT64_MAX);
 		file_retire_wobj(fs, in);
 	}
+	undirty(fs, in);	/* last: retiring marks the inode dirty */
 	RB_FOREACH_SAFE(d, dir_names, &in->names, t) {
 		RB_REMOVE(dir_names, &in->names, d);
 		RB_REMOVE(dir_cookies, &in->cookies, d);
