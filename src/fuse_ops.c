@@ -5,6 +5,7 @@
  */
 #define FUSE_USE_VERSION 314
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -213,7 +214,17 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	int rc = fs_open_file(FS(req), ino, fi->flags);
+	int rc = 0;
+
+	/* libfuse asks for atomic O_TRUNC: the kernel passes it to us. */
+	if ((fi->flags & O_TRUNC) && (fi->flags & O_ACCMODE) != O_RDONLY) {
+		struct stat in = { .st_size = 0 }, st;
+		struct fs_ctx c;
+		get_ctx(req, &c);
+		rc = fs_setattr(FS(req), &c, ino, &in, FS_SET_SIZE, &st);
+	}
+	if (!rc)
+		rc = fs_open_file(FS(req), ino, fi->flags);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
