@@ -53,7 +53,8 @@ void fs_log(struct fs *fs, const char *fmt, ...)
 	flockfile(f);
 	fprintf(f, "%s cowfs[%d]: ", tbuf, (int)getpid());
 	va_start(ap, fmt);
-	vfprintf(f, fmt, ap);
+	if (fmt)	/* gcc 12 with -fsanitize warns of a null format */
+		vfprintf(f, fmt, ap);
 	va_end(ap);
 	fputc('\n', f);
 	fflush(f);
@@ -632,6 +633,8 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		in->gid = dir->gid;
 		if (S_ISDIR(mode))
 			in->mode |= S_ISGID;
+		else if ((mode & S_ISGID) && c->uid && c->gid != in->gid)
+			in->mode &= ~(uint32_t)S_ISGID;	/* as inode_init_owner() */
 	}
 	in->rdev = rdev;
 	in->nlink = S_ISDIR(mode) ? 2 : 1;

@@ -382,8 +382,9 @@ static int on_fuse(int fd)
 static int cmd_clone(int argc, char **argv)
 {
 	struct cowfs_ioc_clone a;
-	struct stat sst, dst_st;
-	int rc, fd;
+	struct stat sst, dst_st, pst;
+	int rc, fd = -1, status = 1;
+	char *d1 = NULL, *d2 = NULL;
 
 	if ((rc = want_help("clone", argc, argv)) >= 0)
 		return rc;
@@ -399,7 +400,8 @@ static int cmd_clone(int argc, char **argv)
 		fprintf(stderr, "cowfs: clone: '%s': %s\n", dst, strerror(EEXIST));
 		return 1;
 	}
-	char *d1 = strdup(dst), *d2 = strdup(dst);
+	d1 = strdup(dst);
+	d2 = strdup(dst);
 	if (!d1 || !d2)
 		err(1, "clone");
 	/* strip trailing slashes for basename/dirname */
@@ -408,24 +410,21 @@ static int cmd_clone(int argc, char **argv)
 	const char *parent = dirname(d1), *name = basename(d2);
 	if (strlen(name) >= sizeof(a.name)) {
 		fprintf(stderr, "cowfs: clone: '%s': %s\n", dst, strerror(ENAMETOOLONG));
-		return 1;
+		goto out;
 	}
 	fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0) {
 		fprintf(stderr, "cowfs: clone: '%s': %s\n", parent, strerror(errno));
-		return 1;
+		goto out;
 	}
-	struct stat pst;
 	if (fstat(fd, &pst) < 0 || !on_fuse(fd)) {
 		fprintf(stderr, "cowfs: clone: '%s': not inside a cowfs mount\n", dst);
-		close(fd);
-		return 1;
+		goto out;
 	}
 	if (pst.st_dev != sst.st_dev) {
 		fprintf(stderr, "cowfs: clone: '%s' and '%s' are not in the same "
 			"cowfs mount\n", src, dst);
-		close(fd);
-		return 1;
+		goto out;
 	}
 	memset(&a, 0, sizeof(a));
 	a.src_ino = sst.st_ino;
@@ -437,13 +436,15 @@ static int cmd_clone(int argc, char **argv)
 				dst);
 		else
 			fprintf(stderr, "cowfs: clone: '%s': %s\n", dst, strerror(e));
-		close(fd);
-		return 1;
+		goto out;
 	}
-	close(fd);
+	status = 0;
+out:
+	if (fd >= 0)
+		close(fd);
 	free(d1);
 	free(d2);
-	return 0;
+	return status;
 }
 
 static void human(char *buf, size_t len, uint64_t v, int exact)
