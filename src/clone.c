@@ -299,8 +299,36 @@ out:
 
 /* ---- accounting ---- */
 
+/*
+ * Bytes a block really holds on the host: the whole block, except a file's
+ * last block, which holds its bytes up to EOF rounded to 4 KiB pages (the
+ * rest of the slot is a hole).  tails maps such blocks to bytes + 2.
+ */
+static void note_tail(struct fs *fs, struct refcount *tails, struct inode *in,
+		      int *err)
+{
+	struct extent e;
+	uint64_t tail = in->size & (fs->block_size - 1);
+
+	if (!tail || !extmap_lookup(&in->map, in->size >> fs->block_shift, &e))
+		return;
+	tail = (tail + 4095) & ~(uint64_t)4095;
+	uint32_t prev = refcount_get(tails, e.obj, e.pblk);
+	if (prev == 1 || tail + 2 > prev)
+		if (refcount_set(tails, e.obj, e.pblk, (uint32_t)tail + 2))
+			*err = -ENOMEM;
+}
+
+static uint64_t block_bytes(struct fs *fs, struct refcount *tails,
+			    uint64_t obj, uint64_t pblk)
+{
+	uint32_t v = refcount_get(tails, obj, pblk);
+	return v == 1 ? fs->block_size : v - 2;
+}
+
 struct du_ctx {
 	struct fs *fs;
+	struct refcount tails;	/* partial last blocks */
 	struct refcount local;	/* block -> references inside PATH, plus 1 */
 	struct refcount seen;	/* inodes counted (obj = ino, pblk = 0) */
 	struct fs_usage *u;
@@ -333,6 +361,7 @@ static void du_walk(struct du_ctx *dc, struct inode *in)
 	}
 	dc->u->files++;
 	dc->u->logical += in->size;
+	note_tail(fs, &dc->tails, in, &dc->err);
 	for (size_t i = 0; i < in->map.n; i++) {
 		struct extent *e = &in->map.v[i];
 		for (uint64_t b = 0; b < e->len; b++) {
@@ -354,6 +383,7 @@ int fs_du(struct fs *fs, uint64_t ino, struct fs_usage *u)
 	memset(u, 0, sizeof(*u));
 	refcount_init(&dc.local);
 	refcount_init(&dc.seen);
+	refcount_init(&dc.tails);
 	pthread_mutex_lock(&fs->lock);
 	u->block_size = fs->block_size;
 	in = inode_get(fs, ino);
@@ -363,15 +393,17 @@ int fs_du(struct fs *fs, uint64_t ino, struct fs_usage *u)
 	}
 	du_walk(&dc, in);
 	while (refcount_next(&dc.local, &it, &obj, &pblk, &v)) {
+		uint64_t bytes = block_bytes(fs, &dc.tails, obj, pblk);
 		if (refcount_get(&fs->rc, obj, pblk) > v - 1)
-			u->shared += fs->block_size;
+			u->shared += bytes;
 		else
-			u->exclusive += fs->block_size;
+			u->exclusive += bytes;
 	}
 out:
 	pthread_mutex_unlock(&fs->lock);
 	refcount_release(&dc.local);
 	refcount_release(&dc.seen);
+	refcount_release(&dc.tails);
 	return dc.err;
 }
 
@@ -384,13 +416,18 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 	uint64_t obj, pblk;
 	uint32_t v;
 
+	struct refcount tails;
+	int err = 0;
+
 	memset(u, 0, sizeof(*u));
+	refcount_init(&tails);
 	pthread_mutex_lock(&fs->lock);
 	u->block_size = fs->block_size;
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
 		if (S_ISREG(in->mode)) {
 			u->files++;
 			u->logical += in->size;
+			note_tail(fs, &tails, in, &err);
 		} else if (S_ISDIR(in->mode)) {
 			u->dirs++;
 		} else {
@@ -402,8 +439,14 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 		u->exclusive += o->nlive * fs->block_size;
 	}
 	while (refcount_next(&fs->rc, &it, &obj, &pblk, &v))
-		u->shared += fs->block_size;
+		u->shared += block_bytes(fs, &tails, obj, pblk);
+	it = 0;
+	while (refcount_next(&tails, &it, &obj, &pblk, &v))
+		u->exclusive -= fs->block_size - (v - 2);
 	pthread_mutex_unlock(&fs->lock);
+	refcount_release(&tails);
+	if (err)
+		return err;
 	if (fstatat(fs->store.dirfd, STORE_META, &st, 0) == 0)
 		u->meta_bytes = (uint64_t)st.st_size;
 	return 0;

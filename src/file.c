@@ -51,12 +51,18 @@ static void obj_close_fd(struct fs *fs, struct object *o)
 	fs->nfds--;
 }
 
+/* Close the least recently used idle fds until one more fits. */
+static void fd_make_room(struct fs *fs)
+{
+	while (fs->nfds >= fs->max_fds && !TAILQ_EMPTY(&fs->lru))
+		obj_close_fd(fs, TAILQ_FIRST(&fs->lru));
+}
+
 /* Open (if needed) and pin o's fd so it stays valid outside fs->lock. */
 int obj_pin(struct fs *fs, struct object *o)
 {
 	if (o->fd < 0) {
-		while (fs->nfds >= fs->max_fds && !TAILQ_EMPTY(&fs->lru))
-			obj_close_fd(fs, TAILQ_FIRST(&fs->lru));
+		fd_make_room(fs);
 		int fd = store_obj_open(&fs->store, o->id, 0);
 		if (fd < 0) {
 			fs_log(fs, "error: object %016llx: open: %s",
@@ -283,6 +289,7 @@ static struct object *ensure_wobj(struct fs *fs, struct inode *in, int *rc)
 	if (in->wobj && (o = obj_get(fs, in->wobj)))
 		return o;
 	uint64_t id = fs->next_obj++;
+	fd_make_room(fs);
 	int fd = store_obj_open(&fs->store, id, 1);
 	if (fd < 0) {
 		*rc = fd;
@@ -306,20 +313,48 @@ static struct object *ensure_wobj(struct fs *fs, struct inode *in, int *rc)
  * read of a mapped block never meets the object's end.  fs->lock held. */
 static int obj_cover(struct object *o, uint64_t end)
 {
+	struct stat st;
+
 	if (o->len >= end)
 		return 0;
-	if (o->len == 0) {
-		struct stat st;
-		if (fstat(o->fd, &st) < 0)
-			return -errno;
-		o->len = (uint64_t)st.st_size;
-		if (o->len >= end)
-			return 0;
-	}
+	if (fstat(o->fd, &st) < 0)
+		return -errno;
+	o->len = (uint64_t)st.st_size;
+	if (o->len >= end)
+		return 0;
 	if (ftruncate(o->fd, (off_t)end) < 0)
 		return -errno;
 	o->len = end;
 	return 0;
+}
+
+/*
+ * Every mapped block lies inside its object file, except for the bytes at
+ * or past EOF in the file's last block (a write never makes its object
+ * longer than the bytes it wrote).  Before the size grows past such a
+ * partial last block, extend that block's object to the block's end, so a
+ * read of it never meets the object's end.  fs->lock held.
+ */
+static int cover_tail(struct fs *fs, struct inode *in, uint64_t old_size)
+{
+	struct extent e;
+	struct object *o;
+	int rc;
+
+	if (!(old_size & (fs->block_size - 1)) ||
+	    !extmap_lookup(&in->map, old_size >> fs->block_shift, &e))
+		return 0;
+	o = obj_get(fs, e.obj);
+	if (!o)
+		return -EIO;
+	uint64_t end = (e.pblk + 1) << fs->block_shift;
+	if (o->len >= end)
+		return 0;
+	if ((rc = obj_pin(fs, o)))
+		return rc;
+	rc = obj_cover(o, end);
+	obj_unpin(fs, o);
+	return rc;
 }
 
 /* Map every block of [first, last] that is not already (wobj, i) to its
@@ -520,7 +555,16 @@ static ssize_t write_locked(struct fs *fs, struct inode *in, off_t off,
 		goto out_unpin;
 	}
 	last = ((uint64_t)off + (uint64_t)n - 1) >> fs->block_shift;
-	rc = obj_cover(w, (last + 1) << fs->block_shift);
+	uint64_t wend = (uint64_t)off + (uint64_t)n;
+	if (wend > w->len)
+		w->len = wend;	/* a lower bound of the object's length */
+	if (first > in->size >> fs->block_shift)
+		rc = cover_tail(fs, in, in->size);
+	if (!rc && wend < in->size) {
+		/* the file goes on past the write inside its last block */
+		uint64_t need = (last + 1) << fs->block_shift;
+		rc = obj_cover(w, need < in->size ? need : in->size);
+	}
 	if (!rc)
 		rc = map_to_wobj(fs, in, first, last);
 	if (rc)
@@ -723,6 +767,8 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 		if (!rc)
 			rc = punch_and_log(fs, in, keep, UINT64_MAX - keep);
 	}
+	if (size > in->size)
+		rc = cover_tail(fs, in, in->size);
 	if (!rc) {
 		in->size = size;
 		inode_dirty(fs, in);
@@ -812,8 +858,11 @@ int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
 		if (w)
 			obj_unpin(fs, w);
 	}
-	if (!rc && !(mode & FALLOC_FL_KEEP_SIZE) && end > in->size)
-		in->size = end;
+	if (!rc && !(mode & FALLOC_FL_KEEP_SIZE) && end > in->size) {
+		rc = cover_tail(fs, in, in->size);
+		if (!rc)
+			in->size = end;
+	}
 	if (!rc) {
 		now_ts(&in->ctime);
 		if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
@@ -977,6 +1026,8 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 		rc = share_blocks(fs, src, (si + head) >> fs->block_shift, dst,
 				  (di + head) >> fs->block_shift, nblk);
 		uint64_t end = di + head + (nblk << fs->block_shift);
+		if (!rc && end > dst->size)
+			rc = cover_tail(fs, dst, dst->size);
 		if (!rc) {
 			if (end > dst->size)
 				dst->size = end;

@@ -452,7 +452,7 @@ static void human(char *buf, size_t len, uint64_t v, int exact)
 	if (exact)
 		snprintf(buf, len, "%llu", (unsigned long long)v);
 	else
-		humanize_number(buf, len > 8 ? 8 : len, (int64_t)v, "",
+		humanize_number(buf, len > 5 ? 5 : len, (int64_t)v, "",
 				HN_AUTOSCALE, HN_B | HN_NOSPACE | HN_DECIMAL);
 }
 
@@ -483,7 +483,19 @@ static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 		return -1;
 	}
 	if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
-		u->other = 1;	/* symlinks, fifos, sockets, devices: no data */
+		/* symlinks, fifos, sockets, devices: no data, if in a mount */
+		char *dup = strdup(path);
+		int dfd = dup ? open(dirname(dup), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+		int ok = dfd >= 0 && on_fuse(dfd);
+		if (dfd >= 0)
+			close(dfd);
+		free(dup);
+		if (!ok) {
+			fprintf(stderr, "cowfs: %s: '%s': not inside a cowfs mount\n",
+				cmd, path);
+			return -1;
+		}
+		u->other = 1;
 		return 0;
 	}
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);

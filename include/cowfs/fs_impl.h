@@ -93,7 +93,7 @@ struct object {
 	uint64_t nlive;		/* blocks referenced by some extent map */
 	uint64_t owner;		/* ino whose write object it is, 0: retired */
 	int fd;			/* -1: closed */
-	uint64_t len;		/* object file length; 0: not known yet */
+	uint64_t len;		/* the object file is at least this long */
 	uint32_t pins;		/* I/O in flight on fd outside fs->lock */
 	bool dirty;		/* written since the last commit's sync */
 	bool doomed;		/* queued for unlink */
