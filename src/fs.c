@@ -542,6 +542,8 @@ int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st)
 	return rc;
 }
 
+static void acl_chmod(struct fs *fs, struct inode *in);
+
 int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	       const struct stat *a, int to_set, struct stat *st)
 {
@@ -579,8 +581,10 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 		rc = -ENOENT;
 		goto out;
 	}
-	if (to_set & FS_SET_MODE)
+	if (to_set & FS_SET_MODE) {
 		in->mode = (in->mode & S_IFMT) | (a->st_mode & 07777);
+		acl_chmod(fs, in);
+	}
 	if (to_set & FS_SET_UID)
 		in->uid = a->st_uid;
 	if (to_set & FS_SET_GID)
@@ -1275,6 +1279,32 @@ int fs_removexattr(struct fs *fs, uint64_t ino, const char *name)
 out:
 	pthread_mutex_unlock(&fs->lock);
 	return rc;
+}
+
+/* chmod on a file with an access ACL rewrites the ACL's owner, mask (or
+ * group) and other entries from the mode, as posix_acl_chmod() does. */
+static void acl_chmod(struct fs *fs, struct inode *in)
+{
+	struct xattr *x = *xattr_find(in, "system.posix_acl_access");
+	unsigned char *p;
+	int has_mask = 0;
+
+	if (!x || x->len < 4 || (x->len - 4) % 8)
+		return;
+	p = x->value;
+	for (size_t i = 4; i < x->len; i += 8)
+		if ((p[i] | p[i + 1] << 8) == ACL_MASK)
+			has_mask = 1;
+	for (size_t i = 4; i < x->len; i += 8) {
+		unsigned tag = (unsigned)(p[i] | p[i + 1] << 8);
+		unsigned shift = tag == ACL_USER_OBJ ? 6 : tag == ACL_OTHER ? 0 :
+				 (tag == ACL_MASK || (tag == ACL_GROUP_OBJ && !has_mask)) ? 3 : 99;
+		if (shift == 99)
+			continue;
+		p[i + 2] = (unsigned char)((in->mode >> shift) & 7);
+		p[i + 3] = 0;
+	}
+	log_xattr(fs, in, x->name, x->value, x->len, 0);
 }
 
 /* ---- POSIX ACL inheritance (the kernel enforces, we must inherit) ----
