@@ -328,35 +328,6 @@ static int obj_cover(struct object *o, uint64_t end)
 	return 0;
 }
 
-/*
- * Every mapped block lies inside its object file, except for the bytes at
- * or past EOF in the file's last block (a write never makes its object
- * longer than the bytes it wrote).  Before the size grows past such a
- * partial last block, extend that block's object to the block's end, so a
- * read of it never meets the object's end.  fs->lock held.
- */
-static int cover_tail(struct fs *fs, struct inode *in, uint64_t old_size)
-{
-	struct extent e;
-	struct object *o;
-	int rc;
-
-	if (!(old_size & (fs->block_size - 1)) ||
-	    !extmap_lookup(&in->map, old_size >> fs->block_shift, &e))
-		return 0;
-	o = obj_get(fs, e.obj);
-	if (!o)
-		return -EIO;
-	uint64_t end = (e.pblk + 1) << fs->block_shift;
-	if (o->len >= end)
-		return 0;
-	if ((rc = obj_pin(fs, o)))
-		return rc;
-	rc = obj_cover(o, end);
-	obj_unpin(fs, o);
-	return rc;
-}
-
 /* Map every block of [first, last] that is not already (wobj, i) to its
  * wobj slot.  fs->lock held. */
 static int map_to_wobj(struct fs *fs, struct inode *in, uint64_t first,
@@ -447,6 +418,9 @@ static int copy_bytes(int sfd, off_t spos, int dfd, off_t dpos, size_t len)
 	return 0;
 }
 
+static int zero_gap(struct fs *fs, struct inode *in, uint64_t from,
+		    uint64_t to);
+
 struct cow_plan {
 	uint64_t lblk;
 	struct object *src;	/* pinned */
@@ -522,6 +496,8 @@ static ssize_t write_locked(struct fs *fs, struct inode *in, off_t off,
 		rc = -EIO;
 		goto out_unlock;
 	}
+	if ((uint64_t)off > in->size && (rc = zero_gap(fs, in, in->size, (uint64_t)off)))
+		goto out_unlock;
 	w = ensure_wobj(fs, in, &rc);
 	if (!w)
 		goto out_unlock;
@@ -558,9 +534,7 @@ static ssize_t write_locked(struct fs *fs, struct inode *in, off_t off,
 	uint64_t wend = (uint64_t)off + (uint64_t)n;
 	if (wend > w->len)
 		w->len = wend;	/* a lower bound of the object's length */
-	if (first > in->size >> fs->block_shift)
-		rc = cover_tail(fs, in, in->size);
-	if (!rc && wend < in->size) {
+	if (wend < in->size) {
 		/* the file goes on past the write inside its last block */
 		uint64_t need = (last + 1) << fs->block_shift;
 		rc = obj_cover(w, need < in->size ? need : in->size);
@@ -751,6 +725,25 @@ static int zero_partial(struct fs *fs, struct inode *in, uint64_t lblk,
 	return n < 0 ? (int)n : 0;
 }
 
+/*
+ * The size is about to grow from 'from' to at least 'to': bytes past EOF
+ * in the last block are never trusted (an uncommitted or failed write may
+ * have left bytes in the slot), so make [from, to) of that block zeros.
+ * fs->lock and io_lock held.
+ */
+static int zero_gap(struct fs *fs, struct inode *in, uint64_t from, uint64_t to)
+{
+	uint64_t B = fs->block_size, b = from >> fs->block_shift;
+	uint64_t end = (b + 1) << fs->block_shift;
+
+	if (!(from & (B - 1)) || to <= from)
+		return 0;
+	if (to < end)
+		end = to;
+	return zero_partial(fs, in, b, (uint32_t)(from & (B - 1)),
+			    (uint32_t)(end - (b << fs->block_shift)));
+}
+
 /* fs->lock and io_lock held. */
 int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 {
@@ -768,7 +761,7 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 			rc = punch_and_log(fs, in, keep, UINT64_MAX - keep);
 	}
 	if (size > in->size)
-		rc = cover_tail(fs, in, in->size);
+		rc = zero_gap(fs, in, in->size, size);
 	if (!rc) {
 		in->size = size;
 		inode_dirty(fs, in);
@@ -859,7 +852,7 @@ int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
 			obj_unpin(fs, w);
 	}
 	if (!rc && !(mode & FALLOC_FL_KEEP_SIZE) && end > in->size) {
-		rc = cover_tail(fs, in, in->size);
+		rc = zero_gap(fs, in, in->size, end);
 		if (!rc)
 			in->size = end;
 	}
@@ -1023,11 +1016,11 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 	uint64_t nblk = (len - head) >> fs->block_shift;
 	if (nblk) {
 		pthread_mutex_lock(&fs->lock);
-		rc = share_blocks(fs, src, (si + head) >> fs->block_shift, dst,
-				  (di + head) >> fs->block_shift, nblk);
+		rc = zero_gap(fs, dst, dst->size, di + head);
+		if (!rc)
+			rc = share_blocks(fs, src, (si + head) >> fs->block_shift,
+					  dst, (di + head) >> fs->block_shift, nblk);
 		uint64_t end = di + head + (nblk << fs->block_shift);
-		if (!rc && end > dst->size)
-			rc = cover_tail(fs, dst, dst->size);
 		if (!rc) {
 			if (end > dst->size)
 				dst->size = end;

@@ -558,6 +558,7 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 		    r.type == REC_COMMIT || r.type == REC_CLONE) {
 			snprintf(err, errlen, "'%s/%s': corrupt checkpoint record at "
 				 "offset %zu", fs->store.path, STORE_META, off);
+			rc = -EUCLEAN;
 			goto out;
 		}
 		if ((rc = apply_rec(fs, &r))) {

@@ -39,8 +39,16 @@ class Model:
         n = self.nblocks()
         self.blocks = (self.blocks + [None] * n)[:n]
 
+    def grow_tail(self):
+        """The size grows: the old partial last block is zeroed past EOF
+        (bytes there are never trusted), so a mapped one is rewritten."""
+        if len(self.data) % B:
+            self.zero_partial(len(self.data) // B, 0, B)
+
     def write(self, off, buf):
         end = off + len(buf)
+        if off > len(self.data):
+            self.grow_tail()
         if end > len(self.data):
             self.data.extend(bytes(end - len(self.data)))
         self.data[off:end] = buf
@@ -60,7 +68,8 @@ class Model:
             if size % B:
                 self.zero_partial(size // B, size % B, B)
             del self.data[size:]
-        else:
+        elif size > old:
+            self.grow_tail()
             self.data.extend(bytes(size - old))
         self.fit()
 

@@ -1,0 +1,509 @@
+/*
+ * test_extmap.c - model-based randomised test of extent maps (extmap.h).
+ *
+ * The model is a flat array: for each logical block of a small address
+ * space, hole or (obj, pblk).  After every extmap_set / extmap_punch the
+ * map must agree with the model block by block, be sorted, non-overlapping,
+ * made of non-empty extents with no two adjacent ones that continue each
+ * other, and count nblocks right; the drop callback must have reported
+ * exactly the (obj, pblk) blocks that the range mapped before.
+ *
+ * Randomised: the seed is printed; rerun with TEST_SEED=<seed>.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cowfs/extmap.h"
+
+static uint64_t seed;
+static long op_no = -1;
+
+static void fail_exit(void)
+{
+	fprintf(stderr, "test_extmap: FAILED at op %ld (seed %" PRIu64
+		", rerun with TEST_SEED=%" PRIu64 ")\n", op_no, seed, seed);
+	exit(1);
+}
+
+#define CHECK(cond)                                                         \
+	do {                                                                \
+		if (!(cond)) {                                              \
+			fprintf(stderr, "%s:%d: CHECK failed: %s\n",        \
+				__FILE__, __LINE__, #cond);                 \
+			fail_exit();                                        \
+		}                                                           \
+	} while (0)
+
+#define CHECKF(cond, ...)                                                   \
+	do {                                                                \
+		if (!(cond)) {                                              \
+			fprintf(stderr, "%s:%d: CHECK failed: %s: ",        \
+				__FILE__, __LINE__, #cond);                 \
+			fprintf(stderr, __VA_ARGS__);                       \
+			fputc('\n', stderr);                                \
+			fail_exit();                                        \
+		}                                                           \
+	} while (0)
+
+static uint64_t rng_state;
+
+static uint64_t rnd(void)
+{
+	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+static uint64_t rndn(uint64_t n)
+{
+	return rnd() % n;
+}
+
+static void init_seed(void)
+{
+	const char *s = getenv("TEST_SEED");
+	if (s && *s)
+		seed = strtoull(s, NULL, 0);
+	else
+		seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	rng_state = seed;
+	printf("test_extmap: seed %" PRIu64 "\n", seed);
+	fflush(stdout);
+}
+
+/* ---- the model ---- */
+
+#define NB 512
+
+struct mblk {
+	int mapped;
+	uint64_t obj, pblk;
+};
+
+static struct mblk model[NB];
+
+/* ---- drop recording ---- */
+
+struct blk {
+	uint64_t obj, pblk;
+};
+
+struct drops {
+	struct blk *v;
+	size_t n, cap;
+	size_t calls;
+};
+
+static void drop_cb(void *ctx, uint64_t obj, uint64_t pblk, uint64_t len)
+{
+	struct drops *d = ctx;
+
+	d->calls++;
+	CHECKF(len > 0, "drop of an empty piece (obj %" PRIu64 ")", obj);
+	CHECKF(len <= NB, "drop of %" PRIu64 " blocks, more than ever mapped", len);
+	CHECK(obj != 0);
+	for (uint64_t i = 0; i < len; i++) {
+		if (d->n == d->cap) {
+			d->cap = d->cap ? d->cap * 2 : 256;
+			d->v = realloc(d->v, d->cap * sizeof(*d->v));
+			CHECK(d->v != NULL);
+		}
+		d->v[d->n++] = (struct blk){ obj, pblk + i };
+	}
+}
+
+static int blk_cmp(const void *a, const void *b)
+{
+	const struct blk *x = a, *y = b;
+	if (x->obj != y->obj)
+		return x->obj < y->obj ? -1 : 1;
+	if (x->pblk != y->pblk)
+		return x->pblk < y->pblk ? -1 : 1;
+	return 0;
+}
+
+/* ---- checks ---- */
+
+static int continues(const struct extent *a, const struct extent *b)
+{
+	return a->lblk + a->len == b->lblk && a->obj == b->obj &&
+	       a->pblk + a->len == b->pblk;
+}
+
+static void dump(const struct extmap *m)
+{
+	fprintf(stderr, "map: n=%zu cap=%zu nblocks=%" PRIu64 "\n", m->n, m->cap,
+		m->nblocks);
+	for (size_t i = 0; i < m->n && i < 200; i++)
+		fprintf(stderr, "  [%" PRIu64 ", +%" PRIu64 ") -> obj %" PRIu64
+			" pblk %" PRIu64 "\n", m->v[i].lblk, m->v[i].len,
+			m->v[i].obj, m->v[i].pblk);
+}
+
+#define MCHECK(m, cond, ...)                                                \
+	do {                                                                \
+		if (!(cond)) {                                              \
+			dump(m);                                            \
+			CHECKF(cond, __VA_ARGS__);                          \
+		}                                                           \
+	} while (0)
+
+/* The array itself: sorted, disjoint, non-empty, merged, counted. */
+static void check_shape(const struct extmap *m)
+{
+	uint64_t sum = 0;
+
+	MCHECK(m, m->n <= m->cap, "n %zu > cap %zu", m->n, m->cap);
+	MCHECK(m, m->n == 0 || m->v != NULL, "no array");
+	for (size_t i = 0; i < m->n; i++) {
+		const struct extent *e = &m->v[i];
+		MCHECK(m, e->len > 0, "extent %zu empty", i);
+		MCHECK(m, e->lblk < NB && e->len <= NB - e->lblk,
+		       "extent %zu outside the blocks ever mapped", i);
+		MCHECK(m, e->obj != 0, "extent %zu obj 0", i);
+		if (i + 1 < m->n) {
+			MCHECK(m, e->lblk + e->len <= m->v[i + 1].lblk,
+			       "extents %zu and %zu unsorted or overlapping", i,
+			       i + 1);
+			MCHECK(m, !continues(e, &m->v[i + 1]),
+			       "extents %zu and %zu continue each other but are "
+			       "not merged", i, i + 1);
+		}
+		sum += e->len;
+	}
+	MCHECK(m, sum == m->nblocks, "nblocks %" PRIu64 " but extents sum to %"
+	       PRIu64, m->nblocks, sum);
+}
+
+/* Every block (and a few far beyond) against the model. */
+static void check_model(const struct extmap *m)
+{
+	uint64_t count = 0;
+	struct extent e;
+
+	check_shape(m);
+	for (uint64_t b = 0; b < NB; b++) {
+		memset(&e, 0x77, sizeof(e));
+		int r = extmap_lookup(m, b, &e);
+		if (model[b].mapped) {
+			count++;
+			/* the maximal continuing run from b in the model */
+			uint64_t run = 1;
+			while (b + run < NB && model[b + run].mapped &&
+			       model[b + run].obj == model[b].obj &&
+			       model[b + run].pblk == model[b].pblk + run)
+				run++;
+			MCHECK(m, r == 1, "block %" PRIu64 " should be mapped", b);
+			MCHECK(m, e.lblk == b && e.obj == model[b].obj &&
+			       e.pblk == model[b].pblk,
+			       "block %" PRIu64 ": got obj %" PRIu64 " pblk %" PRIu64
+			       ", want obj %" PRIu64 " pblk %" PRIu64, b, e.obj,
+			       e.pblk, model[b].obj, model[b].pblk);
+			MCHECK(m, e.len == run, "block %" PRIu64 ": run %" PRIu64
+			       ", model says %" PRIu64, b, e.len, run);
+		} else {
+			uint64_t hole = 1;
+			while (b + hole < NB && !model[b + hole].mapped)
+				hole++;
+			if (b + hole == NB)
+				hole = UINT64_MAX;
+			MCHECK(m, r == 0, "block %" PRIu64 " should be a hole", b);
+			MCHECK(m, e.len == hole, "hole at %" PRIu64 ": len %" PRIu64
+			       ", model says %" PRIu64, b, e.len, hole);
+		}
+	}
+	static const uint64_t far[] = { NB, NB + 1, 1000, 1ull << 40,
+					UINT64_MAX - 1, UINT64_MAX };
+	for (size_t i = 0; i < sizeof(far) / sizeof(*far); i++) {
+		MCHECK(m, extmap_lookup(m, far[i], &e) == 0, "far block mapped");
+		MCHECK(m, e.len == UINT64_MAX, "far hole len %" PRIu64, e.len);
+	}
+	MCHECK(m, count == m->nblocks, "nblocks %" PRIu64 ", model has %" PRIu64,
+	       m->nblocks, count);
+}
+
+/* ---- operations, applied to both ---- */
+
+static struct drops drops;
+
+static void expect_drops(uint64_t lblk, uint64_t len, struct blk **exp,
+			 size_t *nexp)
+{
+	static struct blk v[NB];
+	size_t n = 0;
+	for (uint64_t b = lblk; b < NB && b - lblk < len; b++)
+		if (model[b].mapped)
+			v[n++] = (struct blk){ model[b].obj, model[b].pblk };
+	*exp = v;
+	*nexp = n;
+}
+
+static void compare_drops(const struct extmap *m, int with_cb, uint64_t lblk,
+			  uint64_t len)
+{
+	struct blk *exp;
+	size_t nexp;
+
+	expect_drops(lblk, len, &exp, &nexp);
+	if (!with_cb) {
+		CHECK(drops.n == 0 && drops.calls == 0);
+		return;
+	}
+	qsort(exp, nexp, sizeof(*exp), blk_cmp);
+	qsort(drops.v, drops.n, sizeof(*drops.v), blk_cmp);
+	if (drops.n != nexp || (nexp && memcmp(exp, drops.v, nexp * sizeof(*exp)))) {
+		dump(m);
+		fprintf(stderr, "range [%" PRIu64 ", +%" PRIu64 "): dropped %zu "
+			"blocks, expected %zu\n", lblk, len, drops.n, nexp);
+		for (size_t i = 0; i < drops.n || i < nexp; i++) {
+			if (i < drops.n)
+				fprintf(stderr, "  got  %" PRIu64 ":%" PRIu64,
+					drops.v[i].obj, drops.v[i].pblk);
+			else
+				fprintf(stderr, "  got  -");
+			if (i < nexp)
+				fprintf(stderr, "   want %" PRIu64 ":%" PRIu64 "\n",
+					exp[i].obj, exp[i].pblk);
+			else
+				fprintf(stderr, "   want -\n");
+			if (i > 40)
+				break;
+		}
+		CHECK(!"drop callback reported the wrong blocks");
+	}
+}
+
+static void do_set(struct extmap *m, uint64_t lblk, uint64_t len, uint64_t obj,
+		   uint64_t pblk)
+{
+	int with_cb = rndn(8) != 0;
+
+	drops.n = drops.calls = 0;
+	CHECK(extmap_set(m, lblk, len, obj, pblk, with_cb ? drop_cb : NULL,
+			 with_cb ? &drops : NULL) == 0);
+	compare_drops(m, with_cb, lblk, len);
+	for (uint64_t i = 0; i < len; i++)
+		model[lblk + i] = (struct mblk){ 1, obj, pblk + i };
+	check_model(m);
+}
+
+static void do_punch(struct extmap *m, uint64_t lblk, uint64_t len)
+{
+	int with_cb = rndn(8) != 0;
+
+	drops.n = drops.calls = 0;
+	CHECK(extmap_punch(m, lblk, len, with_cb ? drop_cb : NULL,
+			   with_cb ? &drops : NULL) == 0);
+	compare_drops(m, with_cb, lblk, len);
+	for (uint64_t b = lblk; b < NB && b - lblk < len; b++)
+		model[b].mapped = 0;
+	check_model(m);
+}
+
+/* Pick a run length for a range starting at lblk within NB. */
+static uint64_t pick_len(uint64_t lblk, int phase)
+{
+	uint64_t room = NB - lblk;
+	uint64_t max = phase == 0 ? 8 : phase == 1 ? 64 : room;
+	if (max > room)
+		max = room;
+	return 1 + rndn(max);
+}
+
+static void check_copy(const struct extmap *m)
+{
+	struct extmap c;
+
+	extmap_init(&c);
+	CHECK(c.n == 0 && c.nblocks == 0);
+	CHECK(extmap_copy(&c, m) == 0);
+	CHECK(c.n == m->n && c.nblocks == m->nblocks && c.cap >= c.n);
+	CHECK(m->n == 0 || memcmp(c.v, m->v, m->n * sizeof(*m->v)) == 0);
+	check_model(&c);
+	/* The copy is deep: changing it leaves the original alone. */
+	CHECK(extmap_punch(&c, 0, UINT64_MAX, NULL, NULL) == 0);
+	CHECK(c.n == 0 && c.nblocks == 0);
+	CHECK(extmap_set(&c, 3, 7, 99, 1234, NULL, NULL) == 0);
+	check_model(m);
+	extmap_release(&c);
+	CHECK(c.v == NULL && c.n == 0 && c.nblocks == 0);
+}
+
+static void random_test(long nops)
+{
+	struct extmap m;
+	long sets = 0, punches = 0, merged = 0;
+
+	memset(model, 0, sizeof(model));
+	extmap_init(&m);
+	check_model(&m);
+	check_copy(&m);
+	for (op_no = 0; op_no < nops; op_no++) {
+		int phase = (int)((op_no / 1000) % 3);
+		uint64_t k = rndn(100);
+		if (k < 55) {
+			uint64_t lblk, len, obj = 1 + rndn(3), pblk;
+			if (k < 10) {
+				/* sequential append after the last mapped block */
+				uint64_t end = NB;
+				while (end > 0 && !model[end - 1].mapped)
+					end--;
+				if (end >= NB)
+					end = rndn(NB);
+				lblk = end;
+			} else {
+				lblk = rndn(NB);
+			}
+			len = pick_len(lblk, phase);
+			switch (rndn(4)) {
+			case 0:		/* write object style: block i at slot i */
+				pblk = lblk;
+				break;
+			case 1:		/* continue what the block before maps */
+				if (lblk > 0 && model[lblk - 1].mapped) {
+					obj = model[lblk - 1].obj;
+					pblk = model[lblk - 1].pblk + 1;
+					merged++;
+				} else {
+					pblk = lblk + obj * 1000;
+				}
+				break;
+			case 2:		/* fixed offset per object: often merges */
+				pblk = lblk + obj * 1000;
+				break;
+			default:
+				pblk = rndn(1ull << 40);
+				break;
+			}
+			do_set(&m, lblk, len, obj, pblk);
+			sets++;
+		} else if (k < 95) {
+			uint64_t lblk = rndn(NB + 16), len;
+			switch (rndn(5)) {
+			case 0:		/* to the end, as truncate does */
+				len = UINT64_MAX - lblk;
+				break;
+			case 1:
+				len = 1 + rndn(4);
+				break;
+			case 2:
+				len = 1 + rndn(NB);
+				break;
+			default:
+				len = lblk < NB ? pick_len(lblk, phase) : 1 + rndn(8);
+				break;
+			}
+			do_punch(&m, lblk, len);
+			punches++;
+		} else if (k < 97) {
+			/* zero-length operations change nothing */
+			uint64_t lblk = rndn(NB);
+			drops.n = drops.calls = 0;
+			CHECK(extmap_set(&m, lblk, 0, 5, 5, drop_cb, &drops) == 0);
+			CHECK(extmap_punch(&m, lblk, 0, drop_cb, &drops) == 0);
+			CHECK(drops.calls == 0);
+			check_model(&m);
+		} else if (k < 98) {
+			/* set over exactly what is mapped: same map, and the
+			 * old references are reported dropped */
+			uint64_t lblk = rndn(NB);
+			if (model[lblk].mapped) {
+				struct extent e;
+				CHECK(extmap_lookup(&m, lblk, &e) == 1);
+				size_t n = m.n;
+				do_set(&m, lblk, e.len, e.obj, e.pblk);
+				CHECK(m.n == n);
+			}
+		} else if (k < 99) {
+			check_copy(&m);
+		} else if (rndn(20) == 0) {
+			do_punch(&m, 0, UINT64_MAX);
+			CHECK(m.n == 0 && m.nblocks == 0);
+		}
+	}
+	printf("  %ld ops (%ld sets, %ld punches, %ld continuing sets), "
+	       "final %zu extents / %" PRIu64 " blocks ok\n", nops, sets, punches,
+	       merged, m.n, m.nblocks);
+	extmap_release(&m);
+	op_no = -1;
+}
+
+/* Deterministic cases, including block numbers near the top of the range. */
+static void fixed_cases(void)
+{
+	struct extmap m;
+	struct extent e;
+	const uint64_t top = 1ull << 63;
+
+	memset(model, 0, sizeof(model));
+	extmap_init(&m);
+
+	/* Sequential appends merge into one extent. */
+	for (uint64_t b = 0; b < 100; b++)
+		CHECK(extmap_set(&m, b, 1, 7, b, NULL, NULL) == 0);
+	CHECK(m.n == 1 && m.v[0].len == 100 && m.nblocks == 100);
+	/* A run that does not continue splits; putting the original back
+	 * merges the three pieces again. */
+	CHECK(extmap_set(&m, 40, 10, 8, 40, NULL, NULL) == 0);
+	CHECK(m.n == 3 && m.nblocks == 100);
+	CHECK(extmap_set(&m, 40, 10, 7, 40, NULL, NULL) == 0);
+	CHECK(m.n == 1 && m.v[0].len == 100);
+	/* A hole in the middle, then filled from both sides. */
+	CHECK(extmap_punch(&m, 10, 80, NULL, NULL) == 0);
+	CHECK(m.n == 2 && m.nblocks == 20);
+	CHECK(extmap_lookup(&m, 10, &e) == 0 && e.len == 80);
+	CHECK(extmap_set(&m, 89, 1, 7, 89, NULL, NULL) == 0);
+	CHECK(m.n == 2);
+	CHECK(extmap_set(&m, 10, 79, 7, 10, NULL, NULL) == 0);
+	CHECK(m.n == 1 && m.nblocks == 100);
+	/* Continuing in pblk but not in lblk does not merge. */
+	CHECK(extmap_punch(&m, 0, UINT64_MAX, NULL, NULL) == 0);
+	CHECK(extmap_set(&m, 0, 4, 1, 0, NULL, NULL) == 0);
+	CHECK(extmap_set(&m, 5, 4, 1, 4, NULL, NULL) == 0);
+	CHECK(m.n == 2);
+	CHECK(extmap_set(&m, 9, 4, 2, 9, NULL, NULL) == 0);
+	CHECK(m.n == 3);
+
+	/* Near the top of the block range. */
+	CHECK(extmap_punch(&m, 0, UINT64_MAX, NULL, NULL) == 0);
+	CHECK(extmap_set(&m, top, 10, 3, 0, NULL, NULL) == 0);
+	CHECK(extmap_lookup(&m, 0, &e) == 0 && e.len == top);
+	CHECK(extmap_lookup(&m, top + 5, &e) == 1 && e.len == 5 && e.pblk == 5);
+	CHECK(extmap_lookup(&m, top + 10, &e) == 0 && e.len == UINT64_MAX);
+	drops.n = drops.calls = 0;
+	CHECK(extmap_punch(&m, top + 2, UINT64_MAX - (top + 2), drop_cb,
+			   &drops) == 0);
+	CHECK(drops.n == 8 && m.nblocks == 2);
+	CHECK(extmap_set(&m, UINT64_MAX - 5, 5, 4, 100, NULL, NULL) == 0);
+	CHECK(extmap_lookup(&m, UINT64_MAX - 1, &e) == 1 && e.len == 1 &&
+	      e.pblk == 104);
+	CHECK(extmap_lookup(&m, top + 2, &e) == 0 && e.len == UINT64_MAX - 5 -
+	      (top + 2));
+	CHECK(m.n == 2 && m.nblocks == 7);
+	drops.n = drops.calls = 0;
+	CHECK(extmap_punch(&m, 0, UINT64_MAX, drop_cb, &drops) == 0);
+	CHECK(drops.n == 7 && m.n == 0 && m.nblocks == 0);
+
+	extmap_release(&m);
+	/* Release of a map that never held anything, twice. */
+	extmap_init(&m);
+	extmap_release(&m);
+	extmap_release(&m);
+	printf("  fixed cases ok\n");
+}
+
+int main(void)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	init_seed();
+	fixed_cases();
+	random_test(30000);
+	free(drops.v);
+	printf("test_extmap: all ok\n");
+	return 0;
+}

@@ -1,0 +1,913 @@
+/*
+ * test_format.c - unit tests of the metadata encoding (format.h):
+ * record round trips for every type, bit flips and truncations that must
+ * read as a torn tail, garbage that must never crash, decode/encode
+ * canonicality of checksummed records, and the 64-byte header.
+ *
+ * Randomised: the seed is printed; rerun with TEST_SEED=<seed>.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "cowfs/format.h"
+
+static uint64_t seed;
+
+static void fail_exit(void)
+{
+	fprintf(stderr, "test_format: FAILED (seed %" PRIu64
+		", rerun with TEST_SEED=%" PRIu64 ")\n", seed, seed);
+	exit(1);
+}
+
+#define CHECK(cond)                                                         \
+	do {                                                                \
+		if (!(cond)) {                                              \
+			fprintf(stderr, "%s:%d: CHECK failed: %s\n",        \
+				__FILE__, __LINE__, #cond);                 \
+			fail_exit();                                        \
+		}                                                           \
+	} while (0)
+
+#define CHECKF(cond, ...)                                                   \
+	do {                                                                \
+		if (!(cond)) {                                              \
+			fprintf(stderr, "%s:%d: CHECK failed: %s: ",        \
+				__FILE__, __LINE__, #cond);                 \
+			fprintf(stderr, __VA_ARGS__);                       \
+			fputc('\n', stderr);                                \
+			fail_exit();                                        \
+		}                                                           \
+	} while (0)
+
+/* ---- PRNG (splitmix64): reproducible from the seed ---- */
+
+static uint64_t rng_state;
+
+static uint64_t rnd(void)
+{
+	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+/* Uniform in [0, n); n > 0. */
+static uint64_t rndn(uint64_t n)
+{
+	return rnd() % n;
+}
+
+static void rnd_bytes(void *p, size_t n)
+{
+	unsigned char *b = p;
+	for (size_t i = 0; i < n; i++)
+		b[i] = (unsigned char)rnd();
+}
+
+static void init_seed(void)
+{
+	const char *s = getenv("TEST_SEED");
+	if (s && *s)
+		seed = strtoull(s, NULL, 0);
+	else
+		seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	rng_state = seed;
+	printf("test_format: seed %" PRIu64 "\n", seed);
+	fflush(stdout);
+}
+
+/* ---- what docs/format.md says about each type ---- */
+
+#define NTYPES 13
+
+/* Fixed payload sizes, indexed by type. */
+static const size_t fixed_size[NTYPES + 1] = {
+	[REC_SUPER] = 24,	[REC_INODE] = 116,	[REC_INODE_DEL] = 8,
+	[REC_DIRENT_ADD] = 24,	[REC_DIRENT_DEL] = 24,	[REC_EXT_SET] = 40,
+	[REC_EXT_PUNCH] = 40,	[REC_XATTR_SET] = 8,	[REC_XATTR_DEL] = 8,
+	[REC_REFCNT] = 28,	[REC_COMMIT] = 24,	[REC_CLONE] = 56,
+	[REC_ORIGIN] = 48,
+};
+
+static int t_has_name(unsigned t)
+{
+	return t == REC_DIRENT_ADD || t == REC_DIRENT_DEL || t == REC_XATTR_SET ||
+	       t == REC_XATTR_DEL || t == REC_CLONE;
+}
+
+static int t_has_data(unsigned t)
+{
+	return t == REC_INODE || t == REC_XATTR_SET || t == REC_ORIGIN;
+}
+
+static size_t expected_len(const struct rec *r)
+{
+	size_t n = COWFS_REC_HDR_SIZE + fixed_size[r->type];
+	if (t_has_name(r->type))
+		n += 2 + r->name_len;
+	if (t_has_data(r->type))
+		n += 4 + r->data_len;
+	return n;
+}
+
+static void put_le(unsigned char *p, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le(const unsigned char *p, int n)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < n; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+/* The record checksum as docs/format.md defines it. */
+static uint64_t rec_csum(const unsigned char *rec, uint32_t len)
+{
+	uint64_t s = (uint64_t)len | (uint64_t)get_le(rec + 4, 2) << 32 |
+		     (uint64_t)get_le(rec + 6, 2) << 48;
+	return XXH3_64bits_withSeed(rec + COWFS_REC_HDR_SIZE,
+				    len - COWFS_REC_HDR_SIZE, s);
+}
+
+/* Fill every fixed field of r with random values for type t. */
+static void random_fields(struct rec *r, unsigned t)
+{
+	memset(r, 0, sizeof(*r));
+	r->type = (uint16_t)t;
+	r->flags = (uint16_t)rnd();
+	switch (t) {
+	case REC_SUPER:
+		r->u.super.next_ino = rnd();
+		r->u.super.next_obj = rnd();
+		r->u.super.root_ino = rnd();
+		break;
+	case REC_INODE:
+		r->u.inode.ino = rnd();
+		r->u.inode.size = rnd();
+		r->u.inode.wobj = rnd();
+		r->u.inode.rdev = rnd();
+		r->u.inode.next_cookie = rnd();
+		r->u.inode.parent = rnd();
+		r->u.inode.mode = (uint32_t)rnd();
+		r->u.inode.uid = (uint32_t)rnd();
+		r->u.inode.gid = (uint32_t)rnd();
+		r->u.inode.nlink = (uint32_t)rnd();
+		r->u.inode.flags = (uint32_t)rnd();
+		r->u.inode.atime_sec = (int64_t)rnd();
+		r->u.inode.mtime_sec = -(int64_t)rndn(1ull << 40);
+		r->u.inode.ctime_sec = INT64_MIN;
+		r->u.inode.btime_sec = INT64_MAX;
+		r->u.inode.atime_nsec = (uint32_t)rnd();
+		r->u.inode.mtime_nsec = (uint32_t)rnd();
+		r->u.inode.ctime_nsec = (uint32_t)rnd();
+		r->u.inode.btime_nsec = (uint32_t)rnd();
+		break;
+	case REC_INODE_DEL:
+		r->u.del.ino = rnd();
+		break;
+	case REC_DIRENT_ADD:
+	case REC_DIRENT_DEL:
+		r->u.dirent.parent = rnd();
+		r->u.dirent.ino = rnd();
+		r->u.dirent.cookie = rnd();
+		break;
+	case REC_EXT_SET:
+	case REC_EXT_PUNCH:
+		r->u.ext.ino = rnd();
+		r->u.ext.lblk = rnd();
+		r->u.ext.len = rnd();
+		r->u.ext.obj = rnd();
+		r->u.ext.pblk = rnd();
+		break;
+	case REC_XATTR_SET:
+	case REC_XATTR_DEL:
+		r->u.xattr.ino = rnd();
+		break;
+	case REC_REFCNT:
+		r->u.refcnt.obj = rnd();
+		r->u.refcnt.pblk = rnd();
+		r->u.refcnt.len = rnd();
+		r->u.refcnt.count = (uint32_t)rnd();
+		break;
+	case REC_COMMIT:
+		r->u.commit.seq = rnd();
+		r->u.commit.next_ino = rnd();
+		r->u.commit.next_obj = rnd();
+		break;
+	case REC_CLONE:
+		r->u.clone.src_ino = rnd();
+		r->u.clone.dst_parent = rnd();
+		r->u.clone.first_ino = rnd();
+		r->u.clone.cookie = rnd();
+		r->u.clone.time_sec = (int64_t)rnd();
+		r->u.clone.time_nsec = (uint32_t)rnd();
+		r->u.clone.flags = (uint32_t)rnd();
+		r->u.clone.uid = (uint32_t)rnd();
+		r->u.clone.gid = (uint32_t)rnd();
+		break;
+	case REC_ORIGIN:
+		r->u.origin.obj = rnd();
+		r->u.origin.dev = rnd();
+		r->u.origin.ino = rnd();
+		r->u.origin.size = rnd();
+		r->u.origin.mtime_ns = (int64_t)rnd();
+		r->u.origin.ctime_ns = -(int64_t)rndn(1ull << 62);
+		break;
+	}
+}
+
+#define EQ(f) CHECKF(a->f == b->f, "type %u field %s", a->type, #f)
+
+static void check_same(const struct rec *a, const struct rec *b)
+{
+	EQ(type);
+	EQ(flags);
+	switch (a->type) {
+	case REC_SUPER:
+		EQ(u.super.next_ino); EQ(u.super.next_obj); EQ(u.super.root_ino);
+		break;
+	case REC_INODE:
+		EQ(u.inode.ino); EQ(u.inode.size); EQ(u.inode.wobj);
+		EQ(u.inode.rdev); EQ(u.inode.next_cookie); EQ(u.inode.parent);
+		EQ(u.inode.mode); EQ(u.inode.uid); EQ(u.inode.gid);
+		EQ(u.inode.nlink); EQ(u.inode.flags);
+		EQ(u.inode.atime_sec); EQ(u.inode.mtime_sec);
+		EQ(u.inode.ctime_sec); EQ(u.inode.btime_sec);
+		EQ(u.inode.atime_nsec); EQ(u.inode.mtime_nsec);
+		EQ(u.inode.ctime_nsec); EQ(u.inode.btime_nsec);
+		break;
+	case REC_INODE_DEL:
+		EQ(u.del.ino);
+		break;
+	case REC_DIRENT_ADD:
+	case REC_DIRENT_DEL:
+		EQ(u.dirent.parent); EQ(u.dirent.ino); EQ(u.dirent.cookie);
+		break;
+	case REC_EXT_SET:
+	case REC_EXT_PUNCH:
+		EQ(u.ext.ino); EQ(u.ext.lblk); EQ(u.ext.len); EQ(u.ext.obj);
+		EQ(u.ext.pblk);
+		break;
+	case REC_XATTR_SET:
+	case REC_XATTR_DEL:
+		EQ(u.xattr.ino);
+		break;
+	case REC_REFCNT:
+		EQ(u.refcnt.obj); EQ(u.refcnt.pblk); EQ(u.refcnt.len);
+		EQ(u.refcnt.count);
+		break;
+	case REC_COMMIT:
+		EQ(u.commit.seq); EQ(u.commit.next_ino); EQ(u.commit.next_obj);
+		break;
+	case REC_CLONE:
+		EQ(u.clone.src_ino); EQ(u.clone.dst_parent);
+		EQ(u.clone.first_ino); EQ(u.clone.cookie);
+		EQ(u.clone.time_sec); EQ(u.clone.time_nsec);
+		EQ(u.clone.flags); EQ(u.clone.uid); EQ(u.clone.gid);
+		break;
+	case REC_ORIGIN:
+		EQ(u.origin.obj); EQ(u.origin.dev); EQ(u.origin.ino);
+		EQ(u.origin.size); EQ(u.origin.mtime_ns); EQ(u.origin.ctime_ns);
+		break;
+	default:
+		CHECKF(0, "unexpected type %u", a->type);
+	}
+	if (t_has_name(a->type)) {
+		EQ(name_len);
+		CHECK(b->name != NULL);
+		CHECK(memcmp(a->name, b->name, a->name_len) == 0);
+	} else {
+		CHECK(b->name_len == 0);
+	}
+	if (t_has_data(a->type)) {
+		EQ(data_len);
+		CHECK(b->data_len == 0 || b->data != NULL);
+		if (a->data_len)
+			CHECK(memcmp(a->data, b->data, a->data_len) == 0);
+	} else {
+		CHECK(b->data_len == 0);
+	}
+}
+
+/* Copy len bytes into a buffer of exactly that size (so that ASan sees any
+ * read past 'avail'). */
+static unsigned char *exact_copy(const void *p, size_t len)
+{
+	unsigned char *b = malloc(len ? len : 1);
+	CHECK(b != NULL);
+	if (len)
+		memcpy(b, p, len);
+	return b;
+}
+
+/* Encode r, check its size and header, decode it back (exact buffer). */
+static size_t roundtrip(const struct rec *r, unsigned char *buf)
+{
+	struct rec d;
+	size_t len = format_encode(r, buf);
+
+	CHECKF(len == expected_len(r), "type %u: encoded %zu bytes, format.md "
+	       "says %zu", r->type, len, expected_len(r));
+	CHECK(len <= COWFS_REC_MAX);
+	CHECK(get_le(buf, 4) == len);
+	CHECK(get_le(buf + 4, 2) == r->type);
+	CHECK(get_le(buf + 6, 2) == r->flags);
+	CHECKF(get_le(buf + 8, 8) == rec_csum(buf, (uint32_t)len),
+	       "type %u: checksum is not the one format.md defines", r->type);
+
+	unsigned char *e = exact_copy(buf, len);
+	memset(&d, 0xa5, sizeof(d));
+	long n = format_decode(e, len, &d);
+	CHECKF(n == (long)len, "type %u: decode returned %ld, want %zu",
+	       r->type, n, len);
+	check_same(r, &d);
+	/* Name and data point into the decoded buffer. */
+	if (d.name_len)
+		CHECK((const unsigned char *)d.name >= e &&
+		      (const unsigned char *)d.name + d.name_len <= e + len);
+	if (d.data_len)
+		CHECK((const unsigned char *)d.data >= e &&
+		      (const unsigned char *)d.data + d.data_len <= e + len);
+	/* Re-encoding the decoded record gives the same bytes. */
+	unsigned char *again = malloc(COWFS_REC_MAX);
+	CHECK(again != NULL);
+	CHECK(format_encode(&d, again) == len);
+	CHECK(memcmp(again, e, len) == 0);
+	free(again);
+	free(e);
+	return len;
+}
+
+static void test_roundtrip(void)
+{
+	unsigned char *buf = malloc(COWFS_REC_MAX);
+	unsigned char *name = malloc(65535), *data = malloc(COWFS_XATTR_MAX);
+	static const uint32_t name_lens[] = { 1, 2, 17, 254, 255 };
+	static const uint32_t data_lens[] = { 0, 1, 255, 4095, 4096,
+					      COWFS_XATTR_MAX - 1, COWFS_XATTR_MAX };
+	struct rec r;
+	int count = 0;
+
+	CHECK(buf && name && data);
+	rnd_bytes(name, 65535);
+	rnd_bytes(data, COWFS_XATTR_MAX);
+	for (unsigned t = REC_SUPER; t <= REC_ORIGIN; t++) {
+		size_t nn = t_has_name(t) ? sizeof(name_lens) / sizeof(*name_lens) : 1;
+		size_t nd = t_has_data(t) ? sizeof(data_lens) / sizeof(*data_lens) : 1;
+		for (size_t i = 0; i < nn; i++) {
+			for (size_t j = 0; j < nd; j++) {
+				random_fields(&r, t);
+				if (t_has_name(t)) {
+					r.name = (const char *)name + rndn(16);
+					r.name_len = name_lens[i];
+				}
+				if (t_has_data(t)) {
+					r.data_len = data_lens[j];
+					r.data = r.data_len ? data : NULL;
+				}
+				roundtrip(&r, buf);
+				count++;
+			}
+		}
+		/* Flags 0 and all-ones, fields 0 and all-ones. */
+		random_fields(&r, t);
+		memset(&r.u, 0, sizeof(r.u));
+		r.flags = 0;
+		if (t_has_name(t)) {
+			r.name = "x";
+			r.name_len = 1;
+		}
+		roundtrip(&r, buf);
+		memset(&r.u, 0xff, sizeof(r.u));
+		r.flags = 0xffff;
+		roundtrip(&r, buf);
+		count += 2;
+	}
+	/* The largest legal record fits COWFS_REC_MAX: an xattr with a 64 KiB
+	 * name (the decoder's limit) and a 64 KiB value. */
+	random_fields(&r, REC_XATTR_SET);
+	r.name = (const char *)name;
+	r.name_len = 65535;
+	r.data = data;
+	r.data_len = COWFS_XATTR_MAX;
+	roundtrip(&r, buf);
+	count++;
+
+	/* Docs: whole sizes of the fixed-size records. */
+	random_fields(&r, REC_SUPER);
+	CHECK(format_encode(&r, buf) == 40);
+	random_fields(&r, REC_COMMIT);
+	CHECK(format_encode(&r, buf) == 40);
+	random_fields(&r, REC_EXT_SET);
+	CHECK(format_encode(&r, buf) == 56);
+	random_fields(&r, REC_REFCNT);
+	CHECK(format_encode(&r, buf) == 44);
+	random_fields(&r, REC_INODE);
+	CHECK(format_encode(&r, buf) == 136);
+
+	free(buf);
+	free(name);
+	free(data);
+	printf("  roundtrip: %d records ok\n", count);
+}
+
+/* Build a random record of type t with small name/data into buf. */
+static size_t random_record(unsigned t, unsigned char *buf, unsigned char *pool,
+			    size_t poolsz)
+{
+	struct rec r;
+	random_fields(&r, t);
+	if (t_has_name(t)) {
+		r.name_len = 1 + (uint32_t)rndn(COWFS_NAME_MAX);
+		r.name = (const char *)pool + rndn(poolsz - r.name_len);
+	}
+	if (t_has_data(t)) {
+		r.data_len = (uint32_t)rndn(3) == 0 ? 0 : (uint32_t)rndn(300);
+		r.data = r.data_len ? pool + rndn(poolsz - r.data_len) : NULL;
+	}
+	return format_encode(&r, buf);
+}
+
+/* A stream of records decodes one after the other; each decode sees the
+ * whole rest of the stream. */
+static void test_stream(void)
+{
+	unsigned char pool[4096];
+	size_t cap = 200 * 1024, len = 0, nrec = 0;
+	unsigned char *stream = malloc(cap);
+	size_t offs[400], lens[400];
+	struct rec d;
+
+	CHECK(stream != NULL);
+	rnd_bytes(pool, sizeof(pool));
+	while (nrec < 400 && len + 1024 < cap) {
+		offs[nrec] = len;
+		lens[nrec] = random_record(1 + (unsigned)rndn(NTYPES), stream + len,
+					   pool, sizeof(pool));
+		len += lens[nrec++];
+	}
+	unsigned char *e = exact_copy(stream, len);
+	size_t off = 0;
+	for (size_t i = 0; i < nrec; i++) {
+		CHECK(off == offs[i]);
+		long n = format_decode(e + off, len - off, &d);
+		CHECKF(n == (long)lens[i], "record %zu at %zu: %ld", i, off, n);
+		off += (size_t)n;
+	}
+	CHECK(off == len);
+	CHECK(format_decode(e + off, 0, &d) == 0);
+	free(e);
+	free(stream);
+	printf("  stream: %zu records ok\n", nrec);
+}
+
+/* Any flipped bit makes the record torn (0), whatever follows it. */
+static void test_bitflips(void)
+{
+	unsigned char pool[4096];
+	unsigned char *buf = malloc(2 * COWFS_REC_MAX);
+	struct rec d;
+	long flips = 0;
+
+	CHECK(buf != NULL);
+	rnd_bytes(pool, sizeof(pool));
+	for (int round = 0; round < 16; round++) {
+		for (unsigned t = REC_SUPER; t <= REC_ORIGIN; t++) {
+			size_t len = random_record(t, buf, pool, sizeof(pool));
+			/* followed by a second, valid record */
+			size_t len2 = random_record(1 + (unsigned)rndn(NTYPES),
+						    buf + len, pool, sizeof(pool));
+			int follow = round & 1;
+			size_t avail = follow ? len + len2 : len;
+			unsigned char *e = exact_copy(buf, avail);
+			CHECK(format_decode(e, avail, &d) == (long)len);
+			for (size_t bit = 0; bit < len * 8; bit++) {
+				e[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+				long n = format_decode(e, avail, &d);
+				CHECKF(n == 0, "type %u len %zu: flipping bit %zu "
+				       "gave %ld, want 0 (torn)", t, len, bit, n);
+				e[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+				flips++;
+			}
+			CHECK(format_decode(e, avail, &d) == (long)len);
+			free(e);
+		}
+	}
+	/* A big record: a sample of its bits. */
+	struct rec r;
+	unsigned char *data = malloc(COWFS_XATTR_MAX);
+	CHECK(data != NULL);
+	rnd_bytes(data, COWFS_XATTR_MAX);
+	random_fields(&r, REC_XATTR_SET);
+	r.name = (const char *)pool;
+	r.name_len = 255;
+	r.data = data;
+	r.data_len = COWFS_XATTR_MAX;
+	size_t len = format_encode(&r, buf);
+	unsigned char *e = exact_copy(buf, len);
+	for (int i = 0; i < 300; i++) {
+		size_t bit = i < 200 ? rndn(COWFS_REC_HDR_SIZE * 8 + 32 * 8) :
+				       rndn(len * 8);
+		e[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+		CHECKF(format_decode(e, len, &d) == 0, "big record: bit %zu", bit);
+		e[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+		flips++;
+	}
+	CHECK(format_decode(e, len, &d) == (long)len);
+	free(e);
+	free(data);
+	free(buf);
+	printf("  bit flips: %ld ok\n", flips);
+}
+
+/* Every proper prefix of a record is torn (0). */
+static void test_truncation(void)
+{
+	unsigned char pool[4096];
+	unsigned char *buf = malloc(COWFS_REC_MAX);
+	struct rec d;
+	long cuts = 0;
+
+	CHECK(buf != NULL);
+	rnd_bytes(pool, sizeof(pool));
+	for (int round = 0; round < 3; round++) {
+		for (unsigned t = REC_SUPER; t <= REC_ORIGIN; t++) {
+			size_t len = random_record(t, buf, pool, sizeof(pool));
+			for (size_t k = 0; k < len; k++) {
+				unsigned char *e = exact_copy(buf, k);
+				long n = format_decode(e, k, &d);
+				CHECKF(n == 0, "type %u: prefix %zu of %zu gave %ld",
+				       t, k, len, n);
+				free(e);
+				cuts++;
+			}
+		}
+	}
+	free(buf);
+	printf("  truncations: %ld ok\n", cuts);
+}
+
+/* Random bytes: never a crash, and never > 0 unless the checksum holds. */
+static void test_garbage(void)
+{
+	unsigned char buf[600];
+	struct rec d;
+	long accepted = 0, n_runs = 200000;
+
+	for (long i = 0; i < n_runs; i++) {
+		size_t len = rndn(sizeof(buf));
+		rnd_bytes(buf, len);
+		if (len >= COWFS_REC_HDR_SIZE && rndn(2)) {
+			/* a plausible header: len within the buffer */
+			uint32_t rl = (uint32_t)(COWFS_REC_HDR_SIZE +
+						 rndn(len - COWFS_REC_HDR_SIZE + 1));
+			put_le(buf, rl, 4);
+			put_le(buf + 4, 1 + rndn(NTYPES), 2);
+			if (rndn(2))
+				put_le(buf + 6, 0, 2);
+		}
+		unsigned char *e = exact_copy(buf, len);
+		long n = format_decode(e, len, &d);
+		if (n != 0) {
+			CHECK(len >= COWFS_REC_HDR_SIZE);
+			uint32_t rl = (uint32_t)get_le(e, 4);
+			CHECKF(rl >= COWFS_REC_HDR_SIZE && rl <= len &&
+			       get_le(e + 8, 8) == rec_csum(e, rl),
+			       "garbage of %zu bytes decoded to %ld without a "
+			       "valid checksum", len, n);
+			accepted++;
+		}
+		free(e);
+	}
+	/* Headers claiming impossible lengths are torn, never read. */
+	memset(buf, 0, sizeof(buf));
+	static const uint32_t bad_lens[] = { 0, 1, 15, COWFS_REC_MAX + 1,
+					     0x7fffffff, 0xffffffff };
+	for (size_t i = 0; i < sizeof(bad_lens) / sizeof(*bad_lens); i++) {
+		put_le(buf, bad_lens[i], 4);
+		put_le(buf + 4, REC_COMMIT, 2);
+		unsigned char *e = exact_copy(buf, 100);
+		CHECK(format_decode(e, 100, &d) == 0);
+		free(e);
+	}
+	printf("  garbage: %ld buffers ok (%ld accepted)\n", n_runs, accepted);
+}
+
+/*
+ * Records whose checksum is right but whose payload is arbitrary (types
+ * known and unknown, consistent or mangled lengths): decode returns -1 or
+ * the length, never crashes, and whatever it accepts re-encodes to the very
+ * same bytes.  Untouched well-formed payloads of known types must decode.
+ */
+static void test_checksummed_garbage(void)
+{
+	unsigned char *rec = malloc(COWFS_REC_MAX);
+	unsigned char *again = malloc(COWFS_REC_MAX);
+	struct rec d;
+	long ok = 0, bad = 0;
+
+	CHECK(rec && again);
+	for (long i = 0; i < 100000; i++) {
+		unsigned t = (unsigned)rndn(NTYPES + 4);	/* 0..16 */
+		int known = t >= REC_SUPER && t <= REC_ORIGIN;
+		size_t fixed = known ? fixed_size[t] : rndn(80);
+		unsigned char *p = rec + COWFS_REC_HDR_SIZE, *dfield = NULL;
+		rnd_bytes(p, fixed);
+		p += fixed;
+		if (known && t_has_name(t)) {
+			uint32_t nl = 1 + (uint32_t)rndn(300);
+			put_le(p, nl, 2);
+			rnd_bytes(p + 2, nl);
+			p += 2 + nl;
+		}
+		if (known && t_has_data(t)) {
+			uint32_t dl = rndn(4) ? (uint32_t)rndn(300) : 0;
+			dfield = p;
+			put_le(p, dl, 4);
+			rnd_bytes(p + 4, dl);
+			p += 4 + dl;
+		}
+		size_t len = (size_t)(p - rec);
+		int mangled = (int)rndn(3) == 0;
+		if (mangled) {
+			switch (rndn(5)) {
+			case 0: {	/* trailing bytes */
+				size_t extra = 1 + rndn(8);
+				rnd_bytes(rec + len, extra);
+				len += extra;
+				break;
+			}
+			case 1:		/* missing bytes */
+				len -= rndn(len - COWFS_REC_HDR_SIZE + 1);
+				break;
+			case 2:		/* name_len 0 or off by some */
+				if (known && t_has_name(t))
+					put_le(rec + COWFS_REC_HDR_SIZE + fixed,
+					       rndn(2) ? 0 : rndn(65536), 2);
+				break;
+			case 3:		/* data_len too big or wrong */
+				if (dfield)
+					put_le(dfield, rndn(2) ? COWFS_XATTR_MAX + 1 +
+					       rndn(100) : rnd(), 4);
+				break;
+			default:	/* random length fields everywhere */
+				len = COWFS_REC_HDR_SIZE + rndn(len - COWFS_REC_HDR_SIZE + 1);
+				break;
+			}
+		}
+		uint16_t flags = (uint16_t)rnd();
+		put_le(rec, len, 4);
+		put_le(rec + 4, t, 2);
+		put_le(rec + 6, flags, 2);
+		put_le(rec + 8, rec_csum(rec, (uint32_t)len), 8);
+
+		unsigned char *e = exact_copy(rec, len);
+		long n = format_decode(e, len, &d);
+		CHECKF(n == -1 || n == (long)len, "type %u len %zu: decode %ld",
+		       t, len, n);
+		if (!known)
+			CHECKF(n == -1, "unknown type %u accepted", t);
+		if (known && !mangled)
+			CHECKF(n == (long)len, "well-formed type %u len %zu "
+			       "refused (%ld)", t, len, n);
+		if (n > 0) {
+			CHECK(d.type == t && d.flags == flags);
+			CHECK(format_encode(&d, again) == len);
+			CHECKF(memcmp(again, e, len) == 0, "type %u: decode is "
+			       "not canonical", t);
+			ok++;
+		} else {
+			bad++;
+		}
+		free(e);
+	}
+	free(rec);
+	free(again);
+	printf("  checksummed garbage: %ld accepted, %ld refused ok\n", ok, bad);
+}
+
+/* Specific refusals: name_len 0, data_len > 64 KiB, unknown type. */
+static void test_decode_refusals(void)
+{
+	unsigned char buf[512];
+	struct rec r, d;
+	size_t len;
+
+	random_fields(&r, REC_DIRENT_ADD);
+	r.name = "abc";
+	r.name_len = 3;
+	len = format_encode(&r, buf);
+	/* name_len = 0, trailing name bytes dropped, checksum fixed */
+	put_le(buf + COWFS_REC_HDR_SIZE + 24, 0, 2);
+	len -= 3;
+	put_le(buf, len, 4);
+	put_le(buf + 8, rec_csum(buf, (uint32_t)len), 8);
+	CHECK(format_decode(buf, len, &d) == -1);
+
+	random_fields(&r, REC_XATTR_SET);
+	r.name = "user.x";
+	r.name_len = 6;
+	r.data = NULL;
+	r.data_len = 0;
+	len = format_encode(&r, buf);
+	put_le(buf + len - 4, COWFS_XATTR_MAX + 1, 4);
+	put_le(buf + 8, rec_csum(buf, (uint32_t)len), 8);
+	CHECK(format_decode(buf, len, &d) == -1);
+
+	for (unsigned t = 0; t < 40; t++) {
+		if (t >= REC_SUPER && t <= REC_ORIGIN)
+			continue;
+		memset(buf, 0, sizeof(buf));
+		len = COWFS_REC_HDR_SIZE + 24;
+		put_le(buf, len, 4);
+		put_le(buf + 4, t, 2);
+		put_le(buf + 8, rec_csum(buf, (uint32_t)len), 8);
+		CHECKF(format_decode(buf, len, &d) == -1, "type %u", t);
+	}
+	put_le(buf + 4, 0xffff, 2);
+	put_le(buf + 8, rec_csum(buf, (uint32_t)len), 8);
+	CHECK(format_decode(buf, len, &d) == -1);
+	printf("  decode refusals ok\n");
+}
+
+/* ---- header ---- */
+
+static void hdr_roundtrip(unsigned shift)
+{
+	struct disk_header h, d;
+	unsigned char out[COWFS_HDR_SIZE];
+	size_t clen = rndn(3000);
+	unsigned char *ckpt = malloc(clen ? clen : 1);
+
+	CHECK(ckpt != NULL);
+	rnd_bytes(ckpt, clen);
+	format_header_init(&h, shift);
+	CHECK(memcmp(h.magic, COWFS_MAGIC, 8) == 0);
+	CHECK(h.version == COWFS_VERSION_FMT);
+	CHECK(h.incompat == 0 && h.compat == 0 && h.block_shift == shift);
+	h.generation = rnd();
+	format_header_encode(&h, ckpt, clen, out);
+	CHECK(h.ckpt_len == clen);
+	CHECK(h.ckpt_csum == format_csum(ckpt, clen));
+	CHECK(format_csum(ckpt, clen) == XXH3_64bits(ckpt, clen));
+	/* Layout from docs/format.md */
+	CHECK(memcmp(out, "COWFSMD1", 8) == 0);
+	CHECK(get_le(out + 8, 4) == COWFS_VERSION_FMT);
+	CHECK(get_le(out + 12, 4) == 0);
+	CHECK(get_le(out + 16, 4) == 0);
+	CHECK(get_le(out + 20, 4) == shift);
+	CHECK(get_le(out + 24, 8) == clen);
+	CHECK(get_le(out + 32, 8) == XXH3_64bits(ckpt, clen));
+	CHECK(get_le(out + 40, 8) == h.generation);
+	CHECK(get_le(out + 48, 8) == 0);
+	CHECK(get_le(out + 56, 8) == XXH3_64bits(out, 56));
+	CHECK(h.hdr_csum == get_le(out + 56, 8));
+
+	memset(&d, 0x5a, sizeof(d));
+	const char *msg = format_header_decode(out, &d);
+	CHECKF(msg == NULL, "shift %u: %s", shift, msg);
+	CHECK(memcmp(d.magic, COWFS_MAGIC, 8) == 0);
+	CHECK(d.version == h.version && d.incompat == h.incompat &&
+	      d.compat == h.compat && d.block_shift == h.block_shift &&
+	      d.ckpt_len == h.ckpt_len && d.ckpt_csum == h.ckpt_csum &&
+	      d.generation == h.generation && d.reserved == h.reserved &&
+	      d.hdr_csum == h.hdr_csum);
+	free(ckpt);
+}
+
+/* Re-encode h (valid checksum) and expect decode to refuse it. */
+static const char *hdr_refused(struct disk_header *h)
+{
+	unsigned char out[COWFS_HDR_SIZE];
+	struct disk_header d;
+	static const char ckpt[] = "checkpoint bytes";
+
+	format_header_encode(h, ckpt, sizeof(ckpt), out);
+	const char *msg = format_header_decode(out, &d);
+	CHECK(msg != NULL);
+	CHECK(*msg != 0);
+	return msg;
+}
+
+static void test_header(void)
+{
+	struct disk_header h, d;
+	unsigned char out[COWFS_HDR_SIZE];
+	const char *msg;
+
+	for (unsigned s = 12; s <= 20; s++)
+		hdr_roundtrip(s);
+	for (int i = 0; i < 50; i++)
+		hdr_roundtrip(12 + (unsigned)rndn(9));
+
+	/* Unknown compat bits and the reserved field are ignored. */
+	format_header_init(&h, 16);
+	h.compat = 0xffffffffu;
+	h.reserved = rnd();
+	format_header_encode(&h, "", 0, out);
+	CHECK(format_header_decode(out, &d) == NULL);
+	CHECK(d.compat == 0xffffffffu && d.reserved == h.reserved);
+	CHECK(d.ckpt_len == 0);
+
+	/* Wrong version (re-encoded, so the checksum is right). */
+	format_header_init(&h, 12);
+	h.version = 2;
+	msg = hdr_refused(&h);
+	CHECKF(strstr(msg, "version") != NULL, "message: %s", msg);
+	h.version = 0;
+	msg = hdr_refused(&h);
+	CHECKF(strstr(msg, "version") != NULL, "message: %s", msg);
+	h.version = 0xffffffffu;
+	msg = hdr_refused(&h);
+	CHECKF(strstr(msg, "version") != NULL, "message: %s", msg);
+
+	/* Every unknown incompat bit. */
+	for (int b = 0; b < 32; b++) {
+		format_header_init(&h, 12);
+		h.incompat = 1u << b;
+		msg = hdr_refused(&h);
+		CHECKF(strstr(msg, "incompat") != NULL, "bit %d: %s", b, msg);
+	}
+
+	/* Invalid block shifts. */
+	static const uint32_t bad_shifts[] = { 0, 1, 9, 11, 21, 31, 32, 63, 64,
+					       0xffffffffu };
+	for (size_t i = 0; i < sizeof(bad_shifts) / sizeof(*bad_shifts); i++) {
+		format_header_init(&h, 12);
+		h.block_shift = bad_shifts[i];
+		msg = hdr_refused(&h);
+		CHECKF(strstr(msg, "block size") != NULL, "shift %u: %s",
+		       bad_shifts[i], msg);
+	}
+
+	/* Bad magic: each magic byte. */
+	format_header_init(&h, 12);
+	format_header_encode(&h, "x", 1, out);
+	for (int i = 0; i < 8; i++) {
+		unsigned char c[COWFS_HDR_SIZE];
+		memcpy(c, out, sizeof(c));
+		c[i] ^= (unsigned char)(1 + rndn(255));
+		msg = format_header_decode(c, &d);
+		CHECK(msg != NULL);
+		CHECKF(strstr(msg, "magic") != NULL, "byte %d: %s", i, msg);
+	}
+
+	/* Every single bit flip is refused (magic or checksum). */
+	for (int bit = 0; bit < (int)COWFS_HDR_SIZE * 8; bit++) {
+		unsigned char c[COWFS_HDR_SIZE];
+		memcpy(c, out, sizeof(c));
+		c[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+		msg = format_header_decode(c, &d);
+		CHECKF(msg != NULL, "header bit %d flipped was accepted", bit);
+		if (bit >= 64)
+			CHECKF(strstr(msg, "checksum") != NULL, "bit %d: %s",
+			       bit, msg);
+	}
+
+	/* A flipped field with a recomputed checksum of the wrong data. */
+	{
+		unsigned char c[COWFS_HDR_SIZE];
+		memcpy(c, out, sizeof(c));
+		put_le(c + 56, get_le(c + 56, 8) + 1, 8);
+		msg = format_header_decode(c, &d);
+		CHECK(msg != NULL && strstr(msg, "checksum") != NULL);
+	}
+
+	/* Garbage headers. */
+	for (int i = 0; i < 10000; i++) {
+		unsigned char c[COWFS_HDR_SIZE];
+		rnd_bytes(c, sizeof(c));
+		if (i & 1)
+			memcpy(c, COWFS_MAGIC, 8);
+		CHECK(format_header_decode(c, &d) != NULL);
+	}
+	memset(out, 0, sizeof(out));
+	CHECK(format_header_decode(out, &d) != NULL);
+	printf("  header ok\n");
+}
+
+int main(void)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	init_seed();
+	test_roundtrip();
+	test_stream();
+	test_decode_refusals();
+	test_bitflips();
+	test_truncation();
+	test_garbage();
+	test_checksummed_garbage();
+	test_header();
+	printf("test_format: all ok\n");
+	return 0;
+}
