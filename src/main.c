@@ -189,14 +189,23 @@ static void append_fsname(char *out, size_t outlen, const char *store)
 	strlcat(out, esc, outlen);
 }
 
+static char *mount_logfile;	/* freed at exit, whatever the path out */
+
+static void free_mount_logfile(void)
+{
+	free(mount_logfile);
+}
+
 static int cmd_mount(int argc, char **argv)
 {
 	struct fs_options fo = { 0 };
 	struct cowfs_mount m = { 0 };
 	char fuse_opts[8192] = "", errbuf[1024];
-	char *logfile = NULL, *store_abs;
+	char *store_abs;
 	struct fs *fs;
 	int c, rc;
+
+	atexit(free_mount_logfile);
 
 	if ((rc = want_help("mount", argc, argv)) >= 0)
 		return rc;
@@ -214,7 +223,7 @@ static int cmd_mount(int argc, char **argv)
 			break;
 		case 'o':
 			if ((rc = split_opts(optarg, &fo, fuse_opts, sizeof(fuse_opts),
-					     &logfile)))
+					     &mount_logfile)))
 				return rc;
 			break;
 		case '?':
@@ -231,27 +240,26 @@ static int cmd_mount(int argc, char **argv)
 	const char *store = argv[optind], *mnt = argv[optind + 1];
 	struct stat st;
 	if (stat(mnt, &st) < 0 || !S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "cowfs: mount: '%s': %s\n", mnt,
-			errno && stat(mnt, &st) < 0 ? strerror(errno) : "not a directory");
+		int e = stat(mnt, &st) < 0 ? errno : ENOTDIR;
+		fprintf(stderr, "cowfs: mount: '%s': %s\n", mnt, strerror(e));
 		return 1;
 	}
-	if (logfile) {
+	if (mount_logfile) {
 		/* the daemon chdirs to /: make the log path absolute */
-		char *abs = logfile[0] == '/' ? NULL : realpath(".", NULL);
+		char *abs = mount_logfile[0] == '/' ? NULL : realpath(".", NULL);
 		if (abs) {
 			char *p;
-			if (asprintf(&p, "%s/%s", abs, logfile) > 0) {
-				free(logfile);
-				logfile = p;
+			if (asprintf(&p, "%s/%s", abs, mount_logfile) > 0) {
+				free(mount_logfile);
+				mount_logfile = p;
 			}
 			free(abs);
 		}
 	}
-	fo.logfile = logfile;
+	fo.logfile = mount_logfile;
 	rc = fs_open(store, &fo, &fs, errbuf, sizeof(errbuf));
 	if (rc) {
 		fprintf(stderr, "cowfs: mount: %s\n", errbuf);
-		free(logfile);
 		return 1;
 	}
 	store_abs = realpath(store, NULL);
@@ -264,7 +272,6 @@ static int cmd_mount(int argc, char **argv)
 		fprintf(stderr, "cowfs: mount: '%s': could not mount\n", mnt);
 	if (fs_close(fs))
 		rc = rc ? rc : -EIO;
-	free(logfile);
 	return rc ? 1 : 0;
 }
 

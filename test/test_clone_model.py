@@ -210,7 +210,7 @@ def test_clone_isolation_model(mount):
     CloneMachine.mount = mount
     run_state_machine_as_test(
         CloneMachine,
-        settings=settings(max_examples=int(os.environ.get("MODEL_EXAMPLES", 40)),
+        settings=settings(max_examples=int(os.environ.get("COWFS_MODEL_EXAMPLES", 40)),
                           stateful_step_count=25, deadline=None,
                           suppress_health_check=list(HealthCheck),
                           print_blob=True))

@@ -1,0 +1,1077 @@
+#!/usr/bin/env bash
+# scripts/bench.sh - benchmark cowfs side by side with the host filesystem,
+# fuse-overlayfs and (where it mounts) kernel overlayfs.
+#
+#   scripts/bench.sh [--quick] [--out FILE] [--reps N] [--cowfs PATH]
+#                    [--systems LIST] [--workloads LIST] [--keep]
+#                    [--timeout SECS]
+#
+# Runs as root, non-interactively.  Every repetition runs each workload on
+# each system in turn (interleaved, system order rotated per repetition,
+# each on a fresh store / mount / directory), then prints one markdown
+# table per workload: median seconds, MiB/s where it applies, ratio to the
+# host and to fuse-overlayfs, and the raw runs.
+#
+# Workloads (--workloads, comma-separated; default all):
+#   io     a. sequential write of IO_SIZE (dd bs=1M conv=fsync from a
+#             pregenerated random file held in the page cache)
+#          b. cold read (sync + drop_caches first) and hot read (second read)
+#   meta   c. create META_FILES files of 100 bytes, stat all (cold), delete
+#   build  d. tar x of /usr/include, tar x of the project (cowfs source
+#             tree), meson setup, ninja
+#   clone  e. copies and clones of a gen-tree.sh tree (30 000 files, 1 GiB):
+#             cp -a / cowfs clone / btrfs reflink copy / fuse-overlayfs cp -a,
+#             4 KiB write+fsync into the 256 MiB file of the copy, cp of a
+#             1 GiB file, clone by reference from the host tree, cold read
+#             of the trees (tar cf - | cat); time and space growth.
+#             `cowfs clone` rows only if `cowfs help clone` succeeds;
+#             `mount --origin` rows only if `cowfs help mount` mentions it.
+# Systems (--systems; default all that work here): host, cowfs,
+#   fuse-overlayfs, overlayfs.  The clone workload adds btrfs (a sparse
+#   loop-mounted image) when mkfs.btrfs is installed.
+#
+# Options:
+#   --quick          smoke run: 64 MiB instead of 1 GiB, 1000 files, a
+#                    1000-file tree, /usr/include/linux as the tarball,
+#                    an unoptimised build, 1 repetition; under a minute
+#   --out FILE       also write the report to FILE
+#   --reps N         repetitions (default $BENCH_REPS or 3; 1 with --quick)
+#   --cowfs PATH     the cowfs binary (default $COWFS_BIN, else
+#                    TOP/build/cowfs, else /tmp/bbuild/cowfs)
+#   --keep           keep the work directory
+#   --timeout SECS   limit for one timed step (default 900; 30 quick); a
+#                    FUSE step that runs over it counts as a hang: the
+#                    connection is aborted and the daemon killed
+#
+# Environment: BENCH_REPS, BENCH_DIR (parent of the work directory
+# cowfs-bench.XXXX; default /var/tmp), COWFS_BIN, BENCH_COWFS_OPTS (extra
+# -o options for every cowfs mount), BENCH_IO_SIZE, BENCH_META_FILES,
+# BENCH_TREE_FILES, BENCH_TREE_SIZE, BENCH_BIGFILE_SIZE, BENCH_UNPACK_SRC
+# (directory to tar for the unpack step), BENCH_PROJECT_SRC (meson project
+# to unpack and build; default this checkout).
+#
+# Everything mounted under the work directory is unmounted, loop devices
+# are detached and the work directory is removed on exit, failure, or
+# Ctrl-C.  Space is measured with du --block-size=1 of the backing store
+# (cowfs store dir, overlay upper dir, btrfs image file, host dir) after
+# fsync of the touched files and a global sync.
+set -uo pipefail
+export LC_ALL=C
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=${0##*/}
+
+usage() {
+	sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0" >&2
+	exit "${1:-2}"
+}
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- options
+QUICK=0
+OUT=""
+REPS=""
+KEEP=0
+STEP_TIMEOUT=""
+SYSTEMS_ARG=""
+WORKLOADS_ARG="io,meta,build,clone"
+COWFS=${COWFS_BIN:-}
+while [ $# -gt 0 ]; do
+	case $1 in
+	--quick) QUICK=1; shift ;;
+	--out) OUT=$2; shift 2 ;;
+	--out=*) OUT=${1#*=}; shift ;;
+	--reps) REPS=$2; shift 2 ;;
+	--reps=*) REPS=${1#*=}; shift ;;
+	--cowfs) COWFS=$2; shift 2 ;;
+	--cowfs=*) COWFS=${1#*=}; shift ;;
+	--systems) SYSTEMS_ARG=$2; shift 2 ;;
+	--systems=*) SYSTEMS_ARG=${1#*=}; shift ;;
+	--workloads) WORKLOADS_ARG=$2; shift 2 ;;
+	--workloads=*) WORKLOADS_ARG=${1#*=}; shift ;;
+	--keep) KEEP=1; shift ;;
+	--timeout) STEP_TIMEOUT=$2; shift 2 ;;
+	--timeout=*) STEP_TIMEOUT=${1#*=}; shift ;;
+	-h | --help) usage 0 ;;
+	*) log "unknown argument: $1"; usage ;;
+	esac
+done
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (mounts, drop_caches, loop devices)"
+
+if [ -z "$REPS" ]; then
+	if [ "$QUICK" = 1 ]; then REPS=1; else REPS=${BENCH_REPS:-3}; fi
+fi
+case $REPS in '' | *[!0-9]* | 0) die "bad repetition count '$REPS'" ;; esac
+
+if [ "$QUICK" = 1 ]; then
+	IO_SIZE=${BENCH_IO_SIZE:-64M}
+	META_FILES=${BENCH_META_FILES:-1000}
+	TREE_FILES=${BENCH_TREE_FILES:-1000}
+	TREE_SIZE=${BENCH_TREE_SIZE:-64M}
+	BIGFILE_SIZE=${BENCH_BIGFILE_SIZE:-64M}
+	UNPACK_SRC=${BENCH_UNPACK_SRC:-/usr/include/linux}
+	MESON_ARGS=(-Dbuildtype=plain -Dwerror=false)
+	STEP_TIMEOUT=${STEP_TIMEOUT:-30}
+	BTRFS_IMG_SIZE=2G
+else
+	IO_SIZE=${BENCH_IO_SIZE:-1G}
+	META_FILES=${BENCH_META_FILES:-10000}
+	TREE_FILES=${BENCH_TREE_FILES:-30000}
+	TREE_SIZE=${BENCH_TREE_SIZE:-1G}
+	BIGFILE_SIZE=${BENCH_BIGFILE_SIZE:-1G}
+	UNPACK_SRC=${BENCH_UNPACK_SRC:-/usr/include}
+	MESON_ARGS=(-Dwerror=false)
+	STEP_TIMEOUT=${STEP_TIMEOUT:-900}
+	BTRFS_IMG_SIZE=8G
+fi
+PROJECT_SRC=${BENCH_PROJECT_SRC:-$TOP}
+
+to_bytes() {
+	local s=$1 n m=1
+	case $s in
+	*[kK]) m=1024; n=${s%?} ;;
+	*[mM]) m=$((1024 * 1024)); n=${s%?} ;;
+	*[gG]) m=$((1024 * 1024 * 1024)); n=${s%?} ;;
+	*) n=$s ;;
+	esac
+	case $n in '' | *[!0-9]*) die "bad size '$s'" ;; esac
+	echo $((n * m))
+}
+IO_BYTES=$(to_bytes "$IO_SIZE")
+BIGFILE_BYTES=$(to_bytes "$BIGFILE_SIZE")
+
+if [ -z "$COWFS" ]; then
+	for c in "$TOP/build/cowfs" /tmp/bbuild/cowfs; do
+		[ -x "$c" ] && { COWFS=$c; break; }
+	done
+fi
+[ -n "$COWFS" ] && [ -x "$COWFS" ] ||
+	die "no cowfs binary (build it, then pass --cowfs PATH or COWFS_BIN)"
+COWFS=$(realpath -- "$COWFS")
+
+IFS=, read -r -a WORKLOADS <<<"$WORKLOADS_ARG"
+for w in "${WORKLOADS[@]}"; do
+	case $w in io | meta | build | clone) ;; *) die "unknown workload '$w'" ;; esac
+done
+has_workload() {
+	local w
+	for w in "${WORKLOADS[@]}"; do [ "$w" = "$1" ] && return 0; done
+	return 1
+}
+
+for t in timeout dd tar find du sync python3 fusermount3; do
+	command -v "$t" >/dev/null || die "$t not found"
+done
+
+# ---------------------------------------------------------------- work dir
+PARENT=${BENCH_DIR:-/var/tmp}
+mkdir -p -- "$PARENT" || die "cannot create $PARENT"
+W=$(mktemp -d "$PARENT/cowfs-bench.XXXX") || die "mktemp in $PARENT failed"
+W=$(realpath -- "$W")
+mkdir -p "$W/logs"
+RES=$W/results.tsv
+FAILS=$W/failures.md
+NOTES=$W/notes.md
+: >"$RES"
+: >"$FAILS"
+: >"$NOTES"
+CUR_PID=""
+STEP_NO=0
+
+# ---------------------------------------------------------------- cleanup
+mounts_under() {	# mount points at or under $1, deepest first: "mnt<TAB>fstype<TAB>dev"
+	local dir=$1 _a _b dev _r m _rest fstype
+	while read -r _a _b dev _r m _rest; do
+		m=$(printf '%b' "$m")
+		fstype=${_rest#* - }
+		fstype=${fstype%% *}
+		case $m in
+		"$dir" | "$dir"/*) printf '%s\t%s\t%s\n' "$m" "$fstype" "$dev" ;;
+		esac
+	done </proc/self/mountinfo | sort -r
+}
+
+is_mounted() {
+	local want=$1 m
+	while IFS=$'\t' read -r m _; do
+		[ "$m" = "$want" ] && return 0
+	done < <(mounts_under "$want")
+	return 1
+}
+
+fuse_abort() {	# fuse_abort DEV(major:minor)
+	local minor=${1#*:}
+	[ -d /sys/fs/fuse/connections ] || return 0
+	if [ ! -e "/sys/fs/fuse/connections/$minor" ]; then
+		mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null || true
+	fi
+	[ -w "/sys/fs/fuse/connections/$minor/abort" ] &&
+		echo 1 >"/sys/fs/fuse/connections/$minor/abort" 2>/dev/null
+	return 0
+}
+
+force_umount() {	# force_umount MNT FSTYPE DEV
+	local m=$1 fstype=$2 dev=$3
+	case $fstype in
+	fuse.cowfs)
+		timeout 60 "$COWFS" umount "$m" >/dev/null 2>&1 ;;
+	fuse*)
+		timeout 30 fusermount3 -u "$m" >/dev/null 2>&1 ;;
+	*)
+		timeout 60 umount "$m" >/dev/null 2>&1 ;;
+	esac
+	is_mounted "$m" || return 0
+	force_umount_now "$m" "$fstype" "$dev"
+}
+
+# No polite attempt: abort a FUSE connection (a hung daemon never answers),
+# then detach lazily.
+force_umount_now() {
+	local m=$1 fstype=$2 dev=$3
+	case $fstype in
+	fuse*)
+		fuse_abort "$dev"
+		timeout 10 fusermount3 -u -z "$m" >/dev/null 2>&1 ;;
+	esac
+	is_mounted "$m" && umount -l "$m" >/dev/null 2>&1
+	! is_mounted "$m"
+}
+
+# PIDs of cowfs daemons serving STORE (matched on their exact arguments).
+daemon_pids() {
+	local store=$1 p args
+	for p in /proc/[0-9]*; do
+		args=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)
+		case " $args" in
+		*" mount "*" $store "*) printf '%s\n' "${p#/proc/}" ;;
+		esac
+	done
+}
+DAEMON_PIDS=()
+kill_daemons() {	# kill -KILL our daemons that are still alive after 10 s
+	local p
+	for p in "${DAEMON_PIDS[@]}"; do
+		for _ in $(seq 1 100); do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -0 "$p" 2>/dev/null || continue
+		log "killing cowfs daemon $p (did not exit)"
+		kill -KILL "$p" 2>/dev/null
+	done
+	DAEMON_PIDS=()
+}
+
+detach_loops() {
+	local dev back
+	command -v losetup >/dev/null || return 0
+	while read -r dev back; do
+		case $back in
+		"$W"/*) losetup -d "$dev" 2>/dev/null || log "cannot detach $dev" ;;
+		esac
+	done < <(losetup -n -l -O NAME,BACK-FILE 2>/dev/null)
+}
+
+cleanup_all() {
+	local m fstype dev left=0 try
+	for try in 1 2 3; do
+		while IFS=$'\t' read -r m fstype dev; do
+			log "cleanup: unmounting $m ($fstype)"
+			force_umount "$m" "$fstype" "$dev" || log "cleanup: $m still mounted"
+		done < <(mounts_under "$W")
+		[ -z "$(mounts_under "$W")" ] && break
+		sleep "$try"
+	done
+	kill_daemons
+	detach_loops
+	[ -n "$(mounts_under "$W")" ] && left=1
+	if [ "$KEEP" = 1 ]; then
+		log "work directory kept: $W"
+	elif [ "$left" = 1 ]; then
+		log "something is still mounted under $W; not removing it"
+	else
+		rm -rf --one-file-system -- "$W"
+	fi
+}
+
+on_exit() {
+	local rc=$?
+	trap - EXIT
+	trap '' INT TERM HUP	# let the cleanup finish
+	if [ -n "$CUR_PID" ]; then
+		kill -TERM "$CUR_PID" 2>/dev/null
+		for _ in $(seq 1 50); do
+			kill -0 "$CUR_PID" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$CUR_PID" 2>/dev/null
+	fi
+	cleanup_all
+	exit "$rc"
+}
+trap on_exit EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# ---------------------------------------------------------------- helpers
+COLD_OK=1
+drop_caches() {
+	sync
+	if [ "$COLD_OK" = 1 ]; then
+		echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || {
+			COLD_OK=0
+			echo "- /proc/sys/vm/drop_caches is not writable: 'cold' runs are not cold." >>"$NOTES"
+		}
+	fi
+}
+
+rec() {	# rec GROUP PHASE SYSTEM KIND REP VALUE BYTES
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RES"
+}
+
+# Workload functions: they run in a child bash (exported) under timeout.
+w_write() { dd if="$1" of="$2" bs=1M conv=fsync status=none; }
+w_read() { dd if="$1" of=/dev/null bs=1M status=none; }
+w_meta_create() {
+	local d=$1 n=$2 i data
+	data=$(printf '%0100d' 0)
+	mkdir "$d" || return 1
+	for ((i = 0; i < n; i++)); do
+		printf '%s' "$data" >"$d/f$i" || return 1
+	done
+}
+w_meta_stat() {
+	local got
+	got=$(find "$1" -type f -printf '%s\n' | wc -l)
+	[ "$got" -eq "$2" ] || { echo "stat: found $got files, want $2" >&2; return 1; }
+}
+w_meta_delete() { rm -rf -- "$1" && [ ! -e "$1" ]; }
+w_untar() { mkdir -p "$2" && tar -xf "$1" -C "$2"; }
+w_meson() { local src=$1 bld=$2; shift 2; meson setup "$@" "$bld" "$src" >/dev/null; }
+w_ninja() { ninja -C "$1" >/dev/null; }
+w_cp_a() { cp -a "$1" "$2" && sync; }
+w_cp_reflink() { cp -a --reflink=always "$1" "$2" && sync; }
+w_clone() { "$COWFS" clone "$1" "$2" && sync; }
+w_cp_file() { cp "$1" "$2" && sync "$2"; }
+w_write4k() {	# FILE OFFSET_BLOCKS RANDFILE
+	dd if="$3" of="$1" bs=4096 count=1 seek="$2" conv=notrunc,fsync status=none
+}
+w_tar_read() { tar -C "$1" -cf - . | cat >/dev/null; }
+export -f w_write w_read w_meta_create w_meta_stat w_meta_delete w_untar \
+	w_meson w_ninja w_cp_a w_cp_reflink w_clone w_cp_file w_write4k w_tar_read
+export COWFS CCACHE_DISABLE=1
+
+# Current system run (set by sys_up).
+SYS=""; SYS_ROOT=""; SYS_D=""; SYS_MNT=""; SYS_SPACE=""; SYS_LOG=""
+SYS_SETUP=""; SYS_DEAD=0; SYS_DAEMON=""; REP=0; GROUP=""
+
+sys_alive() {
+	[ -z "$SYS_MNT" ] && return 0
+	is_mounted "$SYS_MNT" && timeout 20 stat -- "$SYS_MNT/." >/dev/null 2>&1
+}
+
+# step PHASE SYSTEM-LABEL BYTES FUNC ARGS...: time FUNC ARGS in a child,
+# record the result (or FAIL with a reproducer).
+step() {
+	local phase=$1 label=$2 bytes=$3 tf lf rc t secs
+	shift 3
+	STEP_NO=$((STEP_NO + 1))
+	tf=$W/logs/step-$STEP_NO.time
+	lf=$W/logs/step-$STEP_NO.log
+	if [ "$SYS_DEAD" = 1 ]; then
+		rec "$GROUP" "$phase" "$label" time "$REP" SKIP "$bytes"
+		return 1
+	fi
+	log "rep $REP/$REPS  $GROUP  $label: $phase"
+	sync
+	timeout -k 10 "$STEP_TIMEOUT" bash -c '
+		set -o pipefail
+		f=$1; shift
+		t0=$EPOCHREALTIME
+		"$@" || exit $?
+		t1=$EPOCHREALTIME
+		printf "%s %s\n" "$t0" "$t1" >"$f"' _ "$tf" "$@" \
+		</dev/null >"$lf" 2>&1 &
+	CUR_PID=$!
+	wait "$CUR_PID"
+	rc=$?
+	CUR_PID=""
+	if [ "$rc" = 0 ] && [ -s "$tf" ]; then
+		read -r t secs <"$tf"
+		secs=$(awk -v a="$t" -v b="$secs" 'BEGIN { printf "%.6f", b - a }')
+		rec "$GROUP" "$phase" "$label" time "$REP" "$secs" "$bytes"
+		return 0
+	fi
+	rec "$GROUP" "$phase" "$label" time "$REP" FAIL "$bytes"
+	fail_report "$phase" "$label" "$rc" "$lf" "$@"
+	return 1
+}
+
+fail_report() {
+	local phase=$1 label=$2 rc=$3 lf=$4 alive=yes f
+	shift 4
+	if [ -n "$SYS_MNT" ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; }; then
+		alive="NO (the step hung)"
+		SYS_DEAD=1
+	elif ! sys_alive; then
+		alive="NO (daemon dead or hung)"
+		SYS_DEAD=1
+	fi
+	{
+		printf '\n#### FAIL: %s / %s on %s (rep %s)\n\n' "$GROUP" "$phase" "$label" "$REP"
+		printf -- '- exit status %s%s\n' "$rc" \
+			"$([ "$rc" = 124 ] && echo " (timed out after ${STEP_TIMEOUT}s)")"
+		printf -- '- mount still answers after the failure: %s\n\n' "$alive"
+		printf 'Reproducer (as run by bench.sh):\n\n```sh\n'
+		printf '%s\n' "$SYS_SETUP"
+		for f in "$@"; do
+			case $f in w_*) declare -f "$f" ;; esac
+		done
+		printf '%q ' "$@"
+		printf '\n```\n\nStep output (tail):\n\n```\n'
+		tail -n 20 -- "$lf" 2>/dev/null
+		printf '```\n'
+		if [ -n "$SYS_LOG" ] && [ -s "$SYS_LOG" ]; then
+			printf '\nDaemon log (tail):\n\n```\n'
+			tail -n 30 -- "$SYS_LOG"
+			printf '```\n'
+		fi
+		if [ "$SYS_DEAD" = 1 ] && [ -n "$SYS_DAEMON" ] && kill -0 "$SYS_DAEMON" 2>/dev/null; then
+			printf '\nDaemon pid %s at %s%% CPU' "$SYS_DAEMON" "$(ps -o pcpu= -p "$SYS_DAEMON" | tr -d ' ')"
+			if command -v gdb >/dev/null; then
+				printf '; its threads (gdb):\n\n```\n'
+				timeout 60 gdb -p "$SYS_DAEMON" -batch -ex 'thread apply all bt 8' 2>/dev/null |
+					grep -E '^(Thread|#[0-9])' | grep -vE 'start_thread|clone3|libfuse3' | head -n 60
+				printf '```\n'
+			else
+				printf '\n'
+			fi
+		fi
+	} >>"$FAILS"
+	log "FAILED: $GROUP / $phase on $label (rc $rc); see report"
+}
+
+# space PATH-TO-FSYNC...: fsync the given files/dirs, sync, print the
+# bytes used by the current system's backing store.
+space() {
+	local p
+	if [ "$SYS_DEAD" = 1 ]; then echo FAIL; return; fi
+	for p in "$@"; do
+		[ -e "$p" ] && timeout 60 sync -- "$p" 2>/dev/null
+	done
+	sync
+	du -s --block-size=1 -- "$SYS_SPACE" 2>/dev/null | cut -f1
+}
+
+rec_space() {	# rec_space PHASE LABEL BEFORE AFTER
+	local v=FAIL
+	case "$3$4" in *FAIL* | "") ;; *) v=$(($4 - $3)) ;; esac
+	[ "$SYS_DEAD" = 1 ] && v=FAIL
+	rec "$GROUP" "$1" "$2" space "$REP" "$v" ""
+}
+
+# sys_up SYSTEM [LOWER|ORIGIN]: fresh instance of SYSTEM under the work dir.
+sys_up() {
+	local sys=$1 lower=${2:-} opts dev
+	SYS=$sys
+	SYS_ROOT=$W/r$REP-$GROUP-$sys
+	SYS_D=""; SYS_MNT=""; SYS_SPACE=""; SYS_LOG=""; SYS_DEAD=0; SYS_DAEMON=""
+	rm -rf --one-file-system -- "$SYS_ROOT"
+	mkdir -p -- "$SYS_ROOT"
+	case $sys in
+	host)
+		mkdir "$SYS_ROOT/fs"
+		SYS_D=$SYS_ROOT/fs
+		SYS_SPACE=$SYS_D
+		SYS_SETUP="mkdir $SYS_D; cd $SYS_D"
+		;;
+	cowfs | cowfs-origin)
+		SYS_MNT=$SYS_ROOT/mnt
+		SYS_LOG=$SYS_ROOT/daemon.log
+		SYS_SPACE=$SYS_ROOT/store
+		mkdir "$SYS_MNT"
+		opts="logfile=$SYS_LOG${BENCH_COWFS_OPTS:+,$BENCH_COWFS_OPTS}"
+		if [ "$sys" = cowfs-origin ]; then
+			SYS_SETUP="$COWFS init $SYS_SPACE && $COWFS mount --origin $lower -o $opts $SYS_SPACE $SYS_MNT"
+		else
+			SYS_SETUP="$COWFS init $SYS_SPACE && $COWFS mount -o $opts $SYS_SPACE $SYS_MNT"
+		fi
+		if ! timeout 60 "$COWFS" init "$SYS_SPACE" >"$SYS_ROOT/init.log" 2>&1; then
+			log "cowfs init failed: $(tail -n 3 "$SYS_ROOT/init.log")"
+			return 1
+		fi
+		if [ "$sys" = cowfs-origin ]; then
+			timeout 60 "$COWFS" mount --origin "$lower" -o "$opts" "$SYS_SPACE" "$SYS_MNT" \
+				>"$SYS_ROOT/mount.log" 2>&1
+		else
+			timeout 60 "$COWFS" mount -o "$opts" "$SYS_SPACE" "$SYS_MNT" \
+				>"$SYS_ROOT/mount.log" 2>&1
+		fi || {
+			log "cowfs mount failed: $(tail -n 3 "$SYS_ROOT/mount.log")"
+			return 1
+		}
+		is_mounted "$SYS_MNT" || { log "cowfs mount returned but $SYS_MNT is not mounted"; return 1; }
+		SYS_DAEMON=$(daemon_pids "$SYS_SPACE" | head -n 1)
+		[ -n "$SYS_DAEMON" ] && DAEMON_PIDS+=("$SYS_DAEMON")
+		SYS_D=$SYS_MNT
+		;;
+	fuse-overlayfs | overlayfs)
+		mkdir "$SYS_ROOT/upper" "$SYS_ROOT/work" "$SYS_ROOT/mnt"
+		if [ -z "$lower" ]; then
+			lower=$SYS_ROOT/lower
+			mkdir "$lower"
+		fi
+		SYS_MNT=$SYS_ROOT/mnt
+		SYS_SPACE=$SYS_ROOT/upper
+		opts="lowerdir=$lower,upperdir=$SYS_ROOT/upper,workdir=$SYS_ROOT/work"
+		if [ "$sys" = fuse-overlayfs ]; then
+			SYS_SETUP="fuse-overlayfs -o $opts $SYS_MNT"
+			timeout 60 fuse-overlayfs -o "$opts" "$SYS_MNT" >"$SYS_ROOT/mount.log" 2>&1
+		else
+			SYS_SETUP="mount -t overlay overlay -o $opts $SYS_MNT"
+			timeout 60 mount -t overlay overlay -o "$opts" "$SYS_MNT" >"$SYS_ROOT/mount.log" 2>&1
+		fi || { log "$sys mount failed: $(tail -n 3 "$SYS_ROOT/mount.log")"; return 1; }
+		SYS_D=$SYS_MNT
+		;;
+	btrfs)
+		SYS_MNT=$SYS_ROOT/mnt
+		SYS_SPACE=$SYS_ROOT/btrfs.img
+		mkdir "$SYS_MNT"
+		truncate -s "$BTRFS_IMG_SIZE" "$SYS_SPACE" &&
+			mkfs.btrfs -q -f "$SYS_SPACE" >"$SYS_ROOT/mkfs.log" 2>&1 &&
+			dev=$(losetup -f --show "$SYS_SPACE") || {
+			log "btrfs image setup failed"
+			return 1
+		}
+		SYS_SETUP="truncate -s $BTRFS_IMG_SIZE IMG; mkfs.btrfs -q -f IMG; mount \$(losetup -f --show IMG) $SYS_MNT"
+		mount "$dev" "$SYS_MNT" || { log "btrfs mount failed"; return 1; }
+		SYS_D=$SYS_MNT
+		;;
+	*) die "unknown system $sys" ;;
+	esac
+	return 0
+}
+
+sys_down() {
+	local m fstype dev
+	if [ -n "$SYS_MNT" ] && is_mounted "$SYS_MNT"; then
+		while IFS=$'\t' read -r m fstype dev; do
+			if [ "$SYS_DEAD" = 1 ]; then
+				force_umount_now "$m" "$fstype" "$dev"
+			else
+				force_umount "$m" "$fstype" "$dev"
+			fi || log "cannot unmount $m"
+		done < <(mounts_under "$SYS_MNT")
+	fi
+	if [ -n "$SYS_DAEMON" ]; then
+		for _ in $(seq 1 100); do
+			kill -0 "$SYS_DAEMON" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$SYS_DAEMON" 2>/dev/null; then
+			log "cowfs daemon $SYS_DAEMON still running after unmount; killing it"
+			echo "- rep $REP $GROUP: the cowfs daemon (pid $SYS_DAEMON) did not exit after unmount and was killed." >>"$NOTES"
+			kill -KILL "$SYS_DAEMON" 2>/dev/null
+		fi
+		DAEMON_PIDS=()
+	fi
+	if [ "$SYS" = btrfs ]; then
+		detach_loops
+	fi
+	if [ -n "$SYS_LOG" ] && [ -s "$SYS_LOG" ]; then
+		cp -- "$SYS_LOG" "$W/logs/daemon-r$REP-$GROUP-$SYS.log" 2>/dev/null
+	fi
+	if [ -z "$(mounts_under "$SYS_ROOT")" ]; then
+		rm -rf --one-file-system -- "$SYS_ROOT"
+	fi
+	SYS_MNT=""
+}
+
+# A failed setup records FAIL for the system's phases via SYS_DEAD.
+sys_up_or_dead() {
+	if ! sys_up "$@"; then
+		SYS_DEAD=1
+		{
+			printf '\n#### FAIL: setting up %s for %s (rep %s)\n\n```sh\n%s\n```\n\n```\n' \
+				"$1" "$GROUP" "$REP" "$SYS_SETUP"
+			for f in "$SYS_ROOT"/*.log; do
+				[ -s "$f" ] && { printf -- '--- %s\n' "${f##*/}"; tail -n 20 -- "$f"; }
+			done
+			printf '```\n'
+		} >>"$FAILS" 2>/dev/null
+		return 1
+	fi
+	return 0
+}
+
+rotate() {	# rotate N WORDS...: print WORDS rotated left by N
+	local n=$1
+	shift
+	local a=("$@") i len=$#
+	for ((i = 0; i < len; i++)); do
+		printf '%s\n' "${a[$(((i + n) % len))]}"
+	done
+}
+
+# ---------------------------------------------------------------- probes
+HOSTFS=$(findmnt -n -o FSTYPE --target "$W" 2>/dev/null || stat -f -c %T "$W")
+SYSTEMS=()
+if [ -n "$SYSTEMS_ARG" ]; then
+	IFS=, read -r -a SYSTEMS <<<"$SYSTEMS_ARG"
+else
+	SYSTEMS=(host cowfs fuse-overlayfs overlayfs)
+fi
+probe_overlay() {
+	local d=$W/probe-ov ok=1
+	mkdir -p "$d"/{l,u,w,m}
+	mount -t overlay overlay -o "lowerdir=$d/l,upperdir=$d/u,workdir=$d/w" "$d/m" \
+		>/dev/null 2>&1 || ok=0
+	[ "$ok" = 1 ] && umount "$d/m"
+	rm -rf --one-file-system -- "$d"
+	[ "$ok" = 1 ]
+}
+keep=()
+for s in "${SYSTEMS[@]}"; do
+	case $s in
+	host | cowfs) keep+=("$s") ;;
+	fuse-overlayfs)
+		if command -v fuse-overlayfs >/dev/null; then keep+=("$s")
+		else echo "- fuse-overlayfs is not installed: skipped." >>"$NOTES"; fi ;;
+	overlayfs)
+		if probe_overlay; then keep+=("$s")
+		else echo "- kernel overlayfs does not mount here ($HOSTFS upper): skipped." >>"$NOTES"; fi ;;
+	*) die "unknown system '$s'" ;;
+	esac
+done
+SYSTEMS=("${keep[@]}")
+has_system() {
+	local s
+	for s in "${SYSTEMS[@]}"; do [ "$s" = "$1" ] && return 0; done
+	return 1
+}
+
+HAVE_CLONE=0
+HAVE_BYREF=""	# probed on first use
+HAVE_ORIGIN=0
+HAVE_DF=0
+HAVE_DU=0
+"$COWFS" help clone >/dev/null 2>&1 && HAVE_CLONE=1
+"$COWFS" help mount 2>&1 | grep -q -- '--origin' && HAVE_ORIGIN=1
+"$COWFS" help df >/dev/null 2>&1 && HAVE_DF=1
+"$COWFS" help du >/dev/null 2>&1 && HAVE_DU=1
+HAVE_BTRFS=0
+command -v mkfs.btrfs >/dev/null && command -v losetup >/dev/null && HAVE_BTRFS=1
+[ "$HAVE_CLONE" = 1 ] || echo "- \`cowfs help clone\` fails: cowfs clone rows skipped (cowfs is measured with cp -a instead)." >>"$NOTES"
+[ "$HAVE_ORIGIN" = 1 ] || echo "- \`cowfs help mount\` does not mention --origin: origin-mount rows skipped." >>"$NOTES"
+[ "$HAVE_BTRFS" = 1 ] || echo "- mkfs.btrfs/losetup missing: btrfs reflink rows skipped." >>"$NOTES"
+
+# ---------------------------------------------------------------- inputs
+log "work directory $W ($HOSTFS), cowfs $COWFS, $REPS repetition(s)"
+RAND=$W/input/random.bin
+mkdir -p "$W/input"
+if has_workload io || has_workload clone; then
+	want=$IO_BYTES
+	[ "$BIGFILE_BYTES" -gt "$want" ] && want=$BIGFILE_BYTES
+	log "generating $want bytes of random data"
+	head -c "$want" /dev/urandom >"$RAND" || die "cannot write $RAND"
+fi
+if has_workload build; then
+	log "making tarballs of $UNPACK_SRC and $PROJECT_SRC"
+	tar -C "$(dirname "$UNPACK_SRC")" -cf "$W/input/unpack.tar" "$(basename "$UNPACK_SRC")" ||
+		die "tar of $UNPACK_SRC failed"
+	if git -C "$PROJECT_SRC" rev-parse --git-dir >/dev/null 2>&1; then
+		(cd "$PROJECT_SRC" && git ls-files -co --exclude-standard -z |
+			xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' _ |
+			tar --null -T - -cf "$W/input/project.tar") ||
+			die "tar of $PROJECT_SRC failed"
+	else
+		tar -C "$PROJECT_SRC" --exclude=.git --exclude='build*' \
+			-cf "$W/input/project.tar" . || die "tar of $PROJECT_SRC failed"
+	fi
+	UNPACK_FILES=$(tar -tf "$W/input/unpack.tar" | wc -l)
+	PROJECT_FILES=$(tar -tf "$W/input/project.tar" | wc -l)
+fi
+TREE_BIG_REL=data/big.bin
+if has_workload clone; then
+	log "generating the clone tree ($TREE_FILES files, $TREE_SIZE)"
+	ORIGIN=$W/origin
+	mkdir -p "$ORIGIN"
+	"$TOP/scripts/gen-tree.sh" "$ORIGIN/src" "$TREE_FILES" "$TREE_SIZE" \
+		>/dev/null 2>"$W/logs/gen-tree.log" ||
+		die "gen-tree.sh failed: $(cat "$W/logs/gen-tree.log")"
+	TREE_BIG_BYTES=$(stat -c %s "$ORIGIN/src/$TREE_BIG_REL")
+	TREE_FILE_BYTES=$(find "$ORIGIN/src" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
+	WRITE4K_BLOCK=$((TREE_BIG_BYTES / 4096 / 2 + 1))	# somewhere in the middle
+fi
+
+# ---------------------------------------------------------------- groups
+run_io() {
+	local sys=$1 f
+	sys_up_or_dead "$sys"
+	f=$SYS_D/seq.bin
+	# the source in the page cache
+	dd if="$RAND" of=/dev/null bs=1M count=$((IO_BYTES / 1048576)) status=none
+	step "seq write + fsync" "$sys" "$IO_BYTES" w_write_n "$RAND" "$f" "$IO_BYTES"
+	drop_caches
+	step "cold read" "$sys" "$IO_BYTES" w_read "$f"
+	step "hot read" "$sys" "$IO_BYTES" w_read "$f"
+	sys_down
+}
+w_write_n() { head -c "$3" "$1" | dd of="$2" bs=1M iflag=fullblock conv=fsync status=none; }
+export -f w_write_n
+
+run_meta() {
+	local sys=$1
+	sys_up_or_dead "$sys"
+	step "create $META_FILES x 100 B" "$sys" "" w_meta_create "$SYS_D/m" "$META_FILES"
+	drop_caches
+	step "stat all (cold)" "$sys" "" w_meta_stat "$SYS_D/m" "$META_FILES"
+	step "delete all" "$sys" "" w_meta_delete "$SYS_D/m"
+	sys_down
+}
+
+run_build() {
+	local sys=$1 ub pb
+	sys_up_or_dead "$sys"
+	ub=$(stat -c %s "$W/input/unpack.tar")
+	pb=$(stat -c %s "$W/input/project.tar")
+	cat "$W/input/unpack.tar" "$W/input/project.tar" >/dev/null
+	step "unpack $(basename "$UNPACK_SRC") ($UNPACK_FILES entries)" "$sys" "$ub" \
+		w_untar "$W/input/unpack.tar" "$SYS_D/inc"
+	step "unpack project ($PROJECT_FILES entries)" "$sys" "$pb" \
+		w_untar "$W/input/project.tar" "$SYS_D/proj"
+	step "meson setup" "$sys" "" w_meson "$SYS_D/proj" "$SYS_D/proj/_build" "${MESON_ARGS[@]}"
+	step "ninja (build)" "$sys" "" w_ninja "$SYS_D/proj/_build"
+	sys_down
+}
+
+P_POP="populate: cp -a host tree into fs"
+P_COPY="copy tree (cp -a / clone / reflink)"
+P_W4K="4 KiB write+fsync into the copy's big file"
+P_CP1G="cp + fsync of a $BIGFILE_SIZE file"
+P_BYREF="clone by reference from host tree"
+P_READ="cold read of tree (tar cf - piped to cat)"
+# Phases of the clone workload in report order.
+printf '%s\n' "$P_POP" "$P_COPY" "$P_W4K" "$P_CP1G" "$P_BYREF" "$P_READ" >"$W/phases.txt"
+
+# cowfs: optional df/du output for the notes (first repetition only).
+cowfs_usage_note() {
+	local what=$1
+	[ "$REP" = 1 ] || return 0
+	{
+		if [ "$HAVE_DF" = 1 ]; then
+			printf '\n`cowfs df` %s:\n\n```\n' "$what"
+			timeout 60 "$COWFS" df "$SYS_MNT" 2>&1 | head -n 20
+			printf '```\n'
+		fi
+		if [ "$HAVE_DU" = 1 ] && [ -n "${2:-}" ]; then
+			printf '\n`cowfs du %s` %s:\n\n```\n' "${2#"$SYS_MNT"/}" "$what"
+			timeout 60 "$COWFS" du "$2" 2>&1 | head -n 20
+			printf '```\n'
+		fi
+	} >>"$W/cowfs-usage.md"
+}
+
+run_clone() {
+	local sys=$1 b a dst label
+	case $sys in
+	host)
+		sys_up_or_dead host
+		b=$(space)
+		step "$P_COPY" "host (cp -a)" "$TREE_FILE_BYTES" w_cp_a "$ORIGIN/src" "$SYS_D/dst"
+		a=$(space "$SYS_D/dst"); rec_space "$P_COPY" "host (cp -a)" "$b" "$a"
+		b=$a
+		step "$P_W4K" "host (cp -a)" "" w_write4k "$SYS_D/dst/$TREE_BIG_REL" "$WRITE4K_BLOCK" "$RAND"
+		a=$(space "$SYS_D/dst/$TREE_BIG_REL"); rec_space "$P_W4K" "host (cp -a)" "$b" "$a"
+		dd if="$RAND" of="$SYS_D/f1g" bs=1M count=$((BIGFILE_BYTES / 1048576)) conv=fsync status=none
+		b=$(space "$SYS_D/f1g")
+		step "$P_CP1G" "host" "$BIGFILE_BYTES" w_cp_file "$SYS_D/f1g" "$SYS_D/f1g.copy"
+		a=$(space "$SYS_D/f1g.copy"); rec_space "$P_CP1G" "host" "$b" "$a"
+		drop_caches
+		step "$P_READ" "host (origin)" "$TREE_FILE_BYTES" w_tar_read "$ORIGIN/src"
+		sys_down
+		;;
+	cowfs)
+		sys_up_or_dead cowfs
+		step "$P_POP" "cowfs" "$TREE_FILE_BYTES" w_cp_a "$ORIGIN/src" "$SYS_D/src"
+		b=$(space "$SYS_D/src")
+		step "$P_COPY" "cowfs (cp -a)" "$TREE_FILE_BYTES" w_cp_a "$SYS_D/src" "$SYS_D/cpa"
+		a=$(space "$SYS_D/cpa"); rec_space "$P_COPY" "cowfs (cp -a)" "$b" "$a"
+		dst=$SYS_D/cpa
+		label="cowfs (cp -a)"
+		if [ "$HAVE_CLONE" = 1 ]; then
+			cowfs_usage_note "before clone" "$SYS_D/src"
+			b=$a
+			step "$P_COPY" "cowfs (clone)" "$TREE_FILE_BYTES" w_clone "$SYS_D/src" "$SYS_D/cl"
+			a=$(space "$SYS_D/cl"); rec_space "$P_COPY" "cowfs (clone)" "$b" "$a"
+			cowfs_usage_note "after clone" "$SYS_D/cl"
+			dst=$SYS_D/cl
+			label="cowfs (clone)"
+		fi
+		b=$(space "$dst")
+		step "$P_W4K" "$label" "" w_write4k "$dst/$TREE_BIG_REL" "$WRITE4K_BLOCK" "$RAND"
+		a=$(space "$dst/$TREE_BIG_REL"); rec_space "$P_W4K" "$label" "$b" "$a"
+		dd if="$RAND" of="$SYS_D/f1g" bs=1M count=$((BIGFILE_BYTES / 1048576)) conv=fsync status=none 2>/dev/null
+		b=$(space "$SYS_D/f1g")
+		step "$P_CP1G" "cowfs" "$BIGFILE_BYTES" w_cp_file "$SYS_D/f1g" "$SYS_D/f1g.copy"
+		a=$(space "$SYS_D/f1g.copy"); rec_space "$P_CP1G" "cowfs" "$b" "$a"
+		if [ "$HAVE_BYREF" = "" ] && [ "$HAVE_CLONE" = 1 ] && [ "$SYS_DEAD" = 0 ]; then
+			mkdir -p "$W/input/probe/d" && echo probe >"$W/input/probe/d/f"
+			if timeout 60 "$COWFS" clone "$W/input/probe" "$SYS_D/.probe" >"$W/logs/byref-probe.log" 2>&1 &&
+				cmp -s "$W/input/probe/d/f" "$SYS_D/.probe/d/f"; then
+				HAVE_BYREF=1
+			else
+				HAVE_BYREF=0
+				echo "- \`cowfs clone HOSTDIR MNT/x\` (clone by reference) is not supported yet: $(head -c 200 "$W/logs/byref-probe.log" | tr '\n' ' ') - rows skipped." >>"$NOTES"
+			fi
+			rm -rf "$SYS_D/.probe"
+		fi
+		if [ "$HAVE_CLONE" = 1 ] && [ "$HAVE_BYREF" = 1 ]; then
+			b=$a
+			step "$P_BYREF" "cowfs (clone)" "$TREE_FILE_BYTES" w_clone "$ORIGIN/src" "$SYS_D/ref"
+			a=$(space "$SYS_D/ref"); rec_space "$P_BYREF" "cowfs (clone)" "$b" "$a"
+			cowfs_usage_note "after clone by reference" "$SYS_D/ref"
+		fi
+		drop_caches
+		step "$P_READ" "$label" "$TREE_FILE_BYTES" w_tar_read "$dst"
+		if [ "$HAVE_CLONE" = 1 ] && [ "$HAVE_BYREF" = 1 ]; then
+			drop_caches
+			step "$P_READ" "cowfs (by-ref clone)" "$TREE_FILE_BYTES" w_tar_read "$SYS_D/ref"
+		fi
+		sys_down
+		if [ "$HAVE_ORIGIN" = 1 ]; then
+			sys_up_or_dead cowfs-origin "$ORIGIN/src"
+			drop_caches
+			step "$P_READ" "cowfs (--origin mount)" "$TREE_FILE_BYTES" w_tar_read "$SYS_D"
+			sys_down
+		fi
+		;;
+	btrfs)
+		sys_up_or_dead btrfs
+		step "$P_POP" "btrfs" "$TREE_FILE_BYTES" w_cp_a "$ORIGIN/src" "$SYS_D/src"
+		b=$(space "$SYS_D/src")
+		step "$P_COPY" "btrfs (reflink)" "$TREE_FILE_BYTES" w_cp_reflink "$SYS_D/src" "$SYS_D/dst"
+		a=$(space "$SYS_D/dst"); rec_space "$P_COPY" "btrfs (reflink)" "$b" "$a"
+		b=$a
+		step "$P_W4K" "btrfs (reflink)" "" w_write4k "$SYS_D/dst/$TREE_BIG_REL" "$WRITE4K_BLOCK" "$RAND"
+		a=$(space "$SYS_D/dst/$TREE_BIG_REL"); rec_space "$P_W4K" "btrfs (reflink)" "$b" "$a"
+		dd if="$RAND" of="$SYS_D/f1g" bs=1M count=$((BIGFILE_BYTES / 1048576)) conv=fsync status=none
+		b=$(space "$SYS_D/f1g")
+		step "$P_CP1G" "btrfs" "$BIGFILE_BYTES" w_cp_file "$SYS_D/f1g" "$SYS_D/f1g.copy"
+		a=$(space "$SYS_D/f1g.copy"); rec_space "$P_CP1G" "btrfs" "$b" "$a"
+		drop_caches
+		step "$P_READ" "btrfs (reflink)" "$TREE_FILE_BYTES" w_tar_read "$SYS_D/dst"
+		sys_down
+		;;
+	fuse-overlayfs)
+		# The host tree is the lower layer: MNT/src is the tree itself.
+		sys_up_or_dead fuse-overlayfs "$ORIGIN"
+		b=$(space)
+		step "$P_COPY" "fuse-overlayfs (cp -a)" "$TREE_FILE_BYTES" w_cp_a "$SYS_D/src" "$SYS_D/dst"
+		a=$(space "$SYS_D/dst"); rec_space "$P_COPY" "fuse-overlayfs (cp -a)" "$b" "$a"
+		b=$a
+		step "$P_W4K" "fuse-overlayfs (copy-up of lower)" "" w_write4k "$SYS_D/src/$TREE_BIG_REL" "$WRITE4K_BLOCK" "$RAND"
+		a=$(space "$SYS_D/src/$TREE_BIG_REL"); rec_space "$P_W4K" "fuse-overlayfs (copy-up of lower)" "$b" "$a"
+		b=$a
+		step "$P_W4K" "fuse-overlayfs (cp -a)" "" w_write4k "$SYS_D/dst/$TREE_BIG_REL" "$WRITE4K_BLOCK" "$RAND"
+		a=$(space "$SYS_D/dst/$TREE_BIG_REL"); rec_space "$P_W4K" "fuse-overlayfs (cp -a)" "$b" "$a"
+		dd if="$RAND" of="$SYS_D/f1g" bs=1M count=$((BIGFILE_BYTES / 1048576)) conv=fsync status=none
+		b=$(space "$SYS_D/f1g")
+		step "$P_CP1G" "fuse-overlayfs" "$BIGFILE_BYTES" w_cp_file "$SYS_D/f1g" "$SYS_D/f1g.copy"
+		a=$(space "$SYS_D/f1g.copy"); rec_space "$P_CP1G" "fuse-overlayfs" "$b" "$a"
+		sys_down
+		# Cold read of the unmodified tree through a fresh overlay.
+		sys_up_or_dead fuse-overlayfs "$ORIGIN"
+		drop_caches
+		step "$P_READ" "fuse-overlayfs (lower tree)" "$TREE_FILE_BYTES" w_tar_read "$SYS_D/src"
+		sys_down
+		;;
+	esac
+}
+
+# ---------------------------------------------------------------- main loop
+T_START=$EPOCHREALTIME
+for ((REP = 1; REP <= REPS; REP++)); do
+	for GROUP in io meta build clone; do
+		has_workload "$GROUP" || continue
+		if [ "$GROUP" = clone ]; then
+			list=()
+			has_system host && list+=(host)
+			has_system cowfs && list+=(cowfs)
+			[ "$HAVE_BTRFS" = 1 ] && list+=(btrfs)
+			has_system fuse-overlayfs && list+=(fuse-overlayfs)
+		else
+			list=("${SYSTEMS[@]}")
+		fi
+		[ ${#list[@]} -gt 0 ] || continue
+		while read -r s; do
+			"run_$GROUP" "$s"
+		done < <(rotate $((REP - 1)) "${list[@]}")
+	done
+done
+T_END=$EPOCHREALTIME
+
+# ---------------------------------------------------------------- report
+hr() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
+{
+	echo "## cowfs benchmark"
+	echo
+	echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(uname -r), $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM"
+	echo "- backing filesystem: $HOSTFS ($PARENT); cowfs binary: $COWFS"
+	echo "- repetitions: $REPS (interleaved, system order rotated each repetition; each run on a fresh store/mount/dir)$([ "$QUICK" = 1 ] && echo "; **--quick smoke run**")"
+	echo "- systems: ${SYSTEMS[*]}$([ "$HAVE_BTRFS" = 1 ] && has_workload clone && echo " (+ btrfs on a loop image for the clone workload)")"
+	echo "- cowfs mount options: logfile=...${BENCH_COWFS_OPTS:+,$BENCH_COWFS_OPTS}; cowfs clone: $([ "$HAVE_CLONE" = 1 ] && echo yes || echo no); --origin: $([ "$HAVE_ORIGIN" = 1 ] && echo yes || echo no)"
+	sizes="io $(hr "$IO_BYTES"); meta $META_FILES files"
+	has_workload build &&
+		sizes+="; unpack $UNPACK_SRC ($UNPACK_FILES entries, $(hr "$(stat -c %s "$W/input/unpack.tar")") tar); project $PROJECT_SRC ($PROJECT_FILES entries), meson ${MESON_ARGS[*]}"
+	has_workload clone &&
+		sizes+="; clone tree $TREE_FILES files, $(hr "$TREE_FILE_BYTES") (big file $(hr "$TREE_BIG_BYTES")), cp file $(hr "$BIGFILE_BYTES")"
+	echo "- sizes: $sizes"
+	echo "- total wall time: $(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.0f", b - a }') s"
+	echo "- cold = sync + echo 3 > /proc/sys/vm/drop_caches before the run (daemon caches are not dropped); ratios are median(system) / median(reference): > 1 means slower (time) or more space"
+	if [ -s "$NOTES" ]; then echo; cat "$NOTES"; fi
+	echo
+	python3 - "$RES" "$W/phases.txt" <<'PYEOF'
+import sys
+from collections import OrderedDict
+
+try:
+    canon = [l.rstrip("\n") for l in open(sys.argv[2])]
+except OSError:
+    canon = []
+
+rows = OrderedDict()
+for line in open(sys.argv[1]):
+    g, phase, system, kind, rep, val, nbytes = line.rstrip("\n").split("\t")
+    key = (g, kind, phase, system)
+    r = rows.setdefault(key, {"vals": [], "bytes": nbytes})
+    r["vals"].append(val)
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+def nums(vals):
+    out = []
+    for v in vals:
+        try:
+            out.append(float(v))
+        except ValueError:
+            pass
+    return out
+
+def human(b):
+    if b is None:
+        return "-"
+    neg = b < 0
+    b = abs(b)
+    for unit, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= f:
+            s = "%.2f %s" % (b / f, unit)
+            break
+    else:
+        s = "%d B" % b
+    return ("-" if neg else "") + s
+
+def ref_of(g, kind, phase, prefix):
+    for (g2, k2, p2, s2), r in rows.items():
+        if (g2, k2, p2) == (g, kind, phase) and s2.split(" ")[0] == prefix:
+            m = median(nums(r["vals"]))
+            if m is not None:
+                return m
+    return None
+
+def ratio(m, ref):
+    if m is None or ref is None or ref <= 0:
+        return "-"
+    return "%.2f" % (m / ref)
+
+titles = {
+    "io": "a/b. Sequential write, cold and hot read",
+    "meta": "c. Metadata: small files",
+    "build": "d. Unpack and build",
+    "clone": "e. Clones and copies",
+}
+groups = []
+for (g, _, _, _) in rows:
+    if g not in groups:
+        groups.append(g)
+RANK = ["host", "cowfs", "fuse-overlayfs", "overlayfs", "btrfs"]
+phase_order = {}
+for (g, kind, phase, system) in rows:
+    idx = canon.index(phase) if phase in canon else 100 + len(phase_order)
+    phase_order.setdefault((g, kind, phase), idx)
+
+def sort_key(k):
+    g, kind, phase, system = k
+    first = system.split(" ")[0]
+    rank = RANK.index(first) if first in RANK else len(RANK)
+    return (phase_order[(g, kind, phase)], rank, system)
+
+for g in groups:
+    for kind in ("time", "space"):
+        keys = sorted((k for k in rows if k[0] == g and k[1] == kind), key=sort_key)
+        if not keys:
+            continue
+        print("### %s%s\n" % (titles.get(g, g), " - space growth" if kind == "space" else ""))
+        if kind == "time":
+            print("| phase | system | median s | MiB/s | x host | x fuse-overlayfs | runs (s) |")
+            print("|---|---|---:|---:|---:|---:|---|")
+        else:
+            print("| phase | system | median growth | x host | x fuse-overlayfs | runs (bytes) |")
+            print("|---|---|---:|---:|---:|---|")
+        for k in keys:
+            _, _, phase, system = k
+            r = rows[k]
+            phase, system = phase.replace("|", "\\|"), system.replace("|", "\\|")
+            xs = nums(r["vals"])
+            m = median(xs)
+            bad = len(r["vals"]) - len(xs)
+            rh = ratio(m, ref_of(g, kind, phase, "host"))
+            rf = ratio(m, ref_of(g, kind, phase, "fuse-overlayfs"))
+            if kind == "time":
+                raw = ", ".join(v if v in ("FAIL", "SKIP") else "%.3f" % float(v)
+                                for v in r["vals"])
+                mbs = "-"
+                if m and r["bytes"]:
+                    mbs = "%.1f" % (int(r["bytes"]) / m / 1048576)
+                ms = "%.3f" % m if m is not None else "FAIL"
+                if bad and m is not None:
+                    ms += " (%d failed)" % bad
+                print("| %s | %s | %s | %s | %s | %s | %s |"
+                      % (phase, system, ms, mbs, rh, rf, raw))
+            else:
+                raw = ", ".join(v if v in ("FAIL", "SKIP") else str(int(float(v)))
+                                for v in r["vals"])
+                ms = human(m) if m is not None else "FAIL"
+                print("| %s | %s | %s | %s | %s | %s |"
+                      % (phase, system, ms, rh, rf, raw))
+        print()
+PYEOF
+	if [ -s "$W/cowfs-usage.md" ]; then
+		echo "### cowfs's own accounting (repetition 1)"
+		cat "$W/cowfs-usage.md"
+		echo
+	fi
+	if [ -s "$FAILS" ]; then
+		echo "### Failures"
+		cat "$FAILS"
+	fi
+} >"$W/report.md"
+
+cat "$W/report.md"
+if [ -n "$OUT" ]; then
+	cp -- "$W/report.md" "$OUT" || die "cannot write $OUT"
+	log "report written to $OUT"
+fi
+if [ -s "$FAILS" ]; then
+	log "some steps failed; see the Failures section"
+	exit 1
+fi
+exit 0

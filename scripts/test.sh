@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# scripts/test.sh - the one test command: install what is missing, build,
+# run the C unit tests (meson test) and the pytest integration suite.
+#
+#   scripts/test.sh [PYTEST ARGS...]
+#
+# By default runs the suite twice: a normal build in build/, then an
+# AddressSanitizer+UBSan build in build-asan/.
+#   COWFS_QUICK=1      normal build only
+#   COWFS_SANITIZE=1   sanitizer build only
+#   COWFS_BUILD=DIR    build directory of the normal build (default build)
+# Everything the suite mounts is unmounted on any exit; exits nonzero on any
+# failure.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+# shellcheck source=scripts/lib.sh
+. "$top/scripts/lib.sh"
+
+py=/usr/bin/python3
+quick=${COWFS_QUICK:-0}
+sanitize=${COWFS_SANITIZE:-0}
+
+work=$(mktemp -d /tmp/cowfs-test.XXXXXX)
+chmod 755 "$work"
+harness_trap "$work" 'rm -rf -- "$work"'
+
+cowfs_install_deps
+
+# run_suite NAME BUILDDIR [meson args...]  (called in an || list, so no
+# set -e inside: every step checks its own status)
+run_suite() {
+	local name=$1 dir=$2 rc=0
+	shift 2
+	echo "=== $name: build ($dir)"
+	cowfs_build "$dir" "$@" || return 1
+	echo "=== $name: unit tests"
+	meson test -C "$dir" --print-errorlogs || rc=1
+	echo "=== $name: integration tests"
+	mkdir -p "$work/$name/mnt" || return 1
+	chmod 755 "$work/$name" "$work/$name/mnt"
+	COWFS_BIN="$top/$dir/cowfs" COWFS_MNT_ROOT="$work/$name/mnt" \
+		"$py" -m pytest -q -p no:cacheprovider \
+		--basetemp="$work/$name/tmp" "${pytest_args[@]}" test/ || rc=1
+	# Whatever a crashed test left mounted.
+	if ! harness_cleanup_under "$work/$name"; then
+		echo "$name: the suite left mounts behind" >&2
+		rc=1
+	fi
+	return "$rc"
+}
+
+pytest_args=("$@")
+status=0
+if [ "$sanitize" != 1 ]; then
+	run_suite normal "${COWFS_BUILD:-build}" || status=1
+fi
+if [ "$quick" != 1 ] || [ "$sanitize" = 1 ]; then
+	export ASAN_OPTIONS="halt_on_error=1:abort_on_error=0:detect_leaks=1:strict_string_checks=1:check_initialization_order=1"
+	export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+	# The sanitizer build is slower: fewer random examples.
+	export COWFS_MODEL_EXAMPLES=${COWFS_MODEL_EXAMPLES_ASAN:-15}
+	run_suite sanitize build-asan \
+		-Db_sanitize=address,undefined -Db_lundef=false || status=1
+fi
+if [ "$status" -ne 0 ]; then
+	echo "scripts/test.sh: FAILED" >&2
+else
+	echo "scripts/test.sh: all suites passed"
+fi
+exit "$status"
