@@ -435,14 +435,21 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 		}
 	}
 	RB_FOREACH(o, object_tree, &fs->objects) {
+		if (o->opath) {	/* read in place from the host: no store space */
+			u->origin += o->nlive * fs->block_size;
+			continue;
+		}
 		u->objects++;
 		u->exclusive += o->nlive * fs->block_size;
 	}
 	while (refcount_next(&fs->rc, &it, &obj, &pblk, &v))
 		u->shared += block_bytes(fs, &tails, obj, pblk);
 	it = 0;
-	while (refcount_next(&tails, &it, &obj, &pblk, &v))
-		u->exclusive -= fs->block_size - (v - 2);
+	while (refcount_next(&tails, &it, &obj, &pblk, &v)) {
+		o = obj_get(fs, obj);
+		uint64_t *sum = o && o->opath ? &u->origin : &u->exclusive;
+		*sum -= fs->block_size - (v - 2);
+	}
 	pthread_mutex_unlock(&fs->lock);
 	refcount_release(&tails);
 	if (err)

@@ -63,16 +63,22 @@ int obj_pin(struct fs *fs, struct object *o)
 {
 	if (o->fd < 0) {
 		fd_make_room(fs);
-		int fd = store_obj_open(&fs->store, o->id, 0);
+		int fd = o->opath ? origin_open(fs, o) :
+			 store_obj_open(&fs->store, o->id, 0);
 		if (fd < 0) {
-			fs_log(fs, "error: object %016llx: open: %s",
-			       (unsigned long long)o->id, strerror(-fd));
+			if (!o->opath)
+				fs_log(fs, "error: object %016llx: open: %s",
+				       (unsigned long long)o->id, strerror(-fd));
 			return fd == -ENOENT ? -EIO : fd;
 		}
 		o->fd = fd;
 		fs->nfds++;
-	} else if (o->pins == 0) {
-		TAILQ_REMOVE(&fs->lru, o, lru);
+	} else {
+		/* An origin must still be the file that was cloned. */
+		if (o->opath && origin_check(fs, o, o->fd))
+			return -EIO;
+		if (o->pins == 0)
+			TAILQ_REMOVE(&fs->lru, o, lru);
 	}
 	o->pins++;
 	return 0;
@@ -165,7 +171,8 @@ static void drop_blocks(void *p, uint64_t obj, uint64_t pblk, uint64_t len)
 			continue;
 		if (o && o->nlive)
 			o->nlive--;
-		queue_free(fs, obj, pblk + i);
+		if (!o || !o->opath)	/* an origin is never written */
+			queue_free(fs, obj, pblk + i);
 	}
 	if (o)
 		obj_maybe_doom(fs, o);
@@ -244,6 +251,7 @@ void file_close_fds(struct fs *fs)
 			o->fd = -1;
 		}
 		RB_REMOVE(object_tree, &fs->objects, o);
+		free(o->opath);
 		free(o);
 	}
 	fs->nfds = 0;
@@ -475,8 +483,8 @@ static int run_cow(struct fs *fs, struct cow_plan *p, int dfd)
  * fs->lock.  Bytes land in the write object at the file offset itself
  * (block i at slot i), so one fill() call carries the whole write.
  */
-static ssize_t write_locked(struct fs *fs, struct inode *in, off_t off,
-			    size_t len, fs_fill_fn fill, void *ctx)
+ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
+			  size_t len, fs_fill_fn fill, void *ctx)
 {
 	struct cow_plan plan[2];
 	int nplan = 0, rc = 0;
@@ -589,7 +597,7 @@ ssize_t fs_write(struct fs *fs, uint64_t ino, off_t off, size_t len,
 		return rc;
 	}
 	pthread_mutex_lock(&in->io_lock);
-	n = write_locked(fs, in, off, len, fill, ctx);
+	n = file_write_locked(fs, in, off, len, fill, ctx);
 	pthread_mutex_unlock(&in->io_lock);
 	pthread_rwlock_unlock(&fs->data_lock);
 	return n;
@@ -718,7 +726,7 @@ static int zero_partial(struct fs *fs, struct inode *in, uint64_t lblk,
 		return 0;
 	uint64_t size = in->size;
 	pthread_mutex_unlock(&fs->lock);
-	n = write_locked(fs, in, (off_t)((lblk << fs->block_shift) + from),
+	n = file_write_locked(fs, in, (off_t)((lblk << fs->block_shift) + from),
 			 to - from, fill_zero, NULL);
 	pthread_mutex_lock(&fs->lock);
 	in->size = size;	/* zeroing never grows the file */
@@ -946,7 +954,7 @@ static ssize_t copy_plain(struct fs *fs, struct inode *src, off_t soff,
 	size_t got = 0;
 	for (int i = 0; i < f.nseg; i++)
 		got += f.segs[i].len;
-	ssize_t n = got ? write_locked(fs, dst, doff, got, fill_from_segs, &f) : 0;
+	ssize_t n = got ? file_write_locked(fs, dst, doff, got, fill_from_segs, &f) : 0;
 	fs_read_done(fs, f.segs, f.nseg);
 	return n;
 }

@@ -443,6 +443,8 @@ int apply_rec(struct fs *fs, const struct rec *r)
 				    r->u.ext.obj, r->u.ext.pblk, r->flags);
 	case REC_CLONE:
 		return clone_apply(fs, r);
+	case REC_ORIGIN:
+		return origin_apply(fs, r);
 	case REC_REFCNT:
 		if (r->u.refcnt.count < 2 || r->u.refcnt.obj == 0)
 			return -EINVAL;

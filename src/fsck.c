@@ -212,6 +212,17 @@ static void check_objects(struct fsck *k)
 	RB_FOREACH(o, object_tree, &fs->objects) {
 		if (o->nlive == 0)
 			continue;
+		if (o->opath) {
+			/* an origin: still the host file that was cloned? */
+			int fd = origin_open(fs, o);
+			if (fd < 0)
+				problem(k, "origin file '%s' changed or is gone since it "
+					"was cloned (its clones' reads fail with EIO)",
+					o->opath);
+			else
+				close(fd);
+			continue;
+		}
 		int fd = store_obj_open(&fs->store, o->id, 0);
 		if (fd < 0) {
 			problem(k, "object %016" PRIx64 " holds %" PRIu64 " referenced "

@@ -35,6 +35,21 @@ static void get_ctx(fuse_req_t req, struct fs_ctx *c)
 	c->uid = fc->uid;
 	c->gid = fc->gid;
 	c->umask = fc->umask;
+	c->ngroups = -1;
+}
+
+/* The caller's supplementary groups too (for reading host trees). */
+static void get_ctx_groups(fuse_req_t req, struct fs_ctx *c)
+{
+	get_ctx(req, c);
+	int n = fuse_req_getgroups(req, 64, c->groups);
+	c->ngroups = n > 64 ? 64 : n;
+}
+
+/* trusted.cowfs.* holds cowfs's own state: not for users. */
+static int private_xattr(const char *name)
+{
+	return !strncmp(name, "trusted.cowfs.", 14);
 }
 
 static void reply_entry(fuse_req_t req, const struct stat *st)
@@ -467,12 +482,20 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			const char *value, size_t size, int flags)
 {
+	if (private_xattr(name)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
 	fuse_reply_err(req, -fs_setxattr(FS(req), ino, name, value, size, flags));
 }
 
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			size_t size)
 {
+	if (private_xattr(name)) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
 	char *buf = size ? malloc(size) : NULL;
 	if (size && !buf) {
 		fuse_reply_err(req, ENOMEM);
@@ -495,7 +518,28 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	int rc = fs_listxattr(FS(req), ino, buf, size);
+	/* list everything, then leave out the private names */
+	int rc = fs_listxattr(FS(req), ino, NULL, 0);
+	char *all = rc > 0 ? malloc((size_t)rc) : NULL;
+	if (rc > 0 && !all)
+		rc = -ENOMEM;
+	if (rc > 0)
+		rc = fs_listxattr(FS(req), ino, all, (size_t)rc);
+	if (rc > 0) {
+		size_t k = 0;
+		for (char *p = all; p < all + rc; p += strlen(p) + 1)
+			if (!private_xattr(p)) {
+				size_t n = strlen(p) + 1;
+				memmove(all + k, p, n);
+				k += n;
+			}
+		rc = (int)k;
+		if (size && (size_t)rc > size)
+			rc = -ERANGE;
+		else if (size)
+			memcpy(buf, all, (size_t)rc);
+	}
+	free(all);
 	if (rc < 0)
 		fuse_reply_err(req, -rc);
 	else if (size == 0)
@@ -507,6 +551,10 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
+	if (private_xattr(name)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
 	fuse_reply_err(req, -fs_removexattr(FS(req), ino, name));
 }
 
@@ -558,6 +606,7 @@ static void usage_to_ioc(const struct fs_usage *u, struct cowfs_ioc_usage *o)
 	o->meta_bytes = u->meta_bytes;
 	o->block_size = u->block_size;
 	o->objects = u->objects;
+	o->origin = u->origin;
 }
 
 static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
@@ -597,6 +646,50 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 		fuse_lowlevel_notify_inval_entry(session, ino, a.name, strlen(a.name));
 		fuse_lowlevel_notify_inval_inode(session, ino, -1, 0);
 		fuse_reply_ioctl(req, 0, &a, sizeof(a));
+		return;
+	}
+	case COWFS_IOC_CLONE_HOST: {
+		struct cowfs_ioc_clone_host *a;
+		struct fs_ctx c;
+		if (in_bufsz < sizeof(*a) || out_bufsz < sizeof(*a)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		a = malloc(sizeof(*a));
+		if (!a) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(a, in_buf, sizeof(*a));
+		a->name[sizeof(a->name) - 1] = 0;
+		a->path[sizeof(a->path) - 1] = 0;
+		get_ctx_groups(req, &c);
+		rc = fs_clone_host(fs, &c, a->path, ino, a->name, &a->skipped);
+		if (rc) {
+			fuse_reply_err(req, -rc);
+		} else {
+			fuse_lowlevel_notify_inval_entry(session, ino, a->name,
+							 strlen(a->name));
+			fuse_lowlevel_notify_inval_inode(session, ino, -1, 0);
+			fuse_reply_ioctl(req, 0, a, sizeof(*a));
+		}
+		free(a);
+		return;
+	}
+	case COWFS_IOC_DETACH: {
+		struct cowfs_ioc_detach d;
+		if (out_bufsz < sizeof(d)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		int64_t n = fs_detach(fs, ino);
+		if (n < 0) {
+			fuse_reply_err(req, (int)-n);
+			return;
+		}
+		memset(&d, 0, sizeof(d));
+		d.bytes = (uint64_t)n;
+		fuse_reply_ioctl(req, 0, &d, sizeof(d));
 		return;
 	}
 	case COWFS_IOC_DU:

@@ -250,7 +250,11 @@ static void finish_batch(struct fs *fs, struct batch *b)
 		}
 		RB_REMOVE(object_tree, &fs->objects, o);
 		uint64_t id = o->id;
+		int origin = o->opath != NULL;
+		free(o->opath);
 		free(o);
+		if (origin)
+			continue;	/* the host file is not ours */
 		int rc = store_obj_unlink(&fs->store, id);
 		if (rc)
 			fs_log(fs, "warning: object %016llx: unlink: %s",
@@ -395,6 +399,13 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 	r.u.super.next_obj = fs->next_obj;
 	r.u.super.root_ino = FS_ROOT_INO;
 	img_add(&im, &r);
+	struct object *o;
+	RB_FOREACH(o, object_tree, &fs->objects) {
+		if (o->opath && o->nlive) {
+			origin_to_rec(o, &r);
+			img_add(&im, &r);
+		}
+	}
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
 		inode_to_rec(in, &r);
 		img_add(&im, &r);

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ftw.h>
 #include <libgen.h>
 #include <libutil.h>
 #include <sys/ioctl.h>
@@ -209,10 +210,19 @@ static int cmd_mount(int argc, char **argv)
 
 	if ((rc = want_help("mount", argc, argv)) >= 0)
 		return rc;
+	static const struct option lo[] = {
+		{ "origin", required_argument, NULL, 'O' },
+		{ 0 }
+	};
+	const char *origin = NULL;
+
 	optind = 1;
 	opterr = 0;
-	while ((c = getopt(argc, argv, "+fdo:")) != -1) {
+	while ((c = getopt_long(argc, argv, "+fdo:", lo, NULL)) != -1) {
 		switch (c) {
+		case 'O':
+			origin = optarg;
+			break;
 		case 'f':
 			m.foreground = 1;
 			break;
@@ -229,7 +239,12 @@ static int cmd_mount(int argc, char **argv)
 		case '?':
 			if (optopt == 'o')
 				return usage_error("mount", "option -o needs a value");
-			return usage_error("mount", "unknown option '-%c'", optopt);
+			if (optopt == 'O')
+				return usage_error("mount", "option --origin needs a DIR");
+			if (optopt)
+				return usage_error("mount", "unknown option '-%c'", optopt);
+			return usage_error("mount", "unknown option '%s'",
+					   argv[optind - 1]);
 		default:
 			return usage_error("mount", "unknown option");
 		}
@@ -257,10 +272,37 @@ static int cmd_mount(int argc, char **argv)
 		}
 	}
 	fo.logfile = mount_logfile;
+	char *origin_abs = NULL;
+	if (origin) {
+		origin_abs = realpath(origin, NULL);
+		if (!origin_abs || stat(origin_abs, &st) < 0 || !S_ISDIR(st.st_mode)) {
+			fprintf(stderr, "cowfs: mount: --origin '%s': %s\n", origin,
+				origin_abs ? strerror(ENOTDIR) : strerror(errno));
+			free(origin_abs);
+			return 1;
+		}
+		/* cowfs init happens implicitly for a new store */
+		if (access(store, F_OK) < 0 && errno == ENOENT &&
+		    fs_init_store(store, 16, errbuf, sizeof(errbuf))) {
+			fprintf(stderr, "cowfs: mount: %s\n", errbuf);
+			free(origin_abs);
+			return 1;
+		}
+	}
 	rc = fs_open(store, &fo, &fs, errbuf, sizeof(errbuf));
 	if (rc) {
 		fprintf(stderr, "cowfs: mount: %s\n", errbuf);
+		free(origin_abs);
 		return 1;
+	}
+	if (origin_abs) {
+		rc = fs_attach_origin(fs, origin_abs, errbuf, sizeof(errbuf));
+		free(origin_abs);
+		if (rc) {
+			fprintf(stderr, "cowfs: mount: %s\n", errbuf);
+			fs_close(fs);
+			return 1;
+		}
 	}
 	store_abs = realpath(store, NULL);
 	append_fsname(fuse_opts, sizeof(fuse_opts), store_abs ? store_abs : store);
@@ -386,6 +428,56 @@ static int on_fuse(int fd)
 	return fstatfs(fd, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC;
 }
 
+/* SRC outside the mount: clone by reference.  Returns the exit status. */
+static int clone_host(int dirfd_, const char *src, const char *dst,
+		      const char *name)
+{
+	struct cowfs_ioc_clone_host *a = calloc(1, sizeof(*a));
+	char *d = strdup(src), *b = strdup(src), *abs = NULL;
+	int status = 1;
+
+	if (!a || !d || !b)
+		err(1, "clone");
+	/* resolve the parent, keep SRC itself (a symlink stays a symlink) */
+	for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--)
+		d[n - 1] = b[n - 1] = 0;
+	char *pdir = realpath(dirname(d), NULL);
+	const char *base = basename(b);
+	if (!pdir) {
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, strerror(errno));
+		goto out;
+	}
+	if (!strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, "/")) {
+		abs = realpath(src, NULL);
+	} else if (asprintf(&abs, "%s/%s", strcmp(pdir, "/") ? pdir : "", base) < 0) {
+		abs = NULL;
+	}
+	free(pdir);
+	if (!abs || strlen(abs) >= sizeof(a->path)) {
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", src,
+			abs ? strerror(ENAMETOOLONG) : strerror(errno));
+		goto out;
+	}
+	strlcpy(a->path, abs, sizeof(a->path));
+	strlcpy(a->name, name, sizeof(a->name));
+	if (ioctl(dirfd_, COWFS_IOC_CLONE_HOST, a) < 0) {
+		int e = errno;
+		fprintf(stderr, "cowfs: clone: '%s': %s\n",
+			e == EACCES || e == EPERM ? src : dst, strerror(e));
+		goto out;
+	}
+	if (a->skipped)
+		fprintf(stderr, "cowfs: clone: warning: %llu socket(s) or device "
+			"node(s) in '%s' skipped\n", (unsigned long long)a->skipped, src);
+	status = 0;
+out:
+	free(abs);
+	free(a);
+	free(d);
+	free(b);
+	return status;
+}
+
 static int cmd_clone(int argc, char **argv)
 {
 	struct cowfs_ioc_clone a;
@@ -429,8 +521,7 @@ static int cmd_clone(int argc, char **argv)
 		goto out;
 	}
 	if (pst.st_dev != sst.st_dev) {
-		fprintf(stderr, "cowfs: clone: '%s' and '%s' are not in the same "
-			"cowfs mount\n", src, dst);
+		status = clone_host(fd, src, dst, name);
 		goto out;
 	}
 	memset(&a, 0, sizeof(a));
@@ -600,12 +691,13 @@ static int cmd_df(int argc, char **argv)
 		json_str(argv[i]);
 		printf(", \"logical\": %llu, \"physical\": %llu, \"shared\": %llu, "
 		       "\"ratio\": %.3f, \"metadata\": %llu, \"files\": %llu, "
-		       "\"dirs\": %llu, \"objects\": %llu, \"block_size\": %llu}\n",
+		       "\"dirs\": %llu, \"objects\": %llu, \"block_size\": %llu, "
+		       "\"origin\": %llu}\n",
 		       (unsigned long long)u.logical, (unsigned long long)u.exclusive,
 		       (unsigned long long)u.shared, ratio,
 		       (unsigned long long)u.meta_bytes, (unsigned long long)u.files,
 		       (unsigned long long)u.dirs, (unsigned long long)u.objects,
-		       (unsigned long long)u.block_size);
+		       (unsigned long long)u.block_size, (unsigned long long)u.origin);
 		return 0;
 	}
 	char a[32], b[32], c[32], d[32];
@@ -618,9 +710,85 @@ static int cmd_df(int argc, char **argv)
 	printf("physical bytes:  %s in %llu objects (blocks of %llu bytes)\n", b,
 	       (unsigned long long)u.objects, (unsigned long long)u.block_size);
 	printf("shared blocks:   %s\n", c);
+	if (u.origin) {
+		char e[32];
+		human(e, sizeof(e), u.origin, exact);
+		printf("read from origins: %s (in place on the host, not in the store)\n", e);
+	}
 	printf("sharing ratio:   %.2f\n", ratio);
 	printf("metadata:        %s\n", d);
 	return 0;
+}
+
+static uint64_t detach_total, detach_done, detach_bytes;
+static int detach_tty, detach_status;
+
+static int detach_one(const char *path, const struct stat *st, int type,
+		      struct FTW *ftw)
+{
+	struct cowfs_ioc_detach d;
+	(void)ftw;
+	if (type != FTW_F || !S_ISREG(st->st_mode))
+		return 0;
+	if (st->st_nlink > 1 && st->st_size == 0)
+		return 0;
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	memset(&d, 0, sizeof(d));
+	if (fd < 0 || ioctl(fd, COWFS_IOC_DETACH, &d) < 0) {
+		int e = errno;
+		fprintf(stderr, "%scowfs: detach: '%s': %s\n", detach_tty ? "\n" : "",
+			path, e == ENOTTY ? "not inside a cowfs mount" : strerror(e));
+		detach_status = 1;
+	} else {
+		detach_bytes += d.bytes;
+	}
+	if (fd >= 0)
+		close(fd);
+	detach_done++;
+	if (detach_tty && (detach_done % 64 == 0 || detach_done == detach_total))
+		fprintf(stderr, "\rdetaching: %llu/%llu files, %llu MiB copied",
+			(unsigned long long)detach_done,
+			(unsigned long long)detach_total,
+			(unsigned long long)(detach_bytes >> 20));
+	return 0;
+}
+
+static int count_one(const char *path, const struct stat *st, int type,
+		     struct FTW *ftw)
+{
+	(void)path;
+	(void)ftw;
+	if (type == FTW_F && S_ISREG(st->st_mode))
+		detach_total++;
+	return 0;
+}
+
+static int cmd_detach(int argc, char **argv)
+{
+	int rc;
+
+	if ((rc = want_help("detach", argc, argv)) >= 0)
+		return rc;
+	if (argc < 2)
+		return usage_error("detach", "missing PATH");
+	detach_tty = isatty(STDERR_FILENO);
+	for (int i = 1; i < argc; i++) {
+		struct stat st;
+		if (lstat(argv[i], &st) < 0) {
+			fprintf(stderr, "cowfs: detach: '%s': %s\n", argv[i],
+				strerror(errno));
+			detach_status = 1;
+			continue;
+		}
+		if (detach_tty)
+			nftw(argv[i], count_one, 64, FTW_PHYS | FTW_MOUNT);
+		nftw(argv[i], detach_one, 64, FTW_PHYS | FTW_MOUNT);
+	}
+	if (detach_tty)
+		fputc('\n', stderr);
+	printf("%llu bytes copied from origins into the store\n",
+	       (unsigned long long)detach_bytes);
+	return detach_status;
 }
 
 static int cmd_fsck(int argc, char **argv)
@@ -656,9 +824,13 @@ static const struct cmd cmds[] = {
 	  "Create a new, empty store in STORE (a missing or empty directory).\n\n"
 	  "  --block-size SIZE  unit of sharing and copy-on-write: a power of two\n"
 	  "                     from 4K to 1M (default 64K)\n" },
-	{ "mount", cmd_mount, "mount [-f] [-d] [-o OPT[,OPT...]] STORE MOUNTPOINT",
+	{ "mount", cmd_mount,
+	  "mount [-f] [-d] [-o OPT[,OPT...]] [--origin DIR] STORE MOUNTPOINT",
 	  "Serve STORE at MOUNTPOINT.  Returns once the mount is live; the daemon\n"
 	  "runs in the background until 'cowfs umount'.\n\n"
+	  "  --origin DIR  the mount's root is a writable zero-copy clone of the\n"
+	  "                host directory DIR (made on the first mount; STORE is\n"
+	  "                created if missing; later mounts reuse it)\n"
 	  "  -f            stay in the foreground\n"
 	  "  -d            debug output (implies -f)\n"
 	  "  -o OPT,...    libfuse options (allow_other, ro, ...) and cowfs's own:\n"
@@ -669,8 +841,15 @@ static const struct cmd cmds[] = {
 	  "metadata and exited.\n" },
 	{ "clone", cmd_clone, "clone SRC DST",
 	  "Make DST an instant copy-on-write clone of SRC (a file, symlink or\n"
-	  "directory tree in the same cowfs mount), like 'cp -a' but sharing\n"
-	  "every block.  DST must not exist; its parent must.\n" },
+	  "directory tree), like 'cp -a' but sharing every block.  DST must not\n"
+	  "exist; its parent must be in a cowfs mount.  When SRC is in the same\n"
+	  "mount the clone costs metadata only; when SRC is a host path outside\n"
+	  "it, the clone is made by reference: no data is copied, the host files\n"
+	  "are read in place and never written (see 'cowfs detach').\n" },
+	{ "detach", cmd_detach, "detach PATH...",
+	  "Copy every block that PATH (a file or tree in a mount) still reads\n"
+	  "from a host origin into the store; afterwards it no longer depends on\n"
+	  "the origin.  Shows progress on a terminal.\n" },
 	{ "du", cmd_du, "du [--json] [--bytes] PATH...",
 	  "For each PATH in a cowfs mount: logical bytes, bytes in blocks shared\n"
 	  "with files outside PATH, and bytes in blocks PATH alone holds.\n" },

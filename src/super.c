@@ -118,7 +118,8 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 		setrlimit(RLIMIT_NOFILE, &rl);
 		getrlimit(RLIMIT_NOFILE, &rl);
 	}
-	fs->max_fds = rl.rlim_cur > 2048 ? (unsigned)((rl.rlim_cur - 256) / 2) : 512;
+	fs->max_fds = rl.rlim_cur > 2048 ? (unsigned)((rl.rlim_cur - 256) / 2) :
+		      rl.rlim_cur > 64 ? (unsigned)(rl.rlim_cur / 2) : 16;
 	if (fs->max_fds > 65536)
 		fs->max_fds = 65536;
 

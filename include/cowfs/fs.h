@@ -32,6 +32,8 @@ struct fs_ctx {
 	uid_t uid;
 	gid_t gid;
 	mode_t umask;
+	int ngroups;		/* supplementary groups, -1: unknown */
+	gid_t groups[64];
 };
 
 /* setattr's to_set bits */
@@ -137,6 +139,23 @@ int fs_removexattr(struct fs *fs, uint64_t ino, const char *name);
 int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
 	     uint64_t dst_parent, const char *name, struct stat *st);
 
+/* Clone a host tree or file by reference (zero-copy) as dst_parent/name;
+ * its files become read-only origin objects.  Host paths are opened with
+ * the caller's credentials.  *skipped counts sockets and device nodes
+ * left out.  With name NULL the host directory's contents go into
+ * dst_parent itself (the --origin root). */
+int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
+		  uint64_t dst_parent, const char *name, uint64_t *skipped);
+/* Copy every block a regular file still reads from an origin into the
+ * store.  Returns bytes copied or -errno. */
+int64_t fs_detach(struct fs *fs, uint64_t ino);
+/* The --origin of this store: 0 and *dir (caller frees) if it has one,
+ * -ENODATA if not. */
+int fs_origin_root(struct fs *fs, char **dir);
+/* Make the root a clone of host dir (a new or empty store), or check that
+ * it is the store's recorded origin.  err gets a message. */
+int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen);
+
 struct fs_usage {
 	uint64_t logical;	/* bytes of file data (sum of sizes) */
 	uint64_t shared;	/* du: bytes in blocks also used outside PATH;
@@ -147,6 +166,7 @@ struct fs_usage {
 	uint64_t meta_bytes;	/* df: metadata file size */
 	uint64_t block_size;
 	uint64_t objects;	/* df: object files */
+	uint64_t origin;	/* df: bytes read in place from host origins */
 };
 int fs_du(struct fs *fs, uint64_t ino, struct fs_usage *u);
 int fs_df(struct fs *fs, struct fs_usage *u);

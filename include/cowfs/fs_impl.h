@@ -97,6 +97,11 @@ struct object {
 	uint32_t pins;		/* I/O in flight on fd outside fs->lock */
 	bool dirty;		/* written since the last commit's sync */
 	bool doomed;		/* queued for unlink */
+	/* origin objects: a host file read in place, never written */
+	char *opath;		/* host path (owned); NULL: a store object */
+	uint64_t odev, oino, osize;
+	int64_t omtime, octime;	/* ns */
+	bool warned;		/* the change was logged once */
 	struct object *dirty_next;
 	TAILQ_ENTRY(object) lru;	/* open, unpinned fds */
 };
@@ -183,6 +188,9 @@ int file_map_set(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len,
 int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk,
 		   uint64_t len);
 int file_truncate(struct fs *fs, struct inode *in, uint64_t size);
+/* The write path; data_lock (shared) and in->io_lock held, not fs->lock. */
+ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
+			  size_t len, fs_fill_fn fill, void *ctx);
 void file_compute_nlive(struct fs *fs);
 void file_close_fds(struct fs *fs);
 
@@ -193,6 +201,12 @@ void journal_flush_dirty(struct fs *fs);
 
 /* clone.c */
 int clone_apply(struct fs *fs, const struct rec *r);
+
+/* origin.c */
+int origin_open(struct fs *fs, struct object *o);
+int origin_check(struct fs *fs, struct object *o, int fd);
+int origin_apply(struct fs *fs, const struct rec *r);
+void origin_to_rec(const struct object *o, struct rec *r);
 /* Without fs->lock: commit everything logged so far; sync=1 for fsync. */
 int journal_commit(struct fs *fs);
 int journal_checkpoint(struct fs *fs);

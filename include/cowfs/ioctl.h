@@ -33,14 +33,34 @@ struct cowfs_ioc_usage {
 	uint64_t meta_bytes;	/* out: metadata file size (df) */
 	uint64_t block_size;	/* out */
 	uint64_t objects;	/* out: object files (df) */
-	uint64_t reserved[25];
+	uint64_t origin;	/* out: bytes read in place from origins (df) */
+	uint64_t reserved[24];
+};
+
+/* Clone by reference: issued on the destination's parent directory. */
+struct cowfs_ioc_clone_host {
+	uint64_t flags;		/* in: 0 */
+	uint64_t skipped;	/* out: sockets and device nodes left out */
+	char name[256];		/* in: destination name */
+	char path[4096];	/* in: absolute host path of SRC */
+};
+
+/* Detach: issued on a regular file. */
+struct cowfs_ioc_detach {
+	uint64_t flags;		/* in: 0 */
+	uint64_t bytes;		/* out: bytes copied from origins */
+	uint64_t reserved[32];
 };
 
 _Static_assert(sizeof(struct cowfs_ioc_clone) == 272, "clone arg size");
+_Static_assert(sizeof(struct cowfs_ioc_clone_host) == 4368, "host arg size");
+_Static_assert(sizeof(struct cowfs_ioc_detach) == 272, "detach arg size");
 _Static_assert(sizeof(struct cowfs_ioc_usage) == 272, "usage arg size");
 
 #define COWFS_IOC_CLONE _IOWR(COWFS_IOC_MAGIC, 1, struct cowfs_ioc_clone)
 #define COWFS_IOC_DU _IOWR(COWFS_IOC_MAGIC, 2, struct cowfs_ioc_usage)
 #define COWFS_IOC_DF _IOWR(COWFS_IOC_MAGIC, 3, struct cowfs_ioc_usage)
+#define COWFS_IOC_CLONE_HOST _IOWR(COWFS_IOC_MAGIC, 4, struct cowfs_ioc_clone_host)
+#define COWFS_IOC_DETACH _IOWR(COWFS_IOC_MAGIC, 5, struct cowfs_ioc_detach)
 
 #endif

@@ -250,7 +250,7 @@ static void copy_store(const char *from, const char *to)
 
 static struct fs *fs;
 static char store[128], metapath[160], logpath[128];
-static const struct fs_ctx ctx = { 0, 0, 022 };
+static const struct fs_ctx ctx = { .uid = 0, .gid = 0, .umask = 022, .ngroups = -1 };
 
 static void set_store(const char *name)
 {
@@ -1981,11 +1981,12 @@ static void test_refused(void)
 	mb_super(&ckm);
 	mb_inode(&ckm, 1, S_IFDIR | 0755);
 	{
+		/* object 0 does not exist: origins must name a real id */
 		struct rec r = { .type = REC_ORIGIN, .data = "/x", .data_len = 2 };
-		r.u.origin.obj = 5;
+		r.u.origin.obj = 0;
 		mb_rec(&ckm, &r);
 	}
-	BUILD("ORIGIN record", "inconsistent checkpoint record");
+	BUILD("ORIGIN record for object 0", "inconsistent checkpoint record");
 	RESET();
 	mb_super(&ckm);
 	mb_inode(&ckm, 1, S_IFDIR | 0755);

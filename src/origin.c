@@ -1,0 +1,840 @@
+/*
+ * origin.c - clones by reference of host trees ("origins").
+ *
+ * A host file cloned by reference becomes an origin object: its blocks are
+ * read in place from the host file (block k at byte k*B, as in any
+ * object) and never written, punched or unlinked; a write copies the block
+ * into the store (invariant 3).  The file's identity (device, inode, size,
+ * mtime and ctime in ns) is recorded; when the file no longer matches, its
+ * reads fail with EIO and one log line names it.
+ *
+ * The host tree is walked outside fs->lock with the caller's credentials
+ * (fsuid, fsgid, groups of the calling thread), then materialized under
+ * the lock as ordinary journal records in one batch.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fsuid.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "cowfs/fs_impl.h"
+
+#define ORIGIN_XATTR "trusted.cowfs.origin"
+
+static int64_t ts_ns(const struct timespec *t)
+{
+	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
+void origin_to_rec(const struct object *o, struct rec *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->type = REC_ORIGIN;
+	r->u.origin.obj = o->id;
+	r->u.origin.dev = o->odev;
+	r->u.origin.ino = o->oino;
+	r->u.origin.size = o->osize;
+	r->u.origin.mtime_ns = o->omtime;
+	r->u.origin.ctime_ns = o->octime;
+	r->data = o->opath;
+	r->data_len = (uint32_t)strlen(o->opath);
+}
+
+int origin_apply(struct fs *fs, const struct rec *r)
+{
+	struct object *o = obj_get(fs, r->u.origin.obj);
+
+	if (r->u.origin.obj == 0 || r->data_len == 0 || r->data_len >= PATH_MAX)
+		return -EINVAL;
+	if (!o && !(o = obj_new(fs, r->u.origin.obj, 0)))
+		return -ENOMEM;
+	free(o->opath);
+	o->opath = strndup(r->data, r->data_len);
+	if (!o->opath)
+		return -ENOMEM;
+	o->odev = r->u.origin.dev;
+	o->oino = r->u.origin.ino;
+	o->osize = r->u.origin.size;
+	o->omtime = r->u.origin.mtime_ns;
+	o->octime = r->u.origin.ctime_ns;
+	return 0;
+}
+
+/* fs->lock held.  0 when fd is still the file that was cloned. */
+int origin_check(struct fs *fs, struct object *o, int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && st.st_dev == o->odev && st.st_ino == o->oino &&
+	    (uint64_t)st.st_size == o->osize && ts_ns(&st.st_mtim) == o->omtime &&
+	    ts_ns(&st.st_ctim) == o->octime)
+		return 0;
+	if (!o->warned) {
+		o->warned = true;
+		fs_log(fs, "origin file '%s' changed since it was cloned: its reads "
+		       "fail with EIO (cowfs fsck lists such files)", o->opath);
+	}
+	return -EIO;
+}
+
+/* fs->lock held.  Open an origin file for reading; returns fd or -errno. */
+int origin_open(struct fs *fs, struct object *o)
+{
+	int fd = open(o->opath, O_RDONLY | O_NOATIME | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == EPERM)
+		fd = open(o->opath, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+		if (!o->warned) {
+			o->warned = true;
+			fs_log(fs, "origin file '%s' cannot be opened: %s (reads "
+			       "fail with EIO)", o->opath, strerror(e));
+		}
+		return -EIO;
+	}
+	if (origin_check(fs, o, fd)) {
+		close(fd);
+		return -EIO;
+	}
+	return fd;
+}
+
+/* ---- walking a host tree ---- */
+
+struct hx {			/* one xattr */
+	char *name;
+	void *value;
+	uint32_t len;
+};
+
+struct hent {
+	long parent;		/* index of the parent entry, -1: top */
+	char *name;		/* owned */
+	char *path;		/* owned: host path of a regular file */
+	char *target;		/* owned: symlink target */
+	struct stat st;
+	struct hx *x;
+	int nx;
+	uint64_t *ranges;	/* owned: block runs (first, count) pairs */
+	int nranges;
+	uint64_t ino;		/* new inode number, set when materialized */
+	long link_of;		/* an earlier entry this is a hard link of, or -1 */
+};
+
+struct walk {
+	struct fs *fs;
+	struct hent *v;
+	long n, cap;
+	uint64_t skipped;
+	int is_root;		/* the caller may make device nodes */
+	int err;
+};
+
+static void free_walk(struct walk *w)
+{
+	for (long i = 0; i < w->n; i++) {
+		struct hent *e = &w->v[i];
+		free(e->name);
+		free(e->path);
+		free(e->target);
+		free(e->ranges);
+		for (int k = 0; k < e->nx; k++) {
+			free(e->x[k].name);
+			free(e->x[k].value);
+		}
+		free(e->x);
+	}
+	free(w->v);
+}
+
+static struct hent *add_ent(struct walk *w)
+{
+	if (w->n == w->cap) {
+		long cap = w->cap ? w->cap * 2 : 1024;
+		struct hent *v = realloc(w->v, (size_t)cap * sizeof(*v));
+		if (!v)
+			return NULL;
+		w->v = v;
+		w->cap = cap;
+	}
+	struct hent *e = &w->v[w->n++];
+	memset(e, 0, sizeof(*e));
+	e->link_of = -1;
+	return e;
+}
+
+static int want_xattr(const char *n)
+{
+	return !strncmp(n, "user.", 5) || !strncmp(n, "trusted.", 8) ||
+	       !strncmp(n, "security.", 9) ||
+	       !strcmp(n, "system.posix_acl_access") ||
+	       !strcmp(n, "system.posix_acl_default");
+}
+
+/* Read xattrs through fd (or path for symlinks, fd < 0). */
+static int read_xattrs(struct hent *e, int fd, const char *path)
+{
+	char names[65536];
+	ssize_t n = fd >= 0 ? flistxattr(fd, names, sizeof(names)) :
+			      llistxattr(path, names, sizeof(names));
+	if (n < 0)
+		return errno == ENOTSUP ? 0 : -errno;
+	for (char *p = names; p < names + n; p += strlen(p) + 1) {
+		if (!want_xattr(p) || !strncmp(p, "trusted.cowfs.", 14))
+			continue;
+		char *val = malloc(COWFS_XATTR_MAX);
+		if (!val)
+			return -ENOMEM;
+		ssize_t len = fd >= 0 ? fgetxattr(fd, p, val, COWFS_XATTR_MAX) :
+					lgetxattr(path, p, val, COWFS_XATTR_MAX);
+		if (len < 0) {
+			free(val);
+			continue;
+		}
+		struct hx *x = realloc(e->x, (size_t)(e->nx + 1) * sizeof(*x));
+		if (!x) {
+			free(val);
+			return -ENOMEM;
+		}
+		e->x = x;
+		x[e->nx].name = strdup(p);
+		x[e->nx].value = val;
+		x[e->nx].len = (uint32_t)len;
+		if (!x[e->nx].name)
+			return -ENOMEM;
+		e->nx++;
+	}
+	return 0;
+}
+
+/* Block runs that hold data (holes stay holes). */
+static int read_ranges(struct walk *w, struct hent *e, int fd)
+{
+	unsigned shift = w->fs->block_shift;
+	off_t pos = 0, end;
+	int cap = 0;
+
+	if (e->st.st_size == 0)
+		return 0;
+	for (;;) {
+		pos = lseek(fd, pos, SEEK_DATA);
+		if (pos < 0) {
+			if (errno == ENXIO)
+				break;
+			/* no SEEK_DATA: all data */
+			pos = 0;
+			end = e->st.st_size;
+		} else {
+			end = lseek(fd, pos, SEEK_HOLE);
+			if (end < 0)
+				end = e->st.st_size;
+		}
+		uint64_t first = (uint64_t)pos >> shift;
+		uint64_t last = ((uint64_t)end - 1) >> shift;
+		if (e->nranges && e->ranges[2 * (e->nranges - 1)] +
+				  e->ranges[2 * (e->nranges - 1) + 1] > first) {
+			/* continues the previous run's last block */
+			uint64_t *r = &e->ranges[2 * (e->nranges - 1)];
+			if (last + 1 > r[0] + r[1])
+				r[1] = last + 1 - r[0];
+		} else {
+			if (e->nranges == cap) {
+				cap = cap ? cap * 2 : 4;
+				uint64_t *r = realloc(e->ranges, (size_t)cap * 2 * sizeof(*r));
+				if (!r)
+					return -ENOMEM;
+				e->ranges = r;
+			}
+			e->ranges[2 * e->nranges] = first;
+			e->ranges[2 * e->nranges + 1] = last - first + 1;
+			e->nranges++;
+		}
+		if (end >= e->st.st_size)
+			break;
+		pos = end;
+	}
+	return 0;
+}
+
+static int walk_dir(struct walk *w, int dfd, const char *path, long parent,
+		    int depth);
+
+/* One entry named name in directory dfd (host path 'path'). */
+static int walk_one(struct walk *w, int dfd, const char *path, const char *name,
+		    long parent, int depth)
+{
+	struct hent *e;
+	struct stat st;
+	int fd = -1, rc = 0;
+	long idx;
+
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT ? 0 : -errno;	/* vanished: skip */
+	if (S_ISSOCK(st.st_mode) ||
+	    ((S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) && !w->is_root)) {
+		w->skipped++;
+		fs_log(w->fs, "clone: skipped '%s/%s' (%s)", path, name,
+		       S_ISSOCK(st.st_mode) ? "a socket" : "a device node");
+		return 0;
+	}
+	e = add_ent(w);
+	if (!e)
+		return -ENOMEM;
+	idx = w->n - 1;
+	e->parent = parent;
+	e->st = st;
+	if (!(e->name = strdup(name)))
+		return -ENOMEM;
+	size_t plen = strlen(path) + strlen(name) + 2;
+	char *full = malloc(plen);
+	if (!full)
+		return -ENOMEM;
+	snprintf(full, plen, "%s/%s", path, name);
+
+	if (S_ISLNK(st.st_mode)) {
+		char buf[PATH_MAX];
+		ssize_t n = readlinkat(dfd, name, buf, sizeof(buf) - 1);
+		if (n < 0) {
+			rc = -errno;
+			goto out;
+		}
+		buf[n] = 0;
+		w->v[idx].target = strdup(buf);
+		rc = w->v[idx].target ? read_xattrs(&w->v[idx], -1, full) : -ENOMEM;
+		goto out;
+	}
+	if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) {
+		int fl = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME |
+			 (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0);
+		fd = openat(dfd, name, fl);
+		if (fd < 0 && errno == EPERM)
+			fd = openat(dfd, name, fl & ~O_NOATIME);
+		if (fd < 0) {
+			rc = -errno;
+			fs_log(w->fs, "clone: '%s': %s", full, strerror(errno));
+			goto out;
+		}
+		if (fstat(fd, &w->v[idx].st) < 0) {
+			rc = -errno;
+			goto out;
+		}
+		if ((rc = read_xattrs(&w->v[idx], fd, full)))
+			goto out;
+	}
+	if (S_ISREG(st.st_mode)) {
+		w->v[idx].path = full;
+		full = NULL;
+		rc = read_ranges(w, &w->v[idx], fd);
+	} else if (S_ISDIR(st.st_mode)) {
+		if (depth > 4096) {
+			rc = -ELOOP;
+			goto out;
+		}
+		rc = walk_dir(w, fd, full, idx, depth + 1);
+		fd = -1;	/* walk_dir closed it */
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	free(full);
+	return rc;
+}
+
+static int name_sort(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Walk the entries of directory fd (consumed). */
+static int walk_dir(struct walk *w, int fd, const char *path, long parent,
+		    int depth)
+{
+	DIR *d = fdopendir(fd);
+	struct dirent *de;
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	int rc = 0;
+
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			char **nn = realloc(names, cap * sizeof(*nn));
+			if (!nn) {
+				rc = -ENOMEM;
+				goto out;
+			}
+			names = nn;
+		}
+		if (!(names[n++] = strdup(de->d_name))) {
+			rc = -ENOMEM;
+			goto out;
+		}
+	}
+	qsort(names, n, sizeof(*names), name_sort);
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = walk_one(w, dirfd(d), path, names[i], parent, depth);
+out:
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	closedir(d);
+	return rc;
+}
+
+/* Become the caller for file access on this thread, and back. */
+struct creds {
+	uid_t uid;
+	gid_t gid;
+	int ngroups;
+	gid_t groups[64];
+};
+
+static void creds_enter(const struct fs_ctx *c, struct creds *save)
+{
+	save->uid = (uid_t)setfsuid((uid_t)-1);
+	save->gid = (gid_t)setfsgid((gid_t)-1);
+	save->ngroups = getgroups(64, save->groups);
+	if (c->uid == 0)
+		return;
+	/* the raw syscall changes this thread only */
+	syscall(SYS_setgroups, c->ngroups > 0 ? c->ngroups : 0, c->groups);
+	setfsgid(c->gid);
+	setfsuid(c->uid);
+}
+
+static void creds_leave(const struct fs_ctx *c, const struct creds *save)
+{
+	if (c->uid == 0)
+		return;
+	setfsuid(save->uid);
+	setfsgid(save->gid);
+	syscall(SYS_setgroups, save->ngroups > 0 ? save->ngroups : 0, save->groups);
+}
+
+static int walk_host(struct fs *fs, const struct fs_ctx *c, const char *host,
+		     int contents_only, struct walk *w)
+{
+	struct creds save;
+	int rc;
+
+	memset(w, 0, sizeof(*w));
+	w->fs = fs;
+	w->is_root = c->uid == 0;
+	creds_enter(c, &save);
+	if (contents_only) {
+		int fd = open(host, O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
+		if (fd < 0 && errno == EPERM)
+			fd = open(host, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		rc = fd < 0 ? -errno : walk_dir(w, fd, host, -1, 0);
+	} else {
+		char *dup = strdup(host), *slash;
+		if (!dup) {
+			rc = -ENOMEM;
+		} else {
+			slash = strrchr(dup, '/');
+			const char *dir = "/", *base = dup;
+			if (slash && slash != dup) {
+				*slash = 0;
+				dir = dup;
+				base = slash + 1;
+			} else if (slash) {
+				base = slash + 1;
+			}
+			int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+			rc = dfd < 0 ? -errno : walk_one(w, dfd, dir, base, -1, 0);
+			if (dfd >= 0)
+				close(dfd);
+			if (!rc && w->n == 0)
+				rc = -EOPNOTSUPP;	/* a socket or device itself */
+			free(dup);
+		}
+	}
+	creds_leave(c, &save);
+	return rc;
+}
+
+/* ---- materializing ---- */
+
+struct link_key {
+	dev_t dev;
+	ino_t ino;
+	long idx;
+};
+
+static int link_cmp(const void *a, const void *b)
+{
+	const struct link_key *x = a, *y = b;
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? -1 : 1;
+	if (x->ino != y->ino)
+		return x->ino < y->ino ? -1 : 1;
+	return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* Hard links inside the walked tree: later entries point to the first. */
+static int find_links(struct walk *w)
+{
+	long n = 0;
+	struct link_key *k = malloc((size_t)(w->n ? w->n : 1) * sizeof(*k));
+	if (!k)
+		return -ENOMEM;
+	for (long i = 0; i < w->n; i++)
+		if (!S_ISDIR(w->v[i].st.st_mode) && w->v[i].st.st_nlink > 1)
+			k[n++] = (struct link_key){ w->v[i].st.st_dev, w->v[i].st.st_ino, i };
+	qsort(k, (size_t)n, sizeof(*k), link_cmp);
+	for (long i = 1; i < n; i++)
+		if (k[i].dev == k[i - 1].dev && k[i].ino == k[i - 1].ino)
+			w->v[k[i].idx].link_of = w->v[k[i - 1].idx].link_of >= 0 ?
+						 w->v[k[i - 1].idx].link_of : k[i - 1].idx;
+	free(k);
+	return 0;
+}
+
+static void set_attrs(struct inode *in, const struct stat *st,
+		      const struct fs_ctx *c, const struct timespec *now)
+{
+	in->mode = st->st_mode;
+	in->uid = c->uid ? c->uid : st->st_uid;
+	in->gid = c->uid ? c->gid : st->st_gid;
+	if (c->uid)
+		in->mode &= ~(uint32_t)(S_ISUID | S_ISGID);
+	in->rdev = S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) ? st->st_rdev : 0;
+	in->size = S_ISREG(st->st_mode) ? (uint64_t)st->st_size : 0;
+	in->atime = st->st_atim;
+	in->mtime = st->st_mtim;
+	in->ctime = *now;
+	in->btime = *now;
+}
+
+static int log_xattrs(struct fs *fs, struct inode *in, struct hent *e)
+{
+	for (int k = 0; k < e->nx; k++) {
+		struct hx *x = &e->x[k];
+		int rc = xattr_set(in, x->name, x->value, x->len);
+		if (rc)
+			return rc;
+		struct rec r = { .type = REC_XATTR_SET, .name = x->name,
+				 .name_len = (uint32_t)strlen(x->name),
+				 .data = x->value, .data_len = x->len };
+		r.u.xattr.ino = in->ino;
+		if ((rc = journal_log(fs, &r)))
+			return rc;
+	}
+	return 0;
+}
+
+/* fs->lock held.  Make the walked entries under dir (top entries named
+ * as walked, or 'name' for a single top entry). */
+static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
+		       struct inode *dir, const char *name)
+{
+	struct timespec now;
+	struct rec r;
+	int rc = 0;
+
+	now_ts(&now);
+	/* pass 1: inodes, attributes, origin objects, extents */
+	for (long i = 0; i < w->n && !rc; i++) {
+		struct hent *e = &w->v[i];
+		if (e->link_of >= 0) {
+			e->ino = w->v[e->link_of].ino;
+			inode_get(fs, e->ino)->nlink++;
+			continue;
+		}
+		struct inode *in = inode_new(fs, fs->next_ino);
+		if (!in)
+			return -ENOMEM;
+		e->ino = in->ino;
+		set_attrs(in, &e->st, c, &now);
+		in->nlink = S_ISDIR(e->st.st_mode) ? 2 : 1;
+		if (e->target && !(in->target = strdup(e->target)))
+			return -ENOMEM;
+		if (S_ISDIR(in->mode))
+			in->parent = e->parent >= 0 ? w->v[e->parent].ino : dir->ino;
+		inode_to_rec(in, &r);
+		if ((rc = journal_log(fs, &r)) || (rc = log_xattrs(fs, in, e)))
+			return rc;
+		if (e->nranges) {
+			uint64_t id = fs->next_obj++;
+			struct object *o = obj_new(fs, id, 0);
+			if (!o || !(o->opath = strdup(e->path)))
+				return -ENOMEM;
+			o->odev = e->st.st_dev;
+			o->oino = e->st.st_ino;
+			o->osize = (uint64_t)e->st.st_size;
+			o->omtime = ts_ns(&e->st.st_mtim);
+			o->octime = ts_ns(&e->st.st_ctim);
+			origin_to_rec(o, &r);
+			if ((rc = journal_log(fs, &r)))
+				return rc;
+			for (int k = 0; k < e->nranges && !rc; k++) {
+				uint64_t b = e->ranges[2 * k], n = e->ranges[2 * k + 1];
+				rc = file_map_set(fs, in, b, n, id, b, EXT_NEW);
+				r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NEW };
+				r.u.ext.ino = in->ino;
+				r.u.ext.lblk = b;
+				r.u.ext.len = n;
+				r.u.ext.obj = id;
+				r.u.ext.pblk = b;
+				if (!rc)
+					rc = journal_log(fs, &r);
+			}
+		}
+	}
+	/* pass 2: directory entries, parents first (walk order) */
+	for (long i = 0; i < w->n && !rc; i++) {
+		struct hent *e = &w->v[i];
+		struct inode *p = e->parent >= 0 ? inode_get(fs, w->v[e->parent].ino) : dir;
+		struct inode *in = inode_get(fs, e->ino);
+		const char *nm = e->parent < 0 && name ? name : e->name;
+		if (dir_find(p, nm))
+			return -EEXIST;
+		if ((rc = dir_add(fs, p, nm, e->ino, p->next_cookie)))
+			return rc;
+		r = (struct rec){ .type = REC_DIRENT_ADD, .name = nm,
+				  .name_len = (uint32_t)strlen(nm) };
+		r.u.dirent.parent = p->ino;
+		r.u.dirent.ino = e->ino;
+		r.u.dirent.cookie = p->next_cookie - 1;
+		if ((rc = journal_log(fs, &r)))
+			return rc;
+		if (S_ISDIR(in->mode) && e->link_of < 0)
+			p->nlink++;
+		if (e->link_of >= 0 || p != dir)
+			inode_dirty(fs, in);
+		inode_dirty(fs, p);
+	}
+	dir->mtime = dir->ctime = now;
+	inode_dirty(fs, dir);
+	return rc;
+}
+
+static int clone_host_locked(struct fs *fs, const struct fs_ctx *c,
+			     struct walk *w, uint64_t dst_parent, const char *name)
+{
+	struct inode *dir = inode_get(fs, dst_parent);
+
+	if (!dir)
+		return -ENOENT;
+	if (!S_ISDIR(dir->mode))
+		return -ENOTDIR;
+	if (dir->nlink == 0)
+		return -ENOENT;
+	if (name && dir_find(dir, name))
+		return -EEXIST;
+	int rc = materialize(fs, c, w, dir, name);
+	if (rc) {
+		/* a failure here is out of memory: the batch is inconsistent */
+		fs_log(fs, "error: clone by reference failed midway: %s",
+		       strerror(-rc));
+		fs->broken = 1;
+	}
+	return rc;
+}
+
+int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
+		  uint64_t dst_parent, const char *name, uint64_t *skipped)
+{
+	struct walk w;
+	int rc;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if (host[0] != '/')
+		return -EINVAL;
+	if (name && (!*name || strchr(name, '/') || strlen(name) > COWFS_NAME_MAX))
+		return -EINVAL;
+	rc = walk_host(fs, c, host, name == NULL, &w);
+	if (!rc)
+		rc = find_links(&w);
+	if (!rc) {
+		pthread_mutex_lock(&fs->lock);
+		rc = clone_host_locked(fs, c, &w, dst_parent, name);
+		pthread_mutex_unlock(&fs->lock);
+	}
+	if (skipped)
+		*skipped = w.skipped;
+	free_walk(&w);
+	return rc;
+}
+
+/* ---- detach ---- */
+
+struct copy_src {
+	int fd;
+	off_t pos;
+};
+
+static ssize_t fill_copy(void *ctx, int fd, off_t pos, size_t len)
+{
+	struct copy_src *s = ctx;
+	char buf[65536];
+	size_t done = 0;
+
+	while (done < len) {
+		size_t n = len - done < sizeof(buf) ? len - done : sizeof(buf);
+		ssize_t got = pread(s->fd, buf, n, s->pos + (off_t)done);
+		if (got < 0)
+			return -errno;
+		if (got < (ssize_t)n)
+			memset(buf + got, 0, n - (size_t)got);
+		ssize_t put = pwrite(fd, buf, n, pos + (off_t)done);
+		if (put < 0)
+			return -errno;
+		done += (size_t)put;
+	}
+	return (ssize_t)done;
+}
+
+int64_t fs_detach(struct fs *fs, uint64_t ino)
+{
+	int64_t total = 0;
+	int rc = 0;
+	struct inode *in;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	pthread_rwlock_rdlock(&fs->data_lock);
+	pthread_mutex_lock(&fs->lock);
+	in = inode_get(fs, ino);
+	if (!in || !S_ISREG(in->mode)) {
+		rc = !in ? -ENOENT : S_ISDIR(in->mode) ? -EISDIR : 0;
+		pthread_mutex_unlock(&fs->lock);
+		pthread_rwlock_unlock(&fs->data_lock);
+		return rc;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	pthread_mutex_lock(&in->io_lock);
+	for (;;) {
+		struct extent run = { 0 };
+		struct object *o = NULL;
+		pthread_mutex_lock(&fs->lock);
+		for (size_t i = 0; i < in->map.n; i++) {
+			struct extent *e = &in->map.v[i];
+			struct object *x = obj_get(fs, e->obj);
+			if (x && x->opath) {
+				run = *e;
+				o = x;
+				break;
+			}
+		}
+		if (o && (rc = obj_pin(fs, o)))
+			o = NULL;
+		pthread_mutex_unlock(&fs->lock);
+		if (!o)
+			break;
+		if (run.len > 16)
+			run.len = 16;
+		uint64_t off = run.lblk << fs->block_shift;
+		uint64_t len = run.len << fs->block_shift;
+		if (off + len > in->size)
+			len = in->size > off ? in->size - off : 0;
+		struct copy_src src = { o->fd, (off_t)(run.pblk << fs->block_shift) };
+		ssize_t n = len ? file_write_locked(fs, in, (off_t)off, len, fill_copy, &src)
+				: 0;
+		if (n == 0 && len == 0) {
+			/* mapped past EOF: unmap it */
+			pthread_mutex_lock(&fs->lock);
+			rc = file_map_punch(fs, in, run.lblk, run.len);
+			pthread_mutex_unlock(&fs->lock);
+		}
+		pthread_mutex_lock(&fs->lock);
+		obj_unpin(fs, o);
+		pthread_mutex_unlock(&fs->lock);
+		if (n < 0) {
+			rc = (int)n;
+			break;
+		}
+		if (rc)
+			break;
+		total += n;
+	}
+	pthread_mutex_unlock(&in->io_lock);
+	pthread_rwlock_unlock(&fs->data_lock);
+	return rc ? rc : total;
+}
+
+/* ---- the --origin root ---- */
+
+int fs_origin_root(struct fs *fs, char **dir)
+{
+	char buf[PATH_MAX];
+	int n = fs_getxattr(fs, FS_ROOT_INO, ORIGIN_XATTR, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return n;
+	buf[n] = 0;
+	*dir = strdup(buf);
+	return *dir ? 0 : -ENOMEM;
+}
+
+int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen)
+{
+	char *have = NULL;
+	struct stat st;
+	int rc;
+
+	if (fs_origin_root(fs, &have) == 0) {
+		rc = strcmp(have, dir) ? -EEXIST : 0;
+		if (rc)
+			snprintf(err, errlen, "this store is a clone of '%s', not "
+				 "of '%s'", have, dir);
+		free(have);
+		return rc;
+	}
+	pthread_mutex_lock(&fs->lock);
+	struct inode *root = inode_get(fs, FS_ROOT_INO);
+	int empty = root && root->nentries == 0;
+	pthread_mutex_unlock(&fs->lock);
+	if (!empty) {
+		snprintf(err, errlen, "--origin needs a new or empty store; this one "
+			 "has files and no origin");
+		return -ENOTEMPTY;
+	}
+	if (fs->opt.ro) {
+		snprintf(err, errlen, "--origin needs a writable mount the first time");
+		return -EROFS;
+	}
+	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		rc = errno ? -errno : -ENOTDIR;
+		snprintf(err, errlen, "'%s': %s", dir,
+			 S_ISDIR(st.st_mode) ? strerror(errno) : strerror(ENOTDIR));
+		return rc;
+	}
+	struct fs_ctx c = { .uid = 0, .gid = 0, .ngroups = -1 };
+	uint64_t skipped = 0;
+	rc = fs_clone_host(fs, &c, dir, FS_ROOT_INO, NULL, &skipped);
+	if (rc) {
+		snprintf(err, errlen, "'%s': cloning by reference: %s", dir,
+			 strerror(-rc));
+		return rc;
+	}
+	/* the root takes the origin directory's attributes */
+	pthread_mutex_lock(&fs->lock);
+	root = inode_get(fs, FS_ROOT_INO);
+	root->mode = st.st_mode;
+	root->uid = st.st_uid;
+	root->gid = st.st_gid;
+	root->atime = st.st_atim;
+	root->mtime = st.st_mtim;
+	inode_dirty(fs, root);
+	pthread_mutex_unlock(&fs->lock);
+	rc = fs_setxattr(fs, FS_ROOT_INO, ORIGIN_XATTR, dir, strlen(dir), 0);
+	if (!rc)
+		rc = journal_commit(fs);
+	if (rc)
+		snprintf(err, errlen, "recording the origin: %s", strerror(-rc));
+	return rc;
+}
