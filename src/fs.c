@@ -409,6 +409,7 @@ int apply_rec(struct fs *fs, const struct rec *r)
 		fs->next_obj = r->u.super.next_obj;
 		return 0;
 	case REC_COMMIT:
+		fs->opath_load = NULL;	/* origin paths restart per batch */
 		if (r->u.commit.next_ino > fs->next_ino)
 			fs->next_ino = r->u.commit.next_ino;
 		if (r->u.commit.next_obj > fs->next_obj)
@@ -998,9 +999,29 @@ out:
 	return rc;
 }
 
+/* A regular file read in place from an origin: remember its host path
+ * for prefetching.  fs->lock held. */
+static void note_prefetch(struct fs *fs, struct inode *in, char ***pf,
+			  size_t *n)
+{
+	struct object *o;
+
+	if (!S_ISREG(in->mode) || in->map.n == 0 || *n >= 256)
+		return;
+	o = obj_get(fs, in->map.v[0].obj);
+	if (!o || !o->opath || o->fd >= 0)
+		return;
+	if (!*pf && !(*pf = calloc(256, sizeof(**pf))))
+		return;
+	if (((*pf)[*n] = strdup(o->opath)))
+		(*n)++;
+}
+
 int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 	       fs_emit_fn emit, void *ctx)
 {
+	char **pf = NULL;
+	size_t npf = 0;
 	int rc = 0;
 	struct inode *dir, *in;
 	struct stat st;
@@ -1030,11 +1051,16 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 		inode_stat(fs, in, &st);
 		if (emit(ctx, d->name, &st, d->cookie))
 			break;
-		if (plus)
+		if (plus) {
 			in->nlookup++;
+			note_prefetch(fs, in, &pf, &npf);
+		}
 	}
 out:
 	pthread_mutex_unlock(&fs->lock);
+	if (npf)
+		origin_prefetch(fs, pf, npf);
+	free(pf);
 	return rc;
 }
 

@@ -80,6 +80,11 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 	/* Let the kernel clear setuid/setgid on write and chown. */
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
 	conn->max_write = 1u << 20;
+	/* big sequential reads: let the kernel read ahead in 1 MiB requests,
+	 * and keep many in flight (the loop is multithreaded) */
+	conn->max_readahead = 1u << 20;
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -348,13 +353,6 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 		fuse_reply_err(req, (int)-n);
 	else
 		fuse_reply_write(req, (size_t)n);
-}
-
-static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	(void)ino;
-	(void)fi;
-	fuse_reply_err(req, 0);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -731,7 +729,6 @@ static const struct fuse_lowlevel_ops ops = {
 	.create = op_create,
 	.read = op_read,
 	.write_buf = op_write_buf,
-	.flush = op_flush,
 	.release = op_release,
 	.fsync = op_fsync,
 	.opendir = op_opendir,

@@ -133,6 +133,7 @@ static int take_batch(struct fs *fs, struct batch *b, int with_records)
 	fs->jlen = fs->jcap = 0;
 	fs->jrecs = 0;
 	fs->ext_coalesce = 0;
+	fs->opath_prev = NULL;	/* a new batch codes origin paths afresh */
 	b->frees = fs->frees;
 	b->nfrees = fs->nfrees;
 	fs->frees = NULL;
@@ -400,9 +401,10 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 	r.u.super.root_ino = FS_ROOT_INO;
 	img_add(&im, &r);
 	struct object *o;
+	char *prev = NULL;
 	RB_FOREACH(o, object_tree, &fs->objects) {
 		if (o->opath && o->nlive) {
-			origin_to_rec(o, &r);
+			origin_to_rec(o, &r, &prev);
 			img_add(&im, &r);
 		}
 	}
@@ -562,6 +564,7 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 	fs->ckpt_len = h.ckpt_len;
 
 	fs->replaying = 1;
+	fs->opath_load = NULL;
 	size_t off = COWFS_HDR_SIZE, end = COWFS_HDR_SIZE + h.ckpt_len;
 	while (off < end) {
 		long n = format_decode(p + off, end - off, &r);
@@ -606,6 +609,7 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 		if (r.type == REC_COMMIT)
 			good = scan;
 	}
+	fs->opath_load = NULL;	/* the journal's first batch */
 	for (off = end; off < good;) {
 		long n = format_decode(p + off, good - off, &r);
 		if ((rc = apply_rec(fs, &r))) {

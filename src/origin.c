@@ -33,32 +33,54 @@ static int64_t ts_ns(const struct timespec *t)
 	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
 
-void origin_to_rec(const struct object *o, struct rec *r)
+/* Fill r for o; its path is coded as the prefix shared with *prev (in
+ * r->flags) and the rest.  *prev becomes o's path (not owned). */
+void origin_to_rec(const struct object *o, struct rec *r, char **prev)
 {
+	size_t k = 0;
+
+	if (*prev)
+		while (k < 4095 && (*prev)[k] && (*prev)[k] == o->opath[k])
+			k++;
 	memset(r, 0, sizeof(*r));
 	r->type = REC_ORIGIN;
+	r->flags = (uint16_t)k;
 	r->u.origin.obj = o->id;
 	r->u.origin.dev = o->odev;
 	r->u.origin.ino = o->oino;
 	r->u.origin.size = o->osize;
 	r->u.origin.mtime_ns = o->omtime;
 	r->u.origin.ctime_ns = o->octime;
-	r->data = o->opath;
-	r->data_len = (uint32_t)strlen(o->opath);
+	r->data = o->opath + k;
+	r->data_len = (uint32_t)strlen(o->opath + k);
+	*prev = o->opath;
 }
 
 int origin_apply(struct fs *fs, const struct rec *r)
 {
 	struct object *o = obj_get(fs, r->u.origin.obj);
+	size_t k = r->flags, have = fs->opath_load ? strlen(fs->opath_load) : 0;
 
-	if (r->u.origin.obj == 0 || r->data_len == 0 || r->data_len >= PATH_MAX)
+	if (r->u.origin.obj == 0 || k > have || k + r->data_len == 0 ||
+	    k + r->data_len >= PATH_MAX)
 		return -EINVAL;
-	if (!o && !(o = obj_new(fs, r->u.origin.obj, 0)))
+	char *path = malloc(k + r->data_len + 1);
+	if (!path)
 		return -ENOMEM;
+	memcpy(path, fs->opath_load ? fs->opath_load : "", k);
+	memcpy(path + k, r->data, r->data_len);
+	path[k + r->data_len] = 0;
+	if (path[0] != '/') {
+		free(path);
+		return -EINVAL;
+	}
+	if (!o && !(o = obj_new(fs, r->u.origin.obj, 0))) {
+		free(path);
+		return -ENOMEM;
+	}
 	free(o->opath);
-	o->opath = strndup(r->data, r->data_len);
-	if (!o->opath)
-		return -ENOMEM;
+	o->opath = path;
+	fs->opath_load = o->opath;
 	o->odev = r->u.origin.dev;
 	o->oino = r->u.origin.ino;
 	o->osize = r->u.origin.size;
@@ -577,7 +599,7 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 			o->osize = (uint64_t)e->st.st_size;
 			o->omtime = ts_ns(&e->st.st_mtim);
 			o->octime = ts_ns(&e->st.st_ctim);
-			origin_to_rec(o, &r);
+			origin_to_rec(o, &r, &fs->opath_prev);
 			if ((rc = journal_log(fs, &r)))
 				return rc;
 			for (int k = 0; k < e->nranges && !rc; k++) {
@@ -613,9 +635,10 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 			return rc;
 		if (S_ISDIR(in->mode) && e->link_of < 0)
 			p->nlink++;
-		if (e->link_of >= 0 || p != dir)
-			inode_dirty(fs, in);
-		inode_dirty(fs, p);
+		if (e->link_of >= 0)
+			inode_dirty(fs, in);	/* its nlink grew after its record */
+		if (S_ISDIR(in->mode) || p == dir)
+			inode_dirty(fs, p);	/* nlink, times */
 	}
 	dir->mtime = dir->ctime = now;
 	inode_dirty(fs, dir);
@@ -837,4 +860,81 @@ int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen)
 	if (rc)
 		snprintf(err, errlen, "recording the origin: %s", strerror(-rc));
 	return rc;
+}
+
+/* ---- prefetch ----
+ * A directory listed through readdirplus is usually read next (tar, cp,
+ * grep -r, a build).  Its origin-backed files are opened and read ahead
+ * on the host by two worker threads, so that the host's disk works in
+ * parallel with the reader instead of one file at a time. */
+
+#define PF_MAX 4096		/* queued paths; more are dropped */
+#define PF_BYTES (1u << 20)	/* read ahead at most this much per file */
+
+static void *pf_worker(void *arg)
+{
+	struct fs *fs = arg;
+
+	pthread_mutex_lock(&fs->pf_lock);
+	for (;;) {
+		while (!fs->pf_stop && fs->pf_head == fs->pf_tail)
+			pthread_cond_wait(&fs->pf_cond, &fs->pf_lock);
+		if (fs->pf_stop)
+			break;
+		char *path = fs->pf_queue[fs->pf_head % fs->pf_cap];
+		fs->pf_head++;
+		pthread_mutex_unlock(&fs->pf_lock);
+		int fd = open(path, O_RDONLY | O_NOATIME | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0) {
+			readahead(fd, 0, PF_BYTES);
+			close(fd);
+		}
+		free(path);
+		pthread_mutex_lock(&fs->pf_lock);
+	}
+	pthread_mutex_unlock(&fs->pf_lock);
+	return NULL;
+}
+
+void origin_prefetch_start(struct fs *fs)
+{
+	fs->pf_cap = PF_MAX;
+	fs->pf_queue = calloc(PF_MAX, sizeof(*fs->pf_queue));
+	if (!fs->pf_queue)
+		return;
+	for (int i = 0; i < 2; i++)
+		if (pthread_create(&fs->pf_threads[i], NULL, pf_worker, fs) == 0)
+			fs->pf_nthreads++;
+}
+
+void origin_prefetch_stop(struct fs *fs)
+{
+	pthread_mutex_lock(&fs->pf_lock);
+	fs->pf_stop = true;
+	pthread_cond_broadcast(&fs->pf_cond);
+	pthread_mutex_unlock(&fs->pf_lock);
+	for (int i = 0; i < fs->pf_nthreads; i++)
+		pthread_join(fs->pf_threads[i], NULL);
+	fs->pf_nthreads = 0;
+	for (size_t i = fs->pf_head; i < fs->pf_tail; i++)
+		free(fs->pf_queue[i % fs->pf_cap]);
+	free(fs->pf_queue);
+	fs->pf_queue = NULL;
+}
+
+void origin_prefetch(struct fs *fs, char **paths, size_t n)
+{
+	size_t i = 0;
+
+	pthread_mutex_lock(&fs->pf_lock);
+	if (fs->pf_nthreads && !fs->pf_stop)
+		for (; i < n && fs->pf_tail - fs->pf_head < fs->pf_cap; i++)
+			fs->pf_queue[fs->pf_tail++ % fs->pf_cap] = paths[i];
+	if (i)
+		pthread_cond_signal(&fs->pf_cond);
+	if (i > 1)
+		pthread_cond_broadcast(&fs->pf_cond);
+	pthread_mutex_unlock(&fs->pf_lock);
+	for (; i < n; i++)
+		free(paths[i]);
 }

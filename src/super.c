@@ -100,6 +100,8 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	pthread_rwlock_init(&fs->data_lock, NULL);
 	pthread_mutex_init(&fs->commit_lock, NULL);
 	pthread_cond_init(&fs->cond, NULL);
+	pthread_mutex_init(&fs->pf_lock, NULL);
+	pthread_cond_init(&fs->pf_cond, NULL);
 	fs->next_ino = FS_ROOT_INO + 1;
 	fs->next_obj = 1;
 	if (opt->logfile) {
@@ -178,6 +180,7 @@ int fs_start(struct fs *fs)
 {
 	store_set_pid(&fs->store);
 	journal_start_thread(fs);
+	origin_prefetch_start(fs);
 	return 0;
 }
 
@@ -186,6 +189,7 @@ int fs_close(struct fs *fs)
 	int rc = 0;
 
 	journal_stop_thread(fs);
+	origin_prefetch_stop(fs);
 	if (!fs->opt.ro) {
 		/* Files still open or looked up at unmount are forgotten now. */
 		struct inode *in, *t;

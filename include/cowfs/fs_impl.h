@@ -143,6 +143,10 @@ struct fs {
 	int ext_coalesce;		/* last record is an EXT_SET we may extend */
 	size_t ext_last_off;
 	int replaying;			/* applying records from disk */
+	/* REC_ORIGIN paths are stored as a prefix shared with the previous
+	 * REC_ORIGIN of the same batch (or checkpoint) plus a suffix. */
+	char *opath_prev;		/* writer side, reset per batch */
+	char *opath_load;		/* loader side, reset per batch */
 	int broken;			/* sticky: metadata write failed */
 
 	/* protected by commit_lock */
@@ -151,6 +155,16 @@ struct fs {
 	uint64_t ckpt_len;
 	uint64_t generation;
 	uint64_t commit_seq;
+
+	/* origin prefetch: paths whose data a listing suggests will be read
+	 * soon; protected by pf_lock (a leaf lock: take nothing under it) */
+	pthread_mutex_t pf_lock;
+	pthread_cond_t pf_cond;
+	char **pf_queue;
+	size_t pf_head, pf_tail, pf_cap;
+	pthread_t pf_threads[2];
+	int pf_nthreads;
+	bool pf_stop;
 
 	/* commit thread */
 	pthread_t thread;
@@ -206,7 +220,11 @@ int clone_apply(struct fs *fs, const struct rec *r);
 int origin_open(struct fs *fs, struct object *o);
 int origin_check(struct fs *fs, struct object *o, int fd);
 int origin_apply(struct fs *fs, const struct rec *r);
-void origin_to_rec(const struct object *o, struct rec *r);
+void origin_to_rec(const struct object *o, struct rec *r, char **prev);
+void origin_prefetch_start(struct fs *fs);
+void origin_prefetch_stop(struct fs *fs);
+/* Queue host paths (taken over: the queue frees them). */
+void origin_prefetch(struct fs *fs, char **paths, size_t n);
 /* Without fs->lock: commit everything logged so far; sync=1 for fsync. */
 int journal_commit(struct fs *fs);
 int journal_checkpoint(struct fs *fs);
