@@ -38,7 +38,31 @@ mnt=$work/mnt
 log=$work/daemon.log
 name=$(basename "$src")
 
-say "creating a store in $store"
+say "1. a writable zero-copy clone of a host tree, in one command"
+ostore=$work/origin-store
+omnt=$work/origin-mnt
+mkdir -p "$omnt"
+echo "cowfs mount --origin $top $ostore $omnt"
+start=$(date +%s.%N)
+"$cowfs" mount -o "logfile=$log" --origin "$top" "$ostore" "$omnt"
+end=$(date +%s.%N)
+awk -v a="$start" -v b="$end" -v n="$(find "$top" -type f | wc -l)" \
+	'BEGIN { printf "mounted a clone of %s files in %.2f s\n", n, b - a }'
+echo "store on the host: $(du -sh "$ostore" | cut -f1) for" \
+	"$(du -sh --apparent-size "$omnt" | cut -f1) of files (read in place)"
+"$cowfs" df "$omnt"
+before=$(sha256sum "$top/README.md" | cut -d' ' -f1)
+echo "appending a line to README.md inside the mount"
+echo "changed inside the clone" >>"$omnt/README.md"
+tail -n 1 "$omnt/README.md"
+after=$(sha256sum "$top/README.md" | cut -d' ' -f1)
+[ "$before" = "$after" ] || { echo "the origin changed!" >&2; exit 1; }
+echo "the origin's README.md is unchanged (sha256 $before)"
+"$cowfs" du "$omnt/README.md"
+harness_umount "$omnt"
+"$cowfs" fsck "$ostore"
+
+say "2. a store of its own: creating it in $store"
 "$cowfs" init "$store"
 harness_mount "$store" "$mnt" "$log"
 echo "mounted on $mnt"
@@ -88,7 +112,8 @@ if "$cowfs" help clone >/dev/null 2>&1; then
 	echo "changing $first in the clone only"
 	echo "/* changed in the clone */" >>"$mnt/$name-clone/$first"
 	(cd "$mnt/$name" && sha256sum --quiet -c "$work/manifest")
-	echo "the original is unchanged"
+	echo "the original is unchanged; the clone's file now holds one block of its own:"
+	"$cowfs" du "$mnt/$name/$first" "$mnt/$name-clone/$first" || true
 	if "$cowfs" help df >/dev/null 2>&1; then
 		"$cowfs" df "$mnt" || true
 	fi

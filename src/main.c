@@ -685,7 +685,9 @@ static int cmd_df(int argc, char **argv)
 				   "missing MOUNTPOINT");
 	if (usage_ioctl("df", argv[i], COWFS_IOC_DF, &u))
 		return 1;
-	double ratio = u.exclusive ? (double)u.logical / (double)u.exclusive : 0.0;
+	/* bytes seen per byte kept on disk (store objects and origin files) */
+	uint64_t kept = u.exclusive + u.origin;
+	double ratio = kept ? (double)u.logical / (double)kept : 0.0;
 	if (json) {
 		printf("{\"mountpoint\": ");
 		json_str(argv[i]);
