@@ -116,7 +116,7 @@ static int clone_one(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 		}
 		/* invariant (1): the source's write object is shared now */
 		if (in->map.n && src->wobj)
-			file_retire_wobj(fs, src);
+			file_retire_wobj_quiet(fs, src);
 	}
 	if (!S_ISDIR(src->mode) && src->nlink > 1) {
 		ln = malloc(sizeof(*ln));

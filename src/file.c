@@ -117,13 +117,20 @@ static void obj_mark_dirty(struct fs *fs, struct object *o)
 
 void file_retire_wobj(struct fs *fs, struct inode *in)
 {
+	file_retire_wobj_quiet(fs, in);
+	inode_dirty(fs, in);
+}
+
+/* Retire without journaling the inode: for a clone, whose own record
+ * retires the same objects when it is replayed. */
+void file_retire_wobj_quiet(struct fs *fs, struct inode *in)
+{
 	struct object *o;
 
 	if (!in->wobj)
 		return;
 	o = obj_get(fs, in->wobj);
 	in->wobj = 0;
-	inode_dirty(fs, in);
 	if (o) {
 		o->owner = 0;
 		obj_maybe_doom(fs, o);

@@ -196,6 +196,7 @@ int obj_pin(struct fs *fs, struct object *o);
 void obj_unpin(struct fs *fs, struct object *o);
 void obj_maybe_doom(struct fs *fs, struct object *o);
 void file_retire_wobj(struct fs *fs, struct inode *in);
+void file_retire_wobj_quiet(struct fs *fs, struct inode *in);
 void file_drop_blocks(void *fsp, uint64_t obj, uint64_t pblk, uint64_t len);
 int file_map_set(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len,
 		 uint64_t obj, uint64_t pblk, unsigned flags);
