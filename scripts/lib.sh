@@ -59,6 +59,8 @@ cowfs_build() {
 	shift
 	if [ ! -f "$dir/build.ninja" ]; then
 		meson setup "$dir" "$COWFS_TOP" "$@" || return 1
+	elif [ $# -gt 0 ]; then
+		meson configure "$dir" "$@" || return 1
 	fi
 	ninja -C "$dir" || return 1
 }
@@ -71,8 +73,10 @@ harness_bin() {
 # Mount points of /proc/self/mountinfo, one a line, octal escapes decoded.
 harness_all_mounts() {
 	local m
+	# mountinfo escapes space, tab, newline and backslash as \ooo; %b
+	# decodes \0ooo, hence the extra 0
 	while read -r _ _ _ _ m _; do
-		printf '%b\n' "$m"
+		printf '%b\n' "${m//\\/\\0}"
 	done </proc/self/mountinfo
 }
 

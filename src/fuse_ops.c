@@ -38,12 +38,42 @@ static void get_ctx(fuse_req_t req, struct fs_ctx *c)
 	c->ngroups = -1;
 }
 
-/* The caller's supplementary groups too (for reading host trees). */
+/*
+ * The caller's supplementary groups too (for reading host trees).  Read
+ * from /proc ourselves: libfuse 3.14's fuse_req_getgroups() runs strstr()
+ * on a buffer it never NUL-terminates (AddressSanitizer finds it).
+ */
 static void get_ctx_groups(fuse_req_t req, struct fs_ctx *c)
 {
+	const struct fuse_ctx *fc = fuse_req_ctx(req);
+	char path[64], buf[8192], *p;
+	ssize_t n;
+	int fd;
+
 	get_ctx(req, c);
-	int n = fuse_req_getgroups(req, 64, c->groups);
-	c->ngroups = n > 64 ? 64 : n;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/status", (int)fc->pid,
+		 (int)fc->pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return;
+	buf[n] = 0;
+	p = strstr(buf, "\nGroups:");
+	if (!p)
+		return;
+	p += 8;
+	c->ngroups = 0;
+	while (c->ngroups < 64) {
+		char *end;
+		unsigned long g = strtoul(p, &end, 10);
+		if (end == p)
+			break;
+		c->groups[c->ngroups++] = (gid_t)g;
+		p = end;
+	}
 }
 
 /* trusted.cowfs.* holds cowfs's own state: not for users. */

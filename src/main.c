@@ -371,6 +371,10 @@ static int cmd_umount(int argc, char **argv)
 	int rc;
 	if ((rc = want_help("umount", argc, argv)) >= 0)
 		return rc;
+	if (argc > 1 && !strcmp(argv[1], "--")) {
+		argc--;
+		argv++;
+	}
 	if (argc != 2)
 		return usage_error("umount", argc < 2 ? "missing MOUNTPOINT" :
 				   "too many arguments");

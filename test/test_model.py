@@ -112,7 +112,7 @@ class CowfsModel(RuleBasedStateMachine):
         self.base = Path(tempfile.mkdtemp(prefix="run.", dir=c["tmp"]))
         self.m = Mount(self.base, make_mount_dir(c["mnt_root"], "model"),
                        "", c["bin"])
-        self.m.init()
+        self.m.init(c.get("block_size"))
         self.m.mount()
         self.dog = Watchdog([self.m], 180)
         self.ref = self.base / "ref"
@@ -291,16 +291,20 @@ class CowfsModel(RuleBasedStateMachine):
 
 
 @pytest.mark.timeout(900)
-def test_model(tmp_path, mnt_root, cowfs_bin):
+@pytest.mark.parametrize("block_size,share", [(None, 1.0), ("4K", 0.4),
+                                              ("1M", 0.4)])
+def test_model(tmp_path, mnt_root, cowfs_bin, block_size, share):
+    """The default 64K blocks get the full number of runs; 4K and 1M
+    stores a share of it."""
     CowfsModel.ctx = {"tmp": tmp_path, "mnt_root": mnt_root,
-                      "bin": cowfs_bin}
+                      "bin": cowfs_bin, "block_size": block_size}
     seed = int(os.environ.get("COWFS_MODEL_SEED")
                or random.SystemRandom().randrange(2**32))
     phases = [Phase.explicit, Phase.generate]
     if os.environ.get("COWFS_MODEL_SHRINK") == "1":
         phases.append(Phase.shrink)
-    s = settings(max_examples=int(os.environ.get("COWFS_MODEL_EXAMPLES")
-                                  or 25),
+    examples = int(os.environ.get("COWFS_MODEL_EXAMPLES") or 25)
+    s = settings(max_examples=max(1, int(examples * share)),
                  stateful_step_count=int(os.environ.get("COWFS_MODEL_STEPS")
                                          or 30),
                  deadline=None, derandomize=False, database=None,

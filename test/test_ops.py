@@ -1581,3 +1581,245 @@ def test_concurrent_writers(mount):
             assert d[off] == 0 and d[off + BS - 2] == 0
             assert d[off + 1:off + BS - 2] == bytes([k + 1]) * (BS - 3)
         assert rd(mount.p(f"own{k}")) == rand(300 * KiB + k, k)
+
+
+# --------------------------------------------------------------------------
+# journal replay after a daemon killed with SIGKILL
+
+
+def kill_daemon(mount):
+    pid = mount.daemon_pid()
+    assert pid, "no daemon pid in STORE/lock"
+    os.kill(pid, 9)
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    run(["fusermount3", "-u", "-z", mount.mnt], check=False)
+
+
+def mixed_metadata_workload(root):
+    """Every kind of metadata change, to be replayed from the journal."""
+    build_tree(root)
+    os.rename(root / "a" / "b", root / "b-moved")
+    os.rename(root / "file0", root / "empty" / "file0-moved")
+    os.unlink(root / "a" / "hard1")
+    os.truncate(root / "file8", 100)
+    os.truncate(root / "file12", 5 * BS + 3)
+    fd = os.open(root / "file24", os.O_RDWR)
+    fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 1, 2 * BS)
+    os.close(fd)
+    os.removexattr(root / "file12", "trusted.y")
+    os.setxattr(root / "empty", "user.later", b"L")
+    os.chmod(root / "a", 0o711)
+    os.symlink("b-moved/c", root / "to-c")
+    os.mkdir(root / "gone")
+    os.rmdir(root / "gone")
+    wr(root / "doomed", b"d" * 1000)
+    os.unlink(root / "doomed")
+    renameat2(root / "file28", root / "file32", RENAME_EXCHANGE)
+    os.utime(root / "file36", ns=(123, 456))
+
+
+@pytest.mark.needs_store
+@pytest.mark.mount_opts("commit=3600")
+def test_journal_replay_exact(mount):
+    """After fsync (which commits the journal) and kill -9, the remounted
+    tree is exactly what was there: contents, modes, owners, links,
+    xattrs, inode numbers and ns times."""
+    mixed_metadata_workload(mount.mnt)
+    want = tree_snapshot(mount.mnt, times=True, inodes=True)
+    fd = os.open(mount.p("file40"), os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    kill_daemon(mount)
+    p = mount.fsck()
+    assert p is None or p.returncode == 0, p.stdout + p.stderr
+    mount.mount()
+    got = tree_snapshot(mount.mnt, times=True, inodes=True)
+    diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want)
+            if got.get(k) != want.get(k)}
+    assert not diff, diff
+    # and the replayed store keeps working and checkpoints cleanly
+    wr(mount.p("after"), b"after replay")
+    mount.remount()
+    assert rd(mount.p("after")) == b"after replay"
+    want["after"] = tree_snapshot(mount.mnt)["after"]
+
+
+@pytest.mark.needs_store
+@pytest.mark.mount_opts("commit=1")
+def test_commit_interval_without_fsync(mount):
+    """With commit=1 and no fsync, what was done 2.5 s before a kill -9 is
+    there after the remount (the daemon died, the host did not)."""
+    mixed_metadata_workload(mount.mnt)
+    want = tree_snapshot(mount.mnt, times=True, inodes=True)
+    time.sleep(2.5)
+    kill_daemon(mount)
+    mount.mount()
+    got = tree_snapshot(mount.mnt, times=True, inodes=True)
+    diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want)
+            if got.get(k) != want.get(k)}
+    assert not diff, diff
+
+
+# --------------------------------------------------------------------------
+# large and absurd offsets
+
+
+def test_offsets_beyond_4gib(mount, ref):
+    def go(root):
+        f = root / "far"
+        fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            os.pwrite(fd, b"five", 5 * GiB + 3)
+            os.pwrite(fd, b"tera", (1 << 40) + BS - 2)
+            out = [os.fstat(fd).st_size,
+                   os.pread(fd, 8, 5 * GiB),
+                   os.pread(fd, 8, (1 << 40) + BS - 4),
+                   os.lseek(fd, 0, os.SEEK_DATA) // BS,
+                   os.lseek(fd, 5 * GiB + BS, os.SEEK_DATA) // BS]
+            os.ftruncate(fd, 5 * GiB + 5)
+            out += [os.fstat(fd).st_size, os.pread(fd, 10, 5 * GiB + 2)]
+            return out, os.fstat(fd).st_blocks * 512
+        finally:
+            os.close(fd)
+    (got, blocks), (want, _) = both(mount, ref, go)
+    assert got == want
+    assert blocks <= 4 * BS
+    mount.remount()
+    assert os.stat(mount.p("far")).st_size == 5 * GiB + 5
+    assert pread_all(mount.p("far"), 5 * GiB + 2, 10) == b"\0fi"
+
+
+@pytest.mark.parametrize("off", [(1 << 44) - 1, 1 << 50, 1 << 62,
+                                 (1 << 63) - 2])
+def test_absurd_offsets_fail_cleanly(mount, off):
+    """A write, truncate or fallocate at an absurd offset either works
+    (and reads back) or fails with a sane errno; the store stays sound
+    (the fixture runs fsck) and the daemon stays up."""
+    f = mount.p("f")
+    wr(f, b"base")
+    fd = os.open(f, os.O_RDWR)
+    try:
+        r = err_of(os.pwrite, fd, b"xy", off)
+        assert r in ("OK", "EFBIG", "EINVAL", "ENOSPC"), r
+        if r == "OK":
+            assert os.pread(fd, 2, off) == b"xy"
+            assert os.fstat(fd).st_size == off + 2
+        r = err_of(os.ftruncate, fd, off)
+        assert r in ("OK", "EFBIG", "EINVAL", "ENOSPC"), r
+        r = err_of(fallocate, fd, 0, off, BS)
+        assert r in ("OK", "EFBIG", "EINVAL", "ENOSPC", "EOPNOTSUPP"), r
+        os.ftruncate(fd, 4)
+        assert os.pread(fd, 10, 0) == b"base"
+    finally:
+        os.close(fd)
+    mount.remount()
+    assert rd(f) == b"base"
+
+
+def test_huge_ranges_are_fast(mount):
+    """Punching or zeroing a 2^62-byte range, or seeking in it, must not
+    walk it block by block."""
+    f = mount.p("f")
+    wr(f, rand(3 * BS, 12))
+    fd = os.open(f, os.O_RDWR)
+    t0 = time.monotonic()
+    try:
+        r = err_of(fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                   BS, 1 << 62)
+        assert r in ("OK", "EFBIG", "EINVAL"), r
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, BS,
+                  1 << 40)
+        r = err_of(fallocate, fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                   2 * BS, 1 << 62)
+        assert r in ("OK", "EFBIG", "EINVAL", "EOPNOTSUPP"), r
+        assert err_of(os.lseek, fd, 1 << 62, os.SEEK_DATA) == "ENXIO"
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == BS
+        assert os.fstat(fd).st_size == 3 * BS
+        assert os.pread(fd, 3 * BS, 0)[BS:] == bytes(2 * BS)
+    finally:
+        os.close(fd)
+    assert time.monotonic() - t0 < 10
+
+
+def test_many_small_appends(mount):
+    """10 000 small appends (a log file): correct, and not quadratic."""
+    f = mount.p("log")
+    t0 = time.monotonic()
+    fd = os.open(f, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+    for i in range(10000):
+        os.write(fd, b"line %05d\n" % i)
+    os.close(fd)
+    elapsed = time.monotonic() - t0
+    want = b"".join(b"line %05d\n" % i for i in range(10000))
+    assert rd(f) == want
+    mount.remount()
+    assert rd(f) == want
+    assert elapsed < 60, f"{elapsed:.1f} s for 10 000 appends"
+
+
+# --------------------------------------------------------------------------
+# O_DIRECT, O_TMPFILE
+
+
+def test_o_direct(mount):
+    f = mount.p("direct")
+    fd = os.open(f, os.O_CREAT | os.O_RDWR | os.O_DIRECT, 0o644)
+    try:
+        buf = mmap.mmap(-1, 2 * BS)
+        buf.write(rand(2 * BS, 13))
+        assert os.pwrite(fd, buf, BS) == 2 * BS
+        back = mmap.mmap(-1, 2 * BS)
+        assert os.preadv(fd, [back], BS) == 2 * BS
+        assert back[:] == buf[:]
+    finally:
+        os.close(fd)
+    # buffered readers see the direct writes
+    assert rd(f) == bytes(BS) + buf[:]
+    mount.remount()
+    assert rd(f) == bytes(BS) + buf[:]
+
+
+def test_o_tmpfile(mount):
+    try:
+        fd = os.open(mount.mnt, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            pytest.skip("O_TMPFILE not supported")
+        raise
+    try:
+        os.write(fd, b"anonymous")
+        assert os.fstat(fd).st_nlink == 0
+        assert os.listdir(mount.mnt) == []
+        f = libc.linkat     # linkat(AT_SYMLINK_FOLLOW): os.link won't
+        f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                      ctypes.c_char_p, ctypes.c_int]
+        _check(f(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD,
+                 os.fsencode(mount.p("named")), 0x400))
+        assert os.fstat(fd).st_nlink == 1
+    finally:
+        os.close(fd)
+    mount.remount()
+    assert rd(mount.p("named")) == b"anonymous"
+
+
+# --------------------------------------------------------------------------
+# the same data paths on stores with the smallest and largest block size
+
+
+@pytest.mark.needs_store
+@pytest.mark.parametrize("bs", ["4K", "1M"])
+def test_other_block_sizes(mount_factory, ref, bs):
+    m = mount_factory("bs" + bs, block_size=bs)
+    for d in ("t1", "t2"):
+        (ref / d).mkdir()
+    test_large_file_unaligned_writes(m)
+    test_truncate_stale_block_tail(m)
+    test_truncate_down_up(m, ref / "t1")
+    test_fallocate_modes(m, ref / "t2")
+    test_copy_file_range_cow(m)
+    test_seek_data_hole(m)
