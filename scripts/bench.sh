@@ -367,6 +367,7 @@ export COWFS CCACHE_DISABLE=1
 # Current system run (set by sys_up).
 SYS=""; SYS_ROOT=""; SYS_D=""; SYS_MNT=""; SYS_SPACE=""; SYS_LOG=""
 SYS_SETUP=""; SYS_DEAD=0; SYS_DAEMON=""; REP=0; GROUP=""
+SYS_STORE0=""; SYS_MOUNT_SECS=""
 
 sys_alive() {
 	[ -z "$SYS_MNT" ] && return 0
@@ -396,7 +397,7 @@ step() {
 		printf "%s %s\n" "$t0" "$t1" >"$f"' _ "$tf" "$@" \
 		</dev/null >"$lf" 2>&1 &
 	CUR_PID=$!
-	wait "$CUR_PID"
+	wait "$CUR_PID" 2>/dev/null	# no "Killed" job notice on a timeout
 	rc=$?
 	CUR_PID=""
 	if [ "$rc" = 0 ] && [ -s "$tf" ]; then
@@ -475,7 +476,7 @@ rec_space() {	# rec_space PHASE LABEL BEFORE AFTER
 
 # sys_up SYSTEM [LOWER|ORIGIN]: fresh instance of SYSTEM under the work dir.
 sys_up() {
-	local sys=$1 lower=${2:-} opts dev
+	local sys=$1 lower=${2:-} opts dev t0 t1
 	SYS=$sys
 	SYS_ROOT=$W/r$REP-$GROUP-$sys
 	SYS_D=""; SYS_MNT=""; SYS_SPACE=""; SYS_LOG=""; SYS_DEAD=0; SYS_DAEMON=""
@@ -503,6 +504,8 @@ sys_up() {
 			log "cowfs init failed: $(tail -n 3 "$SYS_ROOT/init.log")"
 			return 1
 		fi
+		SYS_STORE0=$(du -s --block-size=1 -- "$SYS_SPACE" | cut -f1)
+		t0=$EPOCHREALTIME
 		if [ "$sys" = cowfs-origin ]; then
 			timeout 60 "$COWFS" mount --origin "$lower" -o "$opts" "$SYS_SPACE" "$SYS_MNT" \
 				>"$SYS_ROOT/mount.log" 2>&1
@@ -513,6 +516,8 @@ sys_up() {
 			log "cowfs mount failed: $(tail -n 3 "$SYS_ROOT/mount.log")"
 			return 1
 		}
+		t1=$EPOCHREALTIME
+		SYS_MOUNT_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", b - a }')
 		is_mounted "$SYS_MNT" || { log "cowfs mount returned but $SYS_MNT is not mounted"; return 1; }
 		SYS_DAEMON=$(daemon_pids "$SYS_SPACE" | head -n 1)
 		[ -n "$SYS_DAEMON" ] && DAEMON_PIDS+=("$SYS_DAEMON")
@@ -705,6 +710,8 @@ if has_workload clone; then
 	TREE_BIG_BYTES=$(stat -c %s "$ORIGIN/src/$TREE_BIG_REL")
 	TREE_FILE_BYTES=$(find "$ORIGIN/src" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
 	WRITE4K_BLOCK=$((TREE_BIG_BYTES / 4096 / 2 + 1))	# somewhere in the middle
+	ORIGIN_SUM=$(cd "$ORIGIN/src" && find . -type f -printf '%p %s %T@\n' | sort | md5sum)
+	ORIGIN_BIG_SUM=$(md5sum <"$ORIGIN/src/$TREE_BIG_REL")
 fi
 
 # ---------------------------------------------------------------- groups
@@ -825,14 +832,14 @@ run_clone() {
 				HAVE_BYREF=1
 			else
 				HAVE_BYREF=0
-				echo "- \`cowfs clone HOSTDIR MNT/x\` (clone by reference) is not supported yet: $(head -c 200 "$W/logs/byref-probe.log" | tr '\n' ' ') - rows skipped." >>"$NOTES"
+				echo "- \`cowfs clone HOSTDIR MNT/x\` (clone by reference) is not supported yet: $(head -c 200 "$W/logs/byref-probe.log" | tr '\n' ' ' | sed 's/ *$//') - rows skipped." >>"$NOTES"
 			fi
 			rm -rf "$SYS_D/.probe"
 		fi
 		if [ "$HAVE_CLONE" = 1 ] && [ "$HAVE_BYREF" = 1 ]; then
 			b=$a
-			step "$P_BYREF" "cowfs (clone)" "$TREE_FILE_BYTES" w_clone "$ORIGIN/src" "$SYS_D/ref"
-			a=$(space "$SYS_D/ref"); rec_space "$P_BYREF" "cowfs (clone)" "$b" "$a"
+			step "$P_BYREF" "cowfs (by-ref clone)" "$TREE_FILE_BYTES" w_clone "$ORIGIN/src" "$SYS_D/ref"
+			a=$(space "$SYS_D/ref"); rec_space "$P_BYREF" "cowfs (by-ref clone)" "$b" "$a"
 			cowfs_usage_note "after clone by reference" "$SYS_D/ref"
 		fi
 		drop_caches
@@ -840,12 +847,24 @@ run_clone() {
 		if [ "$HAVE_CLONE" = 1 ] && [ "$HAVE_BYREF" = 1 ]; then
 			drop_caches
 			step "$P_READ" "cowfs (by-ref clone)" "$TREE_FILE_BYTES" w_tar_read "$SYS_D/ref"
+			b=$(space "$SYS_D/ref")
+			step "$P_W4K" "cowfs (by-ref clone)" "" w_write4k "$SYS_D/ref/$TREE_BIG_REL" "$WRITE4K_BLOCK" "$RAND"
+			a=$(space "$SYS_D/ref/$TREE_BIG_REL"); rec_space "$P_W4K" "cowfs (by-ref clone)" "$b" "$a"
 		fi
 		sys_down
 		if [ "$HAVE_ORIGIN" = 1 ]; then
+			# The mount itself makes the clone: its wall time is the cost.
 			sys_up_or_dead cowfs-origin "$ORIGIN/src"
+			if [ "$SYS_DEAD" = 0 ]; then
+				rec "$GROUP" "$P_BYREF" "cowfs (--origin mount)" time "$REP" "$SYS_MOUNT_SECS" "$TREE_FILE_BYTES"
+				a=$(space "$SYS_D")
+				rec_space "$P_BYREF" "cowfs (--origin mount)" "$SYS_STORE0" "$a"
+			fi
 			drop_caches
 			step "$P_READ" "cowfs (--origin mount)" "$TREE_FILE_BYTES" w_tar_read "$SYS_D"
+			b=$(space "$SYS_D")
+			step "$P_W4K" "cowfs (--origin mount)" "" w_write4k "$SYS_D/$TREE_BIG_REL" "$WRITE4K_BLOCK" "$RAND"
+			a=$(space "$SYS_D/$TREE_BIG_REL"); rec_space "$P_W4K" "cowfs (--origin mount)" "$b" "$a"
 			sys_down
 		fi
 		;;
@@ -913,6 +932,16 @@ for ((REP = 1; REP <= REPS; REP++)); do
 	done
 done
 T_END=$EPOCHREALTIME
+
+# Clones by reference and origin mounts must never write the host tree.
+if has_workload clone; then
+	if [ "$(cd "$ORIGIN/src" && find . -type f -printf '%p %s %T@\n' | sort | md5sum)" != "$ORIGIN_SUM" ] ||
+		[ "$(md5sum <"$ORIGIN/src/$TREE_BIG_REL")" != "$ORIGIN_BIG_SUM" ]; then
+		printf '\n#### FAIL: the host tree %s was modified during the clone workload\n' "$ORIGIN/src" >>"$FAILS"
+	else
+		echo "- host tree unchanged after the clone workload (names, sizes, mtimes, and the big file's contents checked)." >>"$NOTES"
+	fi
+fi
 
 # ---------------------------------------------------------------- report
 hr() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || echo "$1 B"; }

@@ -1,8 +1,8 @@
 /*
  * store.h - the store directory on the host: its lock, the metadata file,
  * and the object files that hold blocks.  No policy: the core decides what
- * to write, the store does the syscalls (through an ops table, so tests can
- * inject failures).
+ * to write, the store does the syscalls.  (Failure injection is done with
+ * real failures in the tests: a full loop-mounted disk, kill -9.)
  *
  * Layout:  STORE/cowfs.meta        metadata file (format.h)
  *          STORE/lock              flock()ed by the daemon; holds its pid
