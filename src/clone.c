@@ -190,30 +190,16 @@ int clone_apply(struct fs *fs, const struct rec *r)
 	return do_clone(fs, r, &top);
 }
 
-static int may(const struct fs_ctx *c, const struct inode *in, unsigned want)
-{
-	unsigned bits;
-	if (c->uid == 0)
-		return 1;
-	if (c->uid == in->uid)
-		bits = (in->mode >> 6) & 7;
-	else if (c->gid == in->gid)
-		bits = (in->mode >> 3) & 7;
-	else
-		bits = in->mode & 7;
-	return (bits & want) == want;
-}
-
 /* Can the caller read everything a clone of in would copy? */
 static int may_read_tree(struct fs *fs, const struct fs_ctx *c, struct inode *in)
 {
 	struct dirent_node *d;
 	if (c->uid == 0)
 		return 1;
-	if (S_ISREG(in->mode) && !may(c, in, 4))
+	if (S_ISREG(in->mode) && !inode_may(c, in, 4))
 		return 0;
 	if (S_ISDIR(in->mode)) {
-		if (!may(c, in, 5))
+		if (!inode_may(c, in, 5))
 			return 0;
 		RB_FOREACH(d, dir_cookies, &in->cookies) {
 			struct inode *ch = inode_get(fs, d->ino);
@@ -258,7 +244,7 @@ int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
 		rc = -EEXIST;
 		goto out;
 	}
-	if (!may(c, dir, 3) || !may_read_tree(fs, c, src)) {
+	if (!inode_may(c, dir, 3) || !may_read_tree(fs, c, src)) {
 		rc = -EACCES;
 		goto out;
 	}

@@ -459,6 +459,27 @@ int apply_rec(struct fs *fs, const struct rec *r)
 	}
 }
 
+/* May the caller (not root) have the permission bits want (r=4, w=2, x=1)
+ * on in?  Owner, then group (primary and supplementary), then other, as
+ * the kernel's default_permissions checks do (ACLs aside). */
+int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want)
+{
+	unsigned bits;
+	int member = c->gid == in->gid;
+
+	if (c->uid == 0)
+		return 1;
+	for (int i = 0; !member && i < c->ngroups; i++)
+		member = c->groups[i] == in->gid;
+	if (c->uid == in->uid)
+		bits = (in->mode >> 6) & 7;
+	else if (member)
+		bits = (in->mode >> 3) & 7;
+	else
+		bits = in->mode & 7;
+	return (bits & want) == want;
+}
+
 /* ---- operations ---- */
 
 static int check_name(const char *name)

@@ -663,7 +663,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 		}
 		memcpy(&a, in_buf, sizeof(a));
 		a.name[sizeof(a.name) - 1] = 0;
-		get_ctx(req, &c);
+		get_ctx_groups(req, &c);
 		rc = fs_clone(fs, &c, a.src_ino, ino, a.name, &st);
 		if (rc) {
 			fuse_reply_err(req, -rc);

@@ -424,17 +424,23 @@ struct creds {
 	gid_t groups[64];
 };
 
-static void creds_enter(const struct fs_ctx *c, struct creds *save)
+/* Returns 0, or -EPERM when this thread cannot take the caller's
+ * identity (a daemon that is not root, serving another user). */
+static int creds_enter(const struct fs_ctx *c, struct creds *save)
 {
 	save->uid = (uid_t)setfsuid((uid_t)-1);
 	save->gid = (gid_t)setfsgid((gid_t)-1);
 	save->ngroups = getgroups(64, save->groups);
-	if (c->uid == 0)
-		return;
+	if (c->uid == 0 || (c->uid == save->uid && geteuid() != 0))
+		return 0;	/* root, or the daemon's own user */
 	/* the raw syscall changes this thread only */
 	syscall(SYS_setgroups, c->ngroups > 0 ? c->ngroups : 0, c->groups);
 	setfsgid(c->gid);
 	setfsuid(c->uid);
+	if ((uid_t)setfsuid((uid_t)-1) != c->uid ||
+	    (gid_t)setfsgid((gid_t)-1) != c->gid)
+		return -EPERM;
+	return 0;
 }
 
 static void creds_leave(const struct fs_ctx *c, const struct creds *save)
@@ -455,7 +461,13 @@ static int walk_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 	memset(w, 0, sizeof(*w));
 	w->fs = fs;
 	w->is_root = c->uid == 0;
-	creds_enter(c, &save);
+	rc = creds_enter(c, &save);
+	if (rc) {
+		creds_leave(c, &save);
+		fs_log(fs, "clone: cannot take uid %u's identity to read '%s'",
+		       (unsigned)c->uid, host);
+		return rc;
+	}
 	if (contents_only) {
 		int fd = open(host, O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
 		if (fd < 0 && errno == EPERM)
@@ -475,7 +487,8 @@ static int walk_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 			} else if (slash) {
 				base = slash + 1;
 			}
-			int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+			/* search permission is enough for the parent */
+			int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
 			rc = dfd < 0 ? -errno : walk_one(w, dfd, dir, base, -1, 0);
 			if (dfd >= 0)
 				close(dfd);
@@ -658,6 +671,8 @@ static int clone_host_locked(struct fs *fs, const struct fs_ctx *c,
 		return -ENOENT;
 	if (name && dir_find(dir, name))
 		return -EEXIST;
+	if (!inode_may(c, dir, 3))	/* write and search in DST's parent */
+		return -EACCES;
 	int rc = materialize(fs, c, w, dir, name);
 	if (rc) {
 		/* a failure here is out of memory: the batch is inconsistent */
@@ -766,8 +781,16 @@ int64_t fs_detach(struct fs *fs, uint64_t ino)
 		if (off + len > in->size)
 			len = in->size > off ? in->size - off : 0;
 		struct copy_src src = { o->fd, (off_t)(run.pblk << fs->block_shift) };
+		pthread_mutex_lock(&fs->lock);
+		struct timespec mt = in->mtime, ct = in->ctime;
+		pthread_mutex_unlock(&fs->lock);
 		ssize_t n = len ? file_write_locked(fs, in, (off_t)off, len, fill_copy, &src)
 				: 0;
+		/* the content is the same: so are its times */
+		pthread_mutex_lock(&fs->lock);
+		in->mtime = mt;
+		in->ctime = ct;
+		pthread_mutex_unlock(&fs->lock);
 		if (n == 0 && len == 0) {
 			/* mapped past EOF: unmap it */
 			pthread_mutex_lock(&fs->lock);

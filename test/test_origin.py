@@ -187,6 +187,7 @@ def test_detach(mount, tmp_path):
     make_origin(origin)
     want = tree_snapshot(origin)
     mount.cowfs("clone", origin, mount.p("c"), check=True)
+    mt = os.stat(mount.p("c", "big")).st_mtime_ns
     p = mount.cowfs("detach", mount.p("c"), check=True)
     assert "bytes copied" in p.stdout
     d = json.loads(mount.cowfs("df", "--json", mount.mnt, check=True).stdout)
@@ -196,6 +197,7 @@ def test_detach(mount, tmp_path):
     assert tree_snapshot(mount.p("c")) == want
     mount.remount()
     assert tree_snapshot(mount.p("c")) == want
+    assert os.stat(mount.p("c", "big")).st_mtime_ns == mt  # same content
 
 
 def test_mount_origin(mount_factory, tmp_path):
@@ -256,6 +258,17 @@ def test_privilege_checked_as_caller(request_cleanup, mount_factory, user):
     assert not (m.mnt / "stolen").exists()
     p = user.run([m.bin, "clone", host, m.mnt / "tree"])
     assert p.returncode == 1 and "Permission denied" in p.stderr
+    # nor into a directory they cannot write
+    (m.mnt / "rootonly").mkdir(mode=0o755)
+    p = user.run([m.bin, "clone", host / "public", m.mnt / "rootonly" / "x"])
+    assert p.returncode == 1 and "Permission denied" in p.stderr, p.stderr
+    assert not (m.mnt / "rootonly" / "x").exists()
+    # a readable file in a search-only directory is fine, as for cat
+    (host / "xo").mkdir()
+    (host / "xo" / "pub").write_bytes(b"through x")
+    os.chmod(host / "xo", 0o711)
+    p = user.run([m.bin, "clone", host / "xo" / "pub", m.mnt / "pub"])
+    assert p.returncode == 0, p.stderr
     # but what they can read, they can clone, and it is theirs
     p = user.run([m.bin, "clone", host / "public", m.mnt / "mine"])
     assert p.returncode == 0, p.stderr

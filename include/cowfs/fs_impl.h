@@ -188,6 +188,7 @@ int xattr_del(struct inode *in, const char *name);
 void inode_to_rec(const struct inode *in, struct rec *r);
 int apply_rec(struct fs *fs, const struct rec *r);
 void inode_maybe_free(struct fs *fs, struct inode *in);
+int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want);
 
 /* file.c */
 struct object *obj_get(struct fs *fs, uint64_t id);
