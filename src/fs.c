@@ -90,6 +90,7 @@ struct inode *inode_new(struct fs *fs, uint64_t ino)
 	extmap_init(&in->map);
 	pthread_mutex_init(&in->io_lock, NULL);
 	RB_INSERT(inode_tree, &fs->inodes, in);
+	fs->ninodes++;
 	if (ino >= fs->next_ino)
 		fs->next_ino = ino + 1;
 	return in;
@@ -100,20 +101,14 @@ void inode_dirty(struct fs *fs, struct inode *in)
 	if (in->dirty)
 		return;
 	in->dirty = true;
-	in->dirty_next = fs->dirty;
-	fs->dirty = in;
+	TAILQ_INSERT_TAIL(&fs->dirty, in, dirty_link);
 }
 
 static void undirty(struct fs *fs, struct inode *in)
 {
 	if (!in->dirty)
 		return;
-	for (struct inode **p = &fs->dirty; *p; p = &(*p)->dirty_next) {
-		if (*p == in) {
-			*p = in->dirty_next;
-			break;
-		}
-	}
+	TAILQ_REMOVE(&fs->dirty, in, dirty_link);
 	in->dirty = false;
 }
 
@@ -140,6 +135,7 @@ void inode_free(struct fs *fs, struct inode *in)
 		free(x);
 	}
 	RB_REMOVE(inode_tree, &fs->inodes, in);
+	fs->ninodes--;
 	extmap_release(&in->map);
 	pthread_mutex_destroy(&in->io_lock);
 	free(in->target);
@@ -1123,10 +1119,7 @@ int fs_statfs(struct fs *fs, struct statvfs *sv)
 	if (fstatvfs(fs->store.dirfd, sv) < 0)
 		return -errno;
 	pthread_mutex_lock(&fs->lock);
-	uint64_t n = 0;
-	struct inode *in;
-	RB_FOREACH(in, inode_tree, &fs->inodes)
-		n++;
+	uint64_t n = fs->ninodes;
 	pthread_mutex_unlock(&fs->lock);
 	sv->f_files = sv->f_ffree + n;
 	sv->f_namemax = COWFS_NAME_MAX;

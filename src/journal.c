@@ -87,9 +87,9 @@ int journal_log_inode(struct fs *fs, struct inode *in)
 
 void journal_flush_dirty(struct fs *fs)
 {
-	while (fs->dirty) {
-		struct inode *in = fs->dirty;
-		fs->dirty = in->dirty_next;
+	struct inode *in;
+	while ((in = TAILQ_FIRST(&fs->dirty))) {
+		TAILQ_REMOVE(&fs->dirty, in, dirty_link);
 		in->dirty = false;
 		journal_log_inode(fs, in);
 	}

@@ -25,6 +25,7 @@ int fs_init_store(const char *path, unsigned block_shift, char *err,
 	RB_INIT(&fs.inodes);
 	RB_INIT(&fs.objects);
 	TAILQ_INIT(&fs.lru);
+	TAILQ_INIT(&fs.dirty);
 	fs.block_shift = block_shift;
 	fs.block_size = 1ull << block_shift;
 	fs.next_ino = FS_ROOT_INO;
@@ -95,6 +96,7 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	RB_INIT(&fs->inodes);
 	RB_INIT(&fs->objects);
 	TAILQ_INIT(&fs->lru);
+	TAILQ_INIT(&fs->dirty);
 	refcount_init(&fs->rc);
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_rwlock_init(&fs->data_lock, NULL);

@@ -67,7 +67,7 @@ struct inode {
 	uint64_t nlookup;	/* kernel references */
 	uint32_t nopen;		/* open file handles */
 	bool dirty;		/* attributes not yet journaled */
-	struct inode *dirty_next;
+	TAILQ_ENTRY(inode) dirty_link;	/* in fs->dirty while dirty */
 	struct xattr *xattrs;
 	/* directories */
 	struct dir_names names;
@@ -83,6 +83,7 @@ struct inode {
 	char *target;
 };
 RB_HEAD(inode_tree, inode);
+TAILQ_HEAD(inode_list, inode);
 RB_PROTOTYPE(inode_tree, inode, node, ino_cmp)
 RB_PROTOTYPE(dir_names, dirent_node, by_name, name_cmp)
 RB_PROTOTYPE(dir_cookies, dirent_node, by_cookie, cookie_cmp)
@@ -131,7 +132,8 @@ struct fs {
 	unsigned nfds, max_fds;
 	struct refcount rc;
 	uint64_t next_ino, next_obj;
-	struct inode *dirty;		/* list via dirty_next */
+	struct inode_list dirty;	/* attributes to journal */
+	uint64_t ninodes;
 	struct object *dirty_objs;	/* list via dirty_next */
 	struct pending_free *frees;	/* blocks to punch after commit */
 	size_t nfrees, cap_frees;
