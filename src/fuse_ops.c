@@ -107,6 +107,12 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_POSIX_ACL;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
 		conn->want |= FUSE_CAP_DONT_MASK;
+	/* No OPEN/RELEASE round trip per file: open answers ENOSYS, and the
+	 * kernel then keeps its page cache across opens (FOPEN_KEEP_CACHE is
+	 * the no-open default) and truncates for O_TRUNC with a setattr.
+	 * An open file keeps its inode looked up, which is all the core
+	 * needs to keep an unlinked file alive. */
+	conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 	/* Let the kernel clear setuid/setgid on write and chown. */
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
 	conn->max_write = 1u << 20;
@@ -264,25 +270,9 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	int rc = 0;
-
-	/* libfuse asks for atomic O_TRUNC: the kernel passes it to us. */
-	if ((fi->flags & O_TRUNC) && (fi->flags & O_ACCMODE) != O_RDONLY) {
-		struct stat in = { .st_size = 0 }, st;
-		struct fs_ctx c;
-		get_ctx(req, &c);
-		rc = fs_setattr(FS(req), &c, ino, &in, FS_SET_SIZE, &st);
-	}
-	if (!rc)
-		rc = fs_open_file(FS(req), ino, fi->flags);
-	if (rc) {
-		fuse_reply_err(req, -rc);
-		return;
-	}
-	fi->keep_cache = 1;
-	struct fs *fs = FS(req);
-	if (fuse_reply_open(req, fi) == -ENOENT)
-		fs_release(fs, ino);
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, ENOSYS);	/* see op_init: no-open mode */
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
