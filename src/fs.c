@@ -1018,8 +1018,8 @@ out:
 
 /* A regular file read in place from an origin: remember its host path
  * for prefetching.  fs->lock held. */
-static void note_prefetch(struct fs *fs, struct inode *in, char ***pf,
-			  size_t *n)
+static void note_prefetch(struct fs *fs, struct inode *in,
+			  struct pf_item **pf, size_t *n)
 {
 	struct object *o;
 
@@ -1030,14 +1030,16 @@ static void note_prefetch(struct fs *fs, struct inode *in, char ***pf,
 		return;
 	if (!*pf && !(*pf = calloc(256, sizeof(**pf))))
 		return;
-	if (((*pf)[*n] = strdup(o->opath)))
+	if (((*pf)[*n].path = strdup(o->opath))) {
+		(*pf)[*n].obj = o->id;
 		(*n)++;
+	}
 }
 
 int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 	       fs_emit_fn emit, void *ctx)
 {
-	char **pf = NULL;
+	struct pf_item *pf = NULL;
 	size_t npf = 0;
 	int rc = 0;
 	struct inode *dir, *in;

@@ -904,15 +904,29 @@ static void *pf_worker(void *arg)
 			pthread_cond_wait(&fs->pf_cond, &fs->pf_lock);
 		if (fs->pf_stop)
 			break;
-		char *path = fs->pf_queue[fs->pf_head % fs->pf_cap];
+		struct pf_item it = fs->pf_queue[fs->pf_head % fs->pf_cap];
 		fs->pf_head++;
 		pthread_mutex_unlock(&fs->pf_lock);
-		int fd = open(path, O_RDONLY | O_NOATIME | O_NOFOLLOW | O_CLOEXEC);
+		int fd = open(it.path, O_RDONLY | O_NOATIME | O_NOFOLLOW | O_CLOEXEC);
 		if (fd >= 0) {
 			readahead(fd, 0, PF_BYTES);
-			close(fd);
+			/* hand the fd to the object's cache: the read that
+			 * follows needs no open() of its own */
+			pthread_mutex_lock(&fs->lock);
+			struct object *o = obj_get(fs, it.obj);
+			if (o && o->opath && o->fd < 0 && !o->doomed &&
+			    fs->nfds < fs->max_fds && !strcmp(o->opath, it.path) &&
+			    origin_check(fs, o, fd) == 0) {
+				o->fd = fd;
+				fs->nfds++;
+				TAILQ_INSERT_TAIL(&fs->lru, o, lru);
+				fd = -1;
+			}
+			pthread_mutex_unlock(&fs->lock);
+			if (fd >= 0)
+				close(fd);
 		}
-		free(path);
+		free(it.path);
 		pthread_mutex_lock(&fs->pf_lock);
 	}
 	pthread_mutex_unlock(&fs->pf_lock);
@@ -940,24 +954,24 @@ void origin_prefetch_stop(struct fs *fs)
 		pthread_join(fs->pf_threads[i], NULL);
 	fs->pf_nthreads = 0;
 	for (size_t i = fs->pf_head; i < fs->pf_tail; i++)
-		free(fs->pf_queue[i % fs->pf_cap]);
+		free(fs->pf_queue[i % fs->pf_cap].path);
 	free(fs->pf_queue);
 	fs->pf_queue = NULL;
 }
 
-void origin_prefetch(struct fs *fs, char **paths, size_t n)
+void origin_prefetch(struct fs *fs, struct pf_item *items, size_t n)
 {
 	size_t i = 0;
 
 	pthread_mutex_lock(&fs->pf_lock);
 	if (fs->pf_nthreads && !fs->pf_stop)
 		for (; i < n && fs->pf_tail - fs->pf_head < fs->pf_cap; i++)
-			fs->pf_queue[fs->pf_tail++ % fs->pf_cap] = paths[i];
+			fs->pf_queue[fs->pf_tail++ % fs->pf_cap] = items[i];
 	if (i)
 		pthread_cond_signal(&fs->pf_cond);
 	if (i > 1)
 		pthread_cond_broadcast(&fs->pf_cond);
 	pthread_mutex_unlock(&fs->pf_lock);
 	for (; i < n; i++)
-		free(paths[i]);
+		free(items[i].path);
 }

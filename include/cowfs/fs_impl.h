@@ -110,6 +110,11 @@ RB_HEAD(object_tree, object);
 RB_PROTOTYPE(object_tree, object, node, obj_cmp)
 TAILQ_HEAD(object_lru, object);
 
+struct pf_item {		/* an origin file to prefetch */
+	char *path;		/* owned */
+	uint64_t obj;		/* its object, to hand the open fd to */
+};
+
 struct pending_free {
 	uint64_t obj, pblk, len;
 };
@@ -162,7 +167,7 @@ struct fs {
 	 * soon; protected by pf_lock (a leaf lock: take nothing under it) */
 	pthread_mutex_t pf_lock;
 	pthread_cond_t pf_cond;
-	char **pf_queue;
+	struct pf_item *pf_queue;
 	size_t pf_head, pf_tail, pf_cap;
 	pthread_t pf_threads[2];
 	int pf_nthreads;
@@ -227,8 +232,8 @@ int origin_apply(struct fs *fs, const struct rec *r);
 void origin_to_rec(const struct object *o, struct rec *r, char **prev);
 void origin_prefetch_start(struct fs *fs);
 void origin_prefetch_stop(struct fs *fs);
-/* Queue host paths (taken over: the queue frees them). */
-void origin_prefetch(struct fs *fs, char **paths, size_t n);
+/* Queue origin files (paths taken over: the queue frees them). */
+void origin_prefetch(struct fs *fs, struct pf_item *items, size_t n);
 /* Without fs->lock: commit everything logged so far; sync=1 for fsync. */
 int journal_commit(struct fs *fs);
 int journal_checkpoint(struct fs *fs);
