@@ -283,9 +283,10 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 
 	get_ctx(req, &c);
+	/* Not counted as an open: once the kernel is in no-open mode it sends
+	 * no RELEASE for created files either, and the lookup reference the
+	 * entry carries is what keeps the file alive while it is open. */
 	int rc = fs_mknod(FS(req), &c, parent, name, S_IFREG | (mode & 07777), 0, &st);
-	if (!rc)
-		rc = fs_open_file(FS(req), st.st_ino, fi->flags);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -297,10 +298,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	e.entry_timeout = ENTRY_TIMEOUT;
 	fi->keep_cache = 1;
 	struct fs *fs = FS(req);
-	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
-		fs_release(fs, st.st_ino);
+	if (fuse_reply_create(req, &e, fi) == -ENOENT)
 		fs_forget(fs, st.st_ino, 1);
-	}
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

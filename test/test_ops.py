@@ -1823,3 +1823,29 @@ def test_other_block_sizes(mount_factory, ref, bs):
     test_fallocate_modes(m, ref / "t2")
     test_copy_file_range_cow(m)
     test_seek_data_hole(m)
+
+
+def test_unlinked_file_space_returns_while_mounted(mount):
+    """In no-open mode the kernel sends no RELEASE for created files: the
+    space of an unlinked file must still come back while mounted, once the
+    kernel forgets the inode, and an unlinked file that is still open
+    stays readable until then."""
+    import json
+    import time
+    first = mount.p("first")
+    first.write_bytes(b"x")
+    first.read_bytes()          # the first open puts the kernel in no-open mode
+    big = mount.p("big")
+    big.write_bytes(os.urandom(300_000))
+    fd = os.open(mount.p("held"), os.O_CREAT | os.O_RDWR)
+    os.write(fd, b"keep me")
+    os.unlink(mount.p("held"))
+    os.unlink(big)
+    for _ in range(50):
+        d = json.loads(mount.cowfs("df", "--json", mount.mnt, check=True).stdout)
+        if d["logical"] == 1 + 7:
+            break
+        time.sleep(0.1)
+    assert d["logical"] == 1 + 7, d
+    assert os.pread(fd, 7, 0) == b"keep me"
+    os.close(fd)
