@@ -17,9 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
 #include "cowfs/extmap.h"
 
-static uint64_t seed;
 static long op_no = -1;
 
 static void fail_exit(void)
@@ -27,53 +27,6 @@ static void fail_exit(void)
 	fprintf(stderr, "test_extmap: FAILED at op %ld (seed %" PRIu64
 		", rerun with TEST_SEED=%" PRIu64 ")\n", op_no, seed, seed);
 	exit(1);
-}
-
-#define CHECK(cond)                                                         \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n",        \
-				__FILE__, __LINE__, #cond);                 \
-			fail_exit();                                        \
-		}                                                           \
-	} while (0)
-
-#define CHECKF(cond, ...)                                                   \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "%s:%d: CHECK failed: %s: ",        \
-				__FILE__, __LINE__, #cond);                 \
-			fprintf(stderr, __VA_ARGS__);                       \
-			fputc('\n', stderr);                                \
-			fail_exit();                                        \
-		}                                                           \
-	} while (0)
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rndn(uint64_t n)
-{
-	return rnd() % n;
-}
-
-static void init_seed(void)
-{
-	const char *s = getenv("TEST_SEED");
-	if (s && *s)
-		seed = strtoull(s, NULL, 0);
-	else
-		seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	rng_state = seed;
-	printf("test_extmap: seed %" PRIu64 "\n", seed);
-	fflush(stdout);
 }
 
 /* ---- the model ---- */
@@ -500,7 +453,7 @@ static void fixed_cases(void)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	init_seed();
+	init_seed("test_extmap");
 	fixed_cases();
 	random_test(30000);
 	free(drops.v);

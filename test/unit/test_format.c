@@ -14,72 +14,15 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "testutil.h"
 #include "cowfs/format.h"
 
-static uint64_t seed;
 
 static void fail_exit(void)
 {
 	fprintf(stderr, "test_format: FAILED (seed %" PRIu64
 		", rerun with TEST_SEED=%" PRIu64 ")\n", seed, seed);
 	exit(1);
-}
-
-#define CHECK(cond)                                                         \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n",        \
-				__FILE__, __LINE__, #cond);                 \
-			fail_exit();                                        \
-		}                                                           \
-	} while (0)
-
-#define CHECKF(cond, ...)                                                   \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "%s:%d: CHECK failed: %s: ",        \
-				__FILE__, __LINE__, #cond);                 \
-			fprintf(stderr, __VA_ARGS__);                       \
-			fputc('\n', stderr);                                \
-			fail_exit();                                        \
-		}                                                           \
-	} while (0)
-
-/* ---- PRNG (splitmix64): reproducible from the seed ---- */
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-/* Uniform in [0, n); n > 0. */
-static uint64_t rndn(uint64_t n)
-{
-	return rnd() % n;
-}
-
-static void rnd_bytes(void *p, size_t n)
-{
-	unsigned char *b = p;
-	for (size_t i = 0; i < n; i++)
-		b[i] = (unsigned char)rnd();
-}
-
-static void init_seed(void)
-{
-	const char *s = getenv("TEST_SEED");
-	if (s && *s)
-		seed = strtoull(s, NULL, 0);
-	else
-		seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	rng_state = seed;
-	printf("test_format: seed %" PRIu64 "\n", seed);
-	fflush(stdout);
 }
 
 /* ---- what docs/format.md says about each type ---- */
@@ -899,7 +842,7 @@ static void test_header(void)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	init_seed();
+	init_seed("test_format");
 	test_roundtrip();
 	test_stream();
 	test_decode_refusals();

@@ -42,13 +42,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
 #include "cowfs/format.h"
 #include "cowfs/fs.h"
 #include "cowfs/fs_impl.h"
 
 #include <xxhash.h>
 
-static uint64_t seed;
 static char tmpdir[64];
 static const char *test_name = "setup";
 
@@ -60,26 +60,6 @@ static void fail_exit(void)
 	exit(1);
 }
 
-#define CHECK(cond)                                                         \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n",        \
-				__FILE__, __LINE__, #cond);                 \
-			fail_exit();                                        \
-		}                                                           \
-	} while (0)
-
-#define CHECKF(cond, ...)                                                   \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "%s:%d: CHECK failed: %s: ",        \
-				__FILE__, __LINE__, #cond);                 \
-			fprintf(stderr, __VA_ARGS__);                       \
-			fputc('\n', stderr);                                \
-			fail_exit();                                        \
-		}                                                           \
-	} while (0)
-
 /* An API call that must return 0 (or a count >= 0). */
 #define OK(call)                                                            \
 	do {                                                                \
@@ -87,47 +67,6 @@ static void fail_exit(void)
 		CHECKF(rc_ >= 0, "%s returned %ld (%s)", #call, rc_,        \
 		       strerror((int)-rc_));                                \
 	} while (0)
-
-/* ---- PRNG ---- */
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rndn(uint64_t n)
-{
-	return rnd() % n;
-}
-
-static void rnd_bytes(void *p, size_t n)
-{
-	unsigned char *b = p;
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8) {
-		uint64_t v = rnd();
-		memcpy(b + i, &v, 8);
-	}
-	for (; i < n; i++)
-		b[i] = (unsigned char)rnd();
-}
-
-static void init_seed(void)
-{
-	const char *s = getenv("TEST_SEED");
-	if (s && *s)
-		seed = strtoull(s, NULL, 0);
-	else
-		seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	rng_state = seed;
-	printf("test_journal: seed %" PRIu64 "\n", seed);
-	fflush(stdout);
-}
 
 /* ---- host files ---- */
 
@@ -2251,7 +2190,7 @@ static void test_failed_write(void)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	init_seed();
+	init_seed("test_journal");
 	snprintf(tmpdir, sizeof(tmpdir), "/tmp/cowfs-unit-XXXXXX");
 	CHECK(mkdtemp(tmpdir) != NULL);
 	snprintf(logpath, sizeof(logpath), "%s/cowfs.log", tmpdir);

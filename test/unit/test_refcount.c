@@ -17,9 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
 #include "cowfs/refcount.h"
 
-static uint64_t seed;
 static const char *phase = "start";
 
 static void fail_exit(void)
@@ -27,53 +27,6 @@ static void fail_exit(void)
 	fprintf(stderr, "test_refcount: FAILED in phase '%s' (seed %" PRIu64
 		", rerun with TEST_SEED=%" PRIu64 ")\n", phase, seed, seed);
 	exit(1);
-}
-
-#define CHECK(cond)                                                         \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n",        \
-				__FILE__, __LINE__, #cond);                 \
-			fail_exit();                                        \
-		}                                                           \
-	} while (0)
-
-#define CHECKF(cond, ...)                                                   \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "%s:%d: CHECK failed: %s: ",        \
-				__FILE__, __LINE__, #cond);                 \
-			fprintf(stderr, __VA_ARGS__);                       \
-			fputc('\n', stderr);                                \
-			fail_exit();                                        \
-		}                                                           \
-	} while (0)
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rndn(uint64_t n)
-{
-	return rnd() % n;
-}
-
-static void init_seed(void)
-{
-	const char *s = getenv("TEST_SEED");
-	if (s && *s)
-		seed = strtoull(s, NULL, 0);
-	else
-		seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	rng_state = seed;
-	printf("test_refcount: seed %" PRIu64 "\n", seed);
-	fflush(stdout);
 }
 
 /* ---- key space and model ---- */
@@ -384,7 +337,7 @@ static void drain(struct refcount *rc)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	init_seed();
+	init_seed("test_refcount");
 	empty_table();
 	for (size_t s = 0; s < sizeof(spaces) / sizeof(*spaces); s++) {
 		struct refcount rc;
