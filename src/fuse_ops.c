@@ -15,6 +15,7 @@
 #include "cowfs/fs.h"
 #include "cowfs/fuse_ops.h"
 #include "cowfs/ioctl.h"
+#include "cowfs/status.h"
 
 /* The daemon is the only writer of the namespace: the kernel may cache. */
 #define ENTRY_TIMEOUT 3600.0
@@ -723,6 +724,20 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 		usage_to_ioc(&u, &ou);
 		fuse_reply_ioctl(req, 0, &ou, sizeof(ou));
 		return;
+	case COWFS_IOC_STATUS: {
+		struct cowfs_ioc_status *s;
+		if (out_bufsz < sizeof(*s) || !(s = malloc(sizeof(*s)))) {
+			fuse_reply_err(req, out_bufsz < sizeof(*s) ? EINVAL : ENOMEM);
+			return;
+		}
+		rc = fs_status(fs, s);
+		if (rc)
+			fuse_reply_err(req, -rc);
+		else
+			fuse_reply_ioctl(req, 0, s, sizeof(*s));
+		free(s);
+		return;
+	}
 	default:
 		fuse_reply_err(req, ENOTTY);
 	}

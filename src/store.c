@@ -296,3 +296,43 @@ int store_meta_open(struct store *s)
 			(s->ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	return fd < 0 ? -errno : fd;
 }
+
+/*
+ * How the last daemon stopped: a line "stop RC" (0 or -errno) appended to
+ * the lock file after its pid, written after fs_close() and before the
+ * daemon's second (OFD) lock goes; the next daemon's store_set_pid()
+ * truncates it.
+ */
+int store_record_stop(const char *path, int rc)
+{
+	char p[PATH_MAX], buf[32];
+	int fd, n, ret = 0;
+
+	snprintf(p, sizeof(p), "%s/%s", path, STORE_LOCK);
+	fd = open(p, O_WRONLY | O_APPEND | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = snprintf(buf, sizeof(buf), "stop %d\n", rc);
+	if (write_all(fd, buf, (size_t)n) < 0 || fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+int store_last_stop(const char *path, int *rc)
+{
+	char p[PATH_MAX], buf[128] = { 0 }, *s;
+	ssize_t n;
+	int fd;
+
+	snprintf(p, sizeof(p), "%s/%s", path, STORE_LOCK);
+	fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0 || !(s = strstr(buf, "\nstop ")))
+		return -ENODATA;
+	*rc = atoi(s + 6);
+	return 0;
+}

@@ -63,4 +63,34 @@ _Static_assert(sizeof(struct cowfs_ioc_usage) == 272, "usage arg size");
 #define COWFS_IOC_CLONE_HOST _IOWR(COWFS_IOC_MAGIC, 4, struct cowfs_ioc_clone_host)
 #define COWFS_IOC_DETACH _IOWR(COWFS_IOC_MAGIC, 5, struct cowfs_ioc_detach)
 
+/* Status of the daemon and its store ('cowfs status'): any fd in the
+ * mount.  Strings are NUL-terminated, cut if longer. */
+struct cowfs_ioc_status {
+	uint64_t flags;		/* in: 0 */
+	uint64_t pid;		/* out: the daemon's pid */
+	uint64_t uptime_ns;	/* out: since the daemon opened the store */
+	uint64_t block_size;
+	uint64_t inodes;	/* out: all inodes, the root included */
+	uint64_t files, dirs, other;
+	uint64_t shared_files;	/* out: regular files with a block shared with
+				 * another file, or read from an origin */
+	uint64_t origin_files;	/* out: origin objects (host files) */
+	uint64_t objects;	/* out: store object files */
+	uint64_t logical;	/* out: as df */
+	uint64_t physical;
+	uint64_t shared;
+	uint64_t origin;
+	uint64_t host_bytes;	/* out: sum of st_blocks * 512 of the store's
+				 * object files */
+	uint64_t meta_bytes;	/* out: metadata file size */
+	uint64_t ro;		/* out: 1 if mounted read-only */
+	uint64_t reserved[14];
+	char store[4096];	/* out: the store's absolute path */
+	char origin_dir[4096];	/* out: the --origin DIR, or "" */
+	char log[1024];		/* out: "syslog", "stderr" or a file path */
+};
+_Static_assert(sizeof(struct cowfs_ioc_status) == 9472, "status arg size");
+
+#define COWFS_IOC_STATUS _IOWR(COWFS_IOC_MAGIC, 6, struct cowfs_ioc_status)
+
 #endif

@@ -56,4 +56,10 @@ int store_meta_open(struct store *s);
 /* The pid of the daemon holding a store's lock, or 0. */
 pid_t store_lock_owner(const char *path);
 
+/* The daemon's stop status (0 or -errno from fs_close), recorded in the
+ * lock file for 'cowfs umount'; store_last_stop() gives it back (0 and
+ * *rc), or -ENODATA when the last daemon recorded none. */
+int store_record_stop(const char *path, int rc);
+int store_last_stop(const char *path, int *rc);
+
 #endif
