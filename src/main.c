@@ -533,7 +533,9 @@ static int cmd_help(int argc, char **argv)
 		i++;
 	if (argc - i > 1)
 		return usage_error("help", "too many arguments");
-	if (argc - i == 1 && strcmp(argv[i], "--help") && strcmp(argv[i], "-h")) {
+	if (argc - i == 1 && (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")))
+		return print_help("help");
+	if (argc - i == 1) {
 		if (!cli_find_cmd(argv[i]))
 			return usage_error("help", "unknown command '%s'", argv[i]);
 		return print_help(argv[i]);
