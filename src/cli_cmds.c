@@ -697,7 +697,7 @@ int cmd_detach(int argc, char **argv)
 		progress_done(&dprog);
 	fmt_size(b, sizeof(b), detach_copied, 0);
 	if (detach_copied >= 1024)
-		printf("%llu bytes (%s) copied from origins into the store\n",
+		printf("%llu bytes copied from origins into the store (%s)\n",
 		       (unsigned long long)detach_copied, b);
 	else
 		printf("%llu bytes copied from origins into the store\n",

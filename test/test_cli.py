@@ -282,7 +282,7 @@ def test_progress_only_on_a_terminal(host_dir, mount):
     rc, out = on_pty(f"{b} detach {mount.p('c')}")
     assert rc == 0, out
     assert "detach: 300/300 files, 5.7 MiB/5.7 MiB (100%)" in out, out
-    assert "6000000 bytes (5.7 MiB) copied from origins" in out
+    assert "6000000 bytes copied from origins into the store (5.7 MiB)" in out
     # quiet, and in a pipe: nothing but the result
     mount.cowfs("clone", host_dir, mount.p("d"), check=True)
     rc, out = on_pty(f"{b} detach --quiet {mount.p('d')}")
