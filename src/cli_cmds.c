@@ -404,8 +404,10 @@ static void col_size(char *buf, size_t len, uint64_t v, int exact)
 	sp = strchr(buf, ' ');
 	if (sp && sp[1] == 'b')		/* "512 bytes" -> "512B" */
 		strcpy(sp, "B");
-	else if (sp)			/* "1.5 GiB" -> "1.5G" */
-		memmove(sp, sp + 1, 2);
+	else if (sp) {			/* "1.5 GiB" -> "1.5G" */
+		sp[0] = sp[1];
+		sp[1] = 0;
+	}
 }
 
 int cmd_du(int argc, char **argv)
