@@ -486,10 +486,11 @@ int cmd_df(int argc, char **argv)
 	fmt_size(c, sizeof(c), u.shared, exact);
 	fmt_size(d, sizeof(d), u.meta_bytes, exact);
 	fmt_size(bs, sizeof(bs), u.block_size, 0);
-	printf("logical:         %s in %llu files, %llu directories\n", a,
-	       (unsigned long long)u.files, (unsigned long long)u.dirs);
-	printf("physical:        %s in the store (%llu objects, blocks of %s)\n",
-	       b, (unsigned long long)u.objects, bs);
+	printf("logical:         %s in %llu file%s, %llu director%s\n", a,
+	       (unsigned long long)u.files, u.files == 1 ? "" : "s",
+	       (unsigned long long)u.dirs, u.dirs == 1 ? "y" : "ies");
+	printf("physical:        %s in the store (%llu object%s, blocks of %s)\n",
+	       b, (unsigned long long)u.objects, u.objects == 1 ? "" : "s", bs);
 	printf("shared:          %s in blocks used more than once\n", c);
 	if (u.origin) {
 		char e[32];

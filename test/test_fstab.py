@@ -203,6 +203,8 @@ def test_meson_install(tmp_path):
                     reason="no dpkg-buildpackage")
 @pytest.mark.skipif(os.environ.get("COWFS_SKIP_DEB") == "1",
                     reason="COWFS_SKIP_DEB=1")
+@pytest.mark.skipif("ASAN_OPTIONS" in os.environ,
+                    reason="once is enough: not again in the sanitizer pass")
 def test_debian_package(tmp_path, ns):
     """dpkg-buildpackage -us -uc -b on a copy of the tree builds a .deb
     whose files, extracted, mount a store through mount(8)."""
