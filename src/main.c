@@ -8,9 +8,11 @@
  * --help on every command, exit status 2 for every usage error, messages
  * "cowfs: CMD: 'PATH': reason" naming the path at fault.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -323,9 +325,11 @@ static int cmd_init(int argc, char **argv)
 /* --- fsck ------------------------------------------------------------ */
 
 /*
- * fsck runs in the core in one call; on a terminal a thread shows how
- * long it has run, against the store's size (the metadata file and the
- * number of object files are what the check's time grows with).
+ * fsck runs in the core in one call, which reports no progress; on a
+ * terminal a thread shows, after half a second, how long it has run
+ * and the store's size (the metadata file, the object files and their
+ * bytes: what the check's time grows with).  No ETA: the core would need
+ * a progress callback for one.
  */
 struct fsck_ticker {
 	pthread_t t;
@@ -334,13 +338,45 @@ struct fsck_ticker {
 	int stop;
 	double start;
 	const char *store;
+	int shown;
+	uint64_t meta_bytes, objects, object_bytes;	/* the totals */
 };
+
+/* The store's size as fsck will see it: the metadata file, and the
+ * object files with their lengths (a readdir of objects/XX/, which the
+ * check does too). */
+static void fsck_totals(struct fsck_ticker *k)
+{
+	char p[PATH_MAX];
+	struct stat st;
+
+	snprintf(p, sizeof(p), "%s/%s", k->store, STORE_META);
+	if (stat(p, &st) == 0)
+		k->meta_bytes = (uint64_t)st.st_size;
+	for (int x = 0; x < 256; x++) {
+		snprintf(p, sizeof(p), "%s/%s/%02x", k->store, STORE_OBJDIR, x);
+		DIR *d = opendir(p);
+		struct dirent *e;
+		if (!d)
+			continue;
+		while ((e = readdir(d))) {
+			if (e->d_name[0] == '.')
+				continue;
+			if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+				k->objects++;
+				k->object_bytes += (uint64_t)st.st_blocks * 512;
+			}
+		}
+		closedir(d);
+	}
+}
 
 static void *fsck_tick(void *p)
 {
 	struct fsck_ticker *k = p;
 	struct timespec ts;
 
+	fsck_totals(k);
 	pthread_mutex_lock(&k->lock);
 	while (!k->stop) {
 		clock_gettime(CLOCK_REALTIME, &ts);
@@ -353,9 +389,16 @@ static void *fsck_tick(void *p)
 		if (k->stop)
 			break;
 		double el = now_secs() - k->start;
-		if (el >= 1)
-			fprintf(stderr, "\rfsck: checking '%s': %d:%02d\033[K",
-				k->store, (int)el / 60, (int)el % 60);
+		if (el >= 0.5) {
+			char m[32], o[32];
+			k->shown = 1;
+			fmt_size(m, sizeof(m), k->meta_bytes, 0);
+			fmt_size(o, sizeof(o), k->object_bytes, 0);
+			fprintf(stderr, "\rfsck: checking '%s' (metadata %s, %llu "
+				"objects, %s): %d:%02d elapsed\033[K", k->store, m,
+				(unsigned long long)k->objects, o, (int)el / 60,
+				(int)el % 60);
+		}
 	}
 	pthread_mutex_unlock(&k->lock);
 	return NULL;
@@ -409,7 +452,7 @@ static int cmd_fsck(int argc, char **argv)
 		pthread_cond_signal(&k.cond);
 		pthread_mutex_unlock(&k.lock);
 		pthread_join(k.t, NULL);
-		if (now_secs() - k.start >= 1)
+		if (k.shown)
 			fprintf(stderr, "\r\033[K");
 	}
 	if (rc < 0) {

@@ -294,6 +294,26 @@ def test_progress_only_on_a_terminal(host_dir, mount):
     assert p.stderr == "" and p.stdout == ""
 
 
+def test_fsck_progress_on_a_terminal(mount):
+    """fsck of a store with 160 000 inodes takes a second or so: on a
+    terminal it shows the store's totals and the elapsed time."""
+    os.mkdir(mount.p("t"))
+    for i in range(4000):
+        mount.p("t", f"f{i}").write_bytes(b"%d" % i)
+    for i in range(40):
+        mount.cowfs("clone", mount.p("t"), mount.p(f"c{i}"), check=True)
+    mount.umount()
+    rc, out = on_pty(f"{shlex.quote(mount.bin)} fsck {mount.store}")
+    assert rc == 0, out
+    assert f"fsck: checking '{mount.store}' (metadata " in out, out
+    assert "objects" in out and "elapsed" in out
+    p = mount.cowfs("fsck", mount.store)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    rc, out = on_pty(f"{shlex.quote(mount.bin)} fsck -q {mount.store}")
+    assert "checking" not in out, out
+    mount.mount()
+
+
 # --------------------------------------------------------------------------
 # the daemon
 
