@@ -152,7 +152,8 @@ static void log_flush_line(void)
 	}
 	if (!strncmp(s, "error", 5) || !strncmp(s, "fuse:", 5))
 		prio = LOG_ERR;
-	else if (!strncmp(s, "warning", 7))
+	else if (!strncmp(s, "warning", 7) || strstr(s, "EIO") ||
+		 strstr(s, " fail"))
 		prio = LOG_WARNING;
 	if (*s)
 		syslog(prio, "%s", s);

@@ -436,6 +436,7 @@ def test_daemon_logs_to_syslog(tmp_path):
     # <PRI>: facility daemon (3), ident cowfs with its pid
     pri = int(hits[0][1:hits[0].index(b">")])
     assert pri >> 3 == 3, hits
+    assert pri & 7 == 4, hits       # LOG_WARNING
     assert b" cowfs[" in hits[0] and str(org / "f").encode() in hits[0]
     assert not list(tmp_path.glob("*san.*"))
 
