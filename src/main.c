@@ -515,7 +515,7 @@ static const struct cmd cmds[] = {
 	{ "du", cmd_du, "du [-h|-b] [--json] PATH...",
 	  "For each PATH in a cowfs mount: logical bytes, bytes in blocks shared\n"
 	  "with files outside PATH, and bytes in blocks PATH alone holds.\n\n"
-	  "  -h, --human-readable  sizes like 1.5 GiB (default on a terminal)\n"
+	  "  -h, --human-readable  sizes like 1.5G (default on a terminal)\n"
 	  "  -b, --bytes           exact byte counts (default otherwise)\n"
 	  "      --json            JSON, in bytes\n"
 	  "      --help            show this help\n" },

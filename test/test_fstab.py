@@ -247,3 +247,21 @@ def test_debian_package(tmp_path, ns):
              f"cowfs umount {tmp_path}/m"], check=False)
     assert p.returncode == 0 and p.stdout == "deb\n", p.stdout + p.stderr
     print(f"dpkg-buildpackage took {took:.1f} s")
+
+
+def test_bash_completion():
+    comp = REPO / "contrib" / "cowfs.bash-completion"
+
+    def complete(*words):
+        script = (f"source {shlex.quote(str(comp))}; "
+                  f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); "
+                  f"COMP_CWORD={len(words) - 1}; _cowfs; "
+                  'printf "%s\\n" "${COMPREPLY[@]}"')
+        return run(["bash", "-c", script]).stdout.split()
+    assert complete("cowfs", "st") == ["status"]
+    assert set(complete("cowfs", "")) >= {"init", "mount", "umount", "clone",
+                                          "detach", "du", "df", "status",
+                                          "fsck", "help"}
+    assert complete("cowfs", "du", "--h") == ["--human-readable", "--help"]
+    assert "commit=" in complete("cowfs", "mount", "-o", "")
+    assert complete("cowfs", "help", "cl") == ["clone"]
