@@ -450,7 +450,7 @@ for i in range(3000):
             buf[32 + random.randrange(0, 256)] = 0
             buf[288 + random.randrange(0, 256)] = 0
             if random.random() < 0.5:
-                buf[288:290] = random.choice([b"f\0", b"d\0", b".\0", b"/\0"])
+                buf[288:290] = random.choice([b"f\\0", b"d\\0", b".\\0", b"/\\0"])
         if cmd == HOST:
             buf[271] = 0
             buf[4367] = 0
