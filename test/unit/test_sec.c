@@ -94,6 +94,7 @@ int main(void)
 	(void)tmpdir;
 	(void)fs;
 	(void)root;
+	(void)fail_exit;
 	printf("test_sec: skipped under AddressSanitizer\n");
 	return 77;
 }
