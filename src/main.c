@@ -467,7 +467,8 @@ static int clone_host(int dirfd_, const char *src, const char *dst,
 	if (ioctl(dirfd_, COWFS_IOC_CLONE_HOST, a) < 0) {
 		int e = errno;
 		fprintf(stderr, "cowfs: clone: '%s': %s\n",
-			e == EACCES || e == EPERM ? src : dst, strerror(e));
+			e == EACCES || e == EPERM || e == EXDEV ||
+			e == EOPNOTSUPP ? src : dst, strerror(e));
 		goto out;
 	}
 	if (a->skipped)

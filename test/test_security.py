@@ -601,6 +601,7 @@ def test_clone_across_two_mounts_refused(mount_factory):
         p = m2.cowfs("clone", src, m2.p("y"))
         assert p.returncode == 1, p.stdout + p.stderr
         assert "Invalid cross-device link" in p.stderr, p.stderr
+        assert p.stderr.startswith(f"cowfs: clone: '{src}'"), p.stderr
         assert p.stderr.count("\n") == 1
         assert not m2.p("y").exists()
     # inside the daemon's own mount, by a forged request
@@ -647,6 +648,7 @@ for path in ("/proc/self/fd", "/proc/self", "/proc", "/sys/kernel",
     assert os.listdir(m.mnt) == []
     p = b.run([m.bin, "clone", "/proc/self/fd", m.p("fds")])
     assert p.returncode == 1, p.stderr
+    assert p.stderr.startswith("cowfs: clone: '/proc/self/fd'"), p.stderr
     assert not m.p("fds").exists()
     # a tree that crosses into procfs below its top
     daemon_alive(m)
