@@ -203,8 +203,8 @@ static int clone_host(int dirfd_, const char *parent, const char *src,
 			goto out;
 		}
 		/* EACCES: DST's directory refused the write, or SRC the read */
-		if ((e == EACCES || e == EPERM) &&
-		    access(parent, W_OK | X_OK) == 0)
+		if (e == EOPNOTSUPP || ((e == EACCES || e == EPERM) &&
+		    access(parent, W_OK | X_OK) == 0))
 			at = src;
 		fprintf(stderr, "cowfs: clone: '%s': %s\n", at, strerror(e));
 		goto out;
@@ -220,6 +220,52 @@ out:
 	free(d);
 	free(b);
 	return status;
+}
+
+/* SRC (inside a mount, lstat()ed as *sst) as its parent directory's
+ * inode and its name, which the daemon checks.  0, or -1 with errno. */
+static int src_entry(const char *src, const struct stat *sst,
+		     struct cowfs_ioc_clone *a)
+{
+	char *d = strdup(src), *b = strdup(src), *real = NULL;
+	struct stat pst;
+	int rc = -1;
+
+	if (!d || !b)
+		goto out;
+	for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--)
+		d[n - 1] = b[n - 1] = 0;
+	const char *dir = dirname(d), *base = basename(b);
+	if (!strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, "/")) {
+		if (!(real = realpath(src, NULL)))
+			goto out;
+		free(d);
+		free(b);
+		d = strdup(real);
+		b = strdup(real);
+		if (!d || !b)
+			goto out;
+		dir = dirname(d);
+		base = basename(b);
+	}
+	if (stat(dir, &pst) < 0)
+		goto out;
+	if (pst.st_dev != sst->st_dev || pst.st_ino == sst->st_ino) {
+		a->src_parent = 0;	/* SRC is the mount's root */
+		a->src_name[0] = 0;
+	} else if (strlen(base) >= sizeof(a->src_name)) {
+		errno = ENAMETOOLONG;
+		goto out;
+	} else {
+		a->src_parent = pst.st_ino;
+		strlcpy(a->src_name, base, sizeof(a->src_name));
+	}
+	rc = 0;
+out:
+	free(real);
+	free(d);
+	free(b);
+	return rc;
 }
 
 int cmd_clone(int argc, char **argv)
@@ -270,6 +316,10 @@ int cmd_clone(int argc, char **argv)
 	}
 	memset(&a, 0, sizeof(a));
 	a.src_ino = sst.st_ino;
+	if (src_entry(src, &sst, &a) < 0) {
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, strerror(errno));
+		goto out;
+	}
 	strlcpy(a.name, name, sizeof(a.name));
 	if (ioctl(fd, COWFS_IOC_CLONE, &a) < 0) {
 		int e = errno;

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cowfs/fs_impl.h"
+#include "cowfs/fs_sec.h"
 
 struct link_node {
 	RB_ENTRY(link_node) e;
@@ -30,6 +30,11 @@ RB_HEAD(link_map, link_node);
 RB_PROTOTYPE(link_map, link_node, e, link_cmp)
 RB_GENERATE(link_map, link_node, e, link_cmp)
 
+struct clone_frame {
+	struct inode *src, *dst;
+	struct dirent_node *next;	/* the next source entry to clone */
+};
+
 struct clone_ctx {
 	struct fs *fs;
 	uint64_t next;		/* next new inode number */
@@ -37,34 +42,40 @@ struct clone_ctx {
 	int override;		/* new owner is uid/gid */
 	uint32_t uid, gid;
 	struct link_map links;
-	uint64_t count;
+	uint64_t count, limit;
 };
 
-static int clone_one(struct clone_ctx *cc, struct inode *src, uint64_t parent,
-		     struct inode **out);
-
-static int clone_children(struct clone_ctx *cc, struct inode *src,
-			  struct inode *dst)
+/* Add one reference to every block of map; on failure, take back the
+ * ones added and fail (an undo must never drop a reference it did not
+ * add). */
+static int ref_map(struct fs *fs, const struct extmap *map)
 {
-	struct dirent_node *d;
-	int rc;
+	size_t i;
+	uint64_t b = 0;
 
-	RB_FOREACH(d, dir_cookies, &src->cookies) {
-		struct inode *child = inode_get(cc->fs, d->ino), *nc;
-		if (!child)
-			return -EIO;
-		if ((rc = clone_one(cc, child, dst->ino, &nc)))
-			return rc;
-		if ((rc = dir_add(cc->fs, dst, d->name, nc->ino, d->cookie)))
-			return rc;
-		if (S_ISDIR(nc->mode))
-			dst->nlink++;
+	for (i = 0; i < map->n; i++) {
+		const struct extent *e = &map->v[i];
+		for (b = 0; b < e->len; b++)
+			if (refcount_inc(&fs->rc, e->obj, e->pblk + b))
+				goto undo;
 	}
 	return 0;
+undo:
+	for (;;) {
+		const struct extent *e = &map->v[i];
+		while (b-- > 0)
+			refcount_dec(&fs->rc, e->obj, e->pblk + b);
+		if (i-- == 0)
+			break;
+		b = map->v[i].len;
+	}
+	return -ENOMEM;
 }
 
-static int clone_one(struct clone_ctx *cc, struct inode *src, uint64_t parent,
-		     struct inode **out)
+/* Copy one inode (not a directory's entries).  A file hard-linked to
+ * one already copied gets that copy, with one more link. */
+static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
+		      struct inode **out)
 {
 	struct fs *fs = cc->fs;
 	struct link_node *ln = NULL;
@@ -80,12 +91,13 @@ static int clone_one(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 			return 0;
 		}
 	}
+	if (++cc->count > cc->limit)
+		return -EIO;	/* more inodes than the store has: a loop */
 	if (inode_get(fs, cc->next))
 		return -EEXIST;	/* replay onto a state that does not fit */
 	in = inode_new(fs, cc->next++);
 	if (!in)
 		return -ENOMEM;
-	cc->count++;
 	in->mode = src->mode;
 	in->uid = cc->override ? cc->uid : src->uid;
 	in->gid = cc->override ? cc->gid : src->gid;
@@ -106,14 +118,17 @@ static int clone_one(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 	if (src->target && !(in->target = strdup(src->target)))
 		return -ENOMEM;
 	if (S_ISREG(src->mode)) {
-		if ((rc = extmap_copy(&in->map, &src->map)))
+		struct extmap map;
+		extmap_init(&map);
+		if ((rc = extmap_copy(&map, &src->map)))
 			return rc;
-		for (size_t i = 0; i < in->map.n; i++) {
-			struct extent *e = &in->map.v[i];
-			for (uint64_t b = 0; b < e->len; b++)
-				if (refcount_inc(&fs->rc, e->obj, e->pblk + b))
-					return -ENOMEM;
+		if ((rc = ref_map(fs, &map))) {
+			extmap_release(&map);
+			return rc;
 		}
+		/* the map is in->map only with its references taken */
+		extmap_release(&in->map);
+		in->map = map;
 		/* invariant (1): the source's write object is shared now */
 		if (in->map.n && src->wobj)
 			file_retire_wobj_quiet(fs, src);
@@ -129,9 +144,69 @@ static int clone_one(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 	if (S_ISDIR(src->mode)) {
 		in->parent = parent;
 		in->next_cookie = src->next_cookie;
-		return clone_children(cc, src, in);
 	}
 	return 0;
+}
+
+/*
+ * Copy src and, for a directory, its tree: depth first, entries in
+ * cookie order, so that inode numbers are handed out in the same order
+ * at every replay.  Iterative, with the stack on the heap: any depth.
+ */
+static int clone_tree(struct clone_ctx *cc, struct inode *src, uint64_t parent,
+		      struct inode **top)
+{
+	struct fs *fs = cc->fs;
+	struct clone_frame *st = NULL;
+	size_t depth = 0, cap = 0;
+	int rc;
+
+	if ((rc = clone_node(cc, src, parent, top)) || !S_ISDIR(src->mode))
+		return rc;
+	for (struct inode *s = src, *d = *top; s;) {
+		/* push (s, d) */
+		if (depth == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			struct clone_frame *n = realloc(st, ncap * sizeof(*n));
+			if (!n) {
+				rc = -ENOMEM;
+				break;
+			}
+			st = n;
+			cap = ncap;
+		}
+		st[depth++] = (struct clone_frame){ s, d,
+			RB_MIN(dir_cookies, &s->cookies) };
+		s = NULL;
+		/* run until a subdirectory is to be pushed, or the end */
+		while (depth && !s && !rc) {
+			struct clone_frame *f = &st[depth - 1];
+			struct dirent_node *e = f->next;
+			struct inode *child, *nc;
+			if (!e) {
+				depth--;
+				continue;
+			}
+			f->next = RB_NEXT(dir_cookies, &f->src->cookies, e);
+			if (!(child = inode_get(fs, e->ino))) {
+				rc = -EIO;
+				break;
+			}
+			if ((rc = clone_node(cc, child, f->dst->ino, &nc)))
+				break;
+			if ((rc = dir_add(fs, f->dst, e->name, nc->ino, e->cookie)))
+				break;
+			if (S_ISDIR(nc->mode)) {
+				f->dst->nlink++;
+				s = child;
+				d = nc;
+			}
+		}
+		if (rc)
+			break;
+	}
+	free(st);
+	return rc;
 }
 
 /* The clone itself, live or replayed.  fs->lock held. */
@@ -144,7 +219,9 @@ static int do_clone(struct fs *fs, const struct rec *r, struct inode **out)
 	struct inode *top = NULL;
 	int rc;
 
-	if (!src || !dir || !S_ISDIR(dir->mode) || r->name_len > COWFS_NAME_MAX)
+	if (!src || !dir || !S_ISDIR(dir->mode))
+		return -EINVAL;
+	if ((rc = fs_name_check(r->name, r->name_len)))
 		return -EINVAL;
 	memcpy(name, r->name, r->name_len);
 	name[r->name_len] = 0;
@@ -156,9 +233,10 @@ static int do_clone(struct fs *fs, const struct rec *r, struct inode **out)
 	cc.override = r->u.clone.flags & 1;
 	cc.uid = r->u.clone.uid;
 	cc.gid = r->u.clone.gid;
+	cc.limit = fs->ninodes;
 	RB_INIT(&cc.links);
 
-	rc = clone_one(&cc, src, dir->ino, &top);
+	rc = clone_tree(&cc, src, dir->ino, &top);
 	if (!rc)
 		rc = dir_add(fs, dir, name, top->ino, r->u.clone.cookie);
 	if (rc) {
@@ -179,7 +257,7 @@ static int do_clone(struct fs *fs, const struct rec *r, struct inode **out)
 		RB_REMOVE(link_map, &cc.links, ln);
 		free(ln);
 	}
-	if (fs->next_ino < cc.next)
+	if (!rc && fs->next_ino < cc.next)
 		fs->next_ino = cc.next;
 	return rc;
 }
@@ -190,70 +268,122 @@ int clone_apply(struct fs *fs, const struct rec *r)
 	return do_clone(fs, r, &top);
 }
 
-/* Can the caller read everything a clone of in would copy? */
-static int may_read_tree(struct fs *fs, const struct fs_ctx *c, struct inode *in)
+/*
+ * Visit top and every inode under it, depth first in cookie order:
+ * visit() returns < 0 to stop with that error, 0 to go on (into a
+ * directory's entries), 1 to skip a directory's entries.  Iterative, with
+ * a heap stack of cursors: any depth.  fs->lock held.
+ */
+static int tree_walk(struct fs *fs, struct inode *top,
+		     int (*visit)(void *ctx, struct inode *in), void *ctx)
 {
-	struct dirent_node *d;
-	if (c->uid == 0)
-		return 1;
-	if (S_ISREG(in->mode) && !inode_may(c, in, 4))
-		return 0;
-	if (S_ISDIR(in->mode)) {
-		if (!inode_may(c, in, 5))
-			return 0;
-		RB_FOREACH(d, dir_cookies, &in->cookies) {
-			struct inode *ch = inode_get(fs, d->ino);
-			if (ch && !may_read_tree(fs, c, ch))
-				return 0;
+	struct dirent_node **st = NULL, *d;
+	size_t depth = 0, cap = 0;
+	uint64_t seen = 0;
+	int rc;
+
+	if ((rc = visit(ctx, top)) != 0 || !S_ISDIR(top->mode))
+		return rc < 0 ? rc : 0;
+	d = RB_MIN(dir_cookies, &top->cookies);
+	for (;;) {
+		if (!d) {
+			if (depth == 0)
+				break;
+			d = st[--depth];
+			continue;
 		}
+		struct inode *ch = inode_get(fs, d->ino);
+		d = RB_NEXT(dir_cookies, NULL, d);
+		if (!ch || ++seen > fs->ninodes) {
+			rc = -EIO;	/* a dangling entry, or a loop */
+			break;
+		}
+		if ((rc = visit(ctx, ch)) < 0)
+			break;
+		if (rc == 1 || !S_ISDIR(ch->mode) || RB_EMPTY(&ch->cookies))
+			continue;
+		if (depth == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			struct dirent_node **n = realloc(st, ncap * sizeof(*n));
+			if (!n) {
+				rc = -ENOMEM;
+				break;
+			}
+			st = n;
+			cap = ncap;
+		}
+		st[depth++] = d;	/* where to go on in this directory */
+		d = RB_MIN(dir_cookies, &ch->cookies);
 	}
-	return 1;
+	free(st);
+	return rc < 0 ? rc : 0;
 }
 
-int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
-	     uint64_t dst_parent, const char *name, struct stat *st)
-{
-	struct inode *src, *dir, *top;
-	struct rec r;
-	int rc = 0;
-	size_t n = strlen(name);
+struct may_ctx {
+	const struct fs_ctx *c;
+	int files;		/* read on regular files too */
+};
 
-	if (fs->opt.ro)
-		return -EROFS;
-	if (n == 0 || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
-		return -EINVAL;
-	if (n > COWFS_NAME_MAX)
-		return -ENAMETOOLONG;
-	pthread_rwlock_wrlock(&fs->data_lock);
-	pthread_mutex_lock(&fs->lock);
-	src = inode_get(fs, src_ino);
-	dir = inode_get(fs, dst_parent);
-	if (!src || !dir || src->nlink == 0) {
-		rc = -ENOENT;
-		goto out;
-	}
-	if (!S_ISDIR(dir->mode)) {
-		rc = -ENOTDIR;
-		goto out;
-	}
-	if (dir->nlink == 0) {
-		rc = -ENOENT;
-		goto out;
-	}
-	if (dir_find(dir, name)) {
-		rc = -EEXIST;
-		goto out;
-	}
-	if (!inode_may(c, dir, 3) || !may_read_tree(fs, c, src)) {
-		rc = -EACCES;
-		goto out;
-	}
+static int may_visit(void *ctx, struct inode *in)
+{
+	struct may_ctx *m = ctx;
+
+	if (S_ISDIR(in->mode))
+		return inode_may(m->c, in, MAY_R | MAY_X) ? 0 : -EACCES;
+	if (m->files && S_ISREG(in->mode) && !inode_may(m->c, in, MAY_R))
+		return -EACCES;
+	return 0;
+}
+
+/* May the caller list every directory under in (read and search), and
+ * read every regular file (files)?  0 or -EACCES.  fs->lock held. */
+static int may_read_tree(struct fs *fs, const struct fs_ctx *c,
+			 struct inode *in, int files)
+{
+	struct may_ctx m = { c, files };
+
+	if (c->uid == 0)
+		return 0;
+	return tree_walk(fs, in, may_visit, &m);
+}
+
+/* fs->lock held.  The checks of a clone request; 0 or -errno. */
+static int clone_check(struct fs *fs, const struct fs_ctx *c,
+		       struct inode *src, struct inode *dir, const char *name)
+{
+	int rc;
+
+	if (!src || !dir || src->nlink == 0)
+		return -ENOENT;
+	if (!S_ISDIR(dir->mode))
+		return -ENOTDIR;
+	if (dir->nlink == 0)
+		return -ENOENT;
+	if (dir_find(dir, name))
+		return -EEXIST;
+	if ((rc = fs_may_reach(fs, c, dir)))
+		return rc;
+	if (!inode_may(c, dir, MAY_W | MAY_X))
+		return -EACCES;
+	return may_read_tree(fs, c, src, 1);
+}
+
+/* fs->lock and data_lock (exclusive) held. */
+static int clone_locked(struct fs *fs, const struct fs_ctx *c,
+			struct inode *src, struct inode *dir, const char *name,
+			struct stat *st)
+{
+	struct inode *top;
+	struct jmark m;
+	struct rec r;
+	int rc;
+
 	/* The replayed clone must see the attributes we see now. */
 	journal_flush_dirty(fs);
 	memset(&r, 0, sizeof(r));
 	r.type = REC_CLONE;
-	r.u.clone.src_ino = src_ino;
-	r.u.clone.dst_parent = dst_parent;
+	r.u.clone.src_ino = src->ino;
+	r.u.clone.dst_parent = dir->ino;
 	r.u.clone.first_ino = fs->next_ino;
 	r.u.clone.cookie = dir->next_cookie;
 	struct timespec now;
@@ -266,17 +396,86 @@ int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
 		r.u.clone.gid = c->gid;
 	}
 	r.name = name;
-	r.name_len = (uint32_t)n;
-	rc = do_clone(fs, &r, &top);
-	if (rc)
-		goto out;
-	rc = journal_log(fs, &r);
-	if (rc) {
-		fs_log(fs, "error: clone: journal: %s", strerror(-rc));
-		fs->broken = 1;
-		goto out;
+	r.name_len = (uint32_t)strlen(name);
+	/* Logged first: a clone that cannot be logged is not made. */
+	jmark_save(fs, &m);
+	if ((rc = journal_log(fs, &r)))
+		return rc;
+	if ((rc = do_clone(fs, &r, &top))) {
+		jmark_restore(fs, &m);
+		return rc;
 	}
 	inode_stat(fs, top, st);
+	return 0;
+}
+
+int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
+	     uint64_t dst_parent, const char *name, struct stat *st)
+{
+	struct inode *src, *dir;
+	int rc;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if ((rc = fs_name_check(name, strlen(name))))
+		return rc;
+	pthread_rwlock_wrlock(&fs->data_lock);
+	pthread_mutex_lock(&fs->lock);
+	src = inode_get(fs, src_ino);
+	dir = inode_get(fs, dst_parent);
+	if (!(rc = clone_check(fs, c, src, dir, name)))
+		rc = clone_locked(fs, c, src, dir, name, st);
+	pthread_mutex_unlock(&fs->lock);
+	pthread_rwlock_unlock(&fs->data_lock);
+	return rc;
+}
+
+int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
+		const char *src_name, uint64_t src_ino, uint64_t dst_parent,
+		const char *name, struct stat *st)
+{
+	struct inode *src = NULL, *sdir, *dir;
+	struct dirent_node *d;
+	int rc;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if ((rc = fs_name_check(name, strlen(name))))
+		return rc;
+	if (src_parent == 0 && (*src_name || src_ino != FS_ROOT_INO))
+		return -EINVAL;
+	if (src_parent && (rc = fs_name_check(src_name, strlen(src_name))))
+		return rc;
+	pthread_rwlock_wrlock(&fs->data_lock);
+	pthread_mutex_lock(&fs->lock);
+	dir = inode_get(fs, dst_parent);
+	if (src_parent == 0) {
+		/* the root: reached by anyone who reaches the mount */
+		src = inode_get(fs, FS_ROOT_INO);
+		sdir = src;
+	} else {
+		/* SRC must be what src_parent names src_name now, and
+		 * src_parent reachable from the root by the caller */
+		sdir = inode_get(fs, src_parent);
+		if (!sdir) {
+			rc = -ENOENT;
+			goto out;
+		}
+		if (!S_ISDIR(sdir->mode)) {
+			rc = -ENOTDIR;
+			goto out;
+		}
+		d = dir_find(sdir, src_name);
+		if (!d || d->ino != src_ino) {
+			rc = -ENOENT;
+			goto out;
+		}
+		src = inode_get(fs, src_ino);
+	}
+	if ((rc = fs_may_reach(fs, c, sdir)))
+		goto out;
+	if (!(rc = clone_check(fs, c, src, dir, name)))
+		rc = clone_locked(fs, c, src, dir, name, st);
 out:
 	pthread_mutex_unlock(&fs->lock);
 	pthread_rwlock_unlock(&fs->data_lock);
@@ -314,57 +513,57 @@ static uint64_t block_bytes(struct fs *fs, struct refcount *tails,
 
 struct du_ctx {
 	struct fs *fs;
+	const struct fs_ctx *c;
 	struct refcount tails;	/* partial last blocks */
 	struct refcount local;	/* block -> references inside PATH, plus 1 */
 	struct refcount seen;	/* inodes counted (obj = ino, pblk = 0) */
 	struct fs_usage *u;
-	int err;
 };
 
-static void du_walk(struct du_ctx *dc, struct inode *in)
+static int du_visit(void *ctx, struct inode *in)
 {
+	struct du_ctx *dc = ctx;
 	struct fs *fs = dc->fs;
+	int err = 0;
 
 	if (refcount_get(&dc->seen, in->ino, 0) > 1)
-		return;	/* a hard link already counted */
-	if (refcount_set(&dc->seen, in->ino, 0, 2)) {
-		dc->err = -ENOMEM;
-		return;
-	}
+		return 1;	/* a hard link already counted */
+	if (refcount_set(&dc->seen, in->ino, 0, 2))
+		return -ENOMEM;
 	if (S_ISDIR(in->mode)) {
-		struct dirent_node *d;
+		/* what du(1) would list: read and search on each directory */
+		if (dc->c->uid && !inode_may(dc->c, in, MAY_R | MAY_X))
+			return -EACCES;
 		dc->u->dirs++;
-		RB_FOREACH(d, dir_cookies, &in->cookies) {
-			struct inode *ch = inode_get(fs, d->ino);
-			if (ch)
-				du_walk(dc, ch);
-		}
-		return;
+		return 0;
 	}
 	if (!S_ISREG(in->mode)) {
 		dc->u->other++;
-		return;
+		return 0;
 	}
 	dc->u->files++;
 	dc->u->logical += in->size;
-	note_tail(fs, &dc->tails, in, &dc->err);
-	for (size_t i = 0; i < in->map.n; i++) {
+	note_tail(fs, &dc->tails, in, &err);
+	for (size_t i = 0; i < in->map.n && !err; i++) {
 		struct extent *e = &in->map.v[i];
 		for (uint64_t b = 0; b < e->len; b++) {
 			uint32_t v = refcount_get(&dc->local, e->obj, e->pblk + b);
 			if (refcount_set(&dc->local, e->obj, e->pblk + b, v + 1))
-				dc->err = -ENOMEM;
+				err = -ENOMEM;
 		}
 	}
+	return err;
 }
 
-int fs_du(struct fs *fs, uint64_t ino, struct fs_usage *u)
+int fs_du(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
+	  struct fs_usage *u)
 {
-	struct du_ctx dc = { .fs = fs, .u = u };
+	struct du_ctx dc = { .fs = fs, .c = c, .u = u };
 	struct inode *in;
 	size_t it = 0;
 	uint64_t obj, pblk;
 	uint32_t v;
+	int rc;
 
 	memset(u, 0, sizeof(*u));
 	refcount_init(&dc.local);
@@ -374,10 +573,15 @@ int fs_du(struct fs *fs, uint64_t ino, struct fs_usage *u)
 	u->block_size = fs->block_size;
 	in = inode_get(fs, ino);
 	if (!in) {
-		dc.err = -ENOENT;
+		rc = -ENOENT;
 		goto out;
 	}
-	du_walk(&dc, in);
+	/* A directory is measured only by whom could walk to it; a file
+	 * was opened by the caller, which the kernel checked. */
+	if (S_ISDIR(in->mode) && (rc = fs_may_reach(fs, c, in)))
+		goto out;
+	if ((rc = tree_walk(fs, in, du_visit, &dc)))
+		goto out;
 	while (refcount_next(&dc.local, &it, &obj, &pblk, &v)) {
 		uint64_t bytes = block_bytes(fs, &dc.tails, obj, pblk);
 		if (refcount_get(&fs->rc, obj, pblk) > v - 1)
@@ -390,7 +594,9 @@ out:
 	refcount_release(&dc.local);
 	refcount_release(&dc.seen);
 	refcount_release(&dc.tails);
-	return dc.err;
+	if (rc)
+		memset(u, 0, sizeof(*u));
+	return rc;
 }
 
 int fs_df(struct fs *fs, struct fs_usage *u)

@@ -12,7 +12,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include "cowfs/fs_impl.h"
+#include "cowfs/fs_sec.h"
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -149,8 +149,10 @@ void inode_maybe_free(struct fs *fs, struct inode *in)
 		return;
 	struct rec r = { .type = REC_INODE_DEL };
 	r.u.del.ino = in->ino;
-	journal_log(fs, &r);
-	inode_free(fs, in);
+	/* Not logged (out of memory): keep it.  An inode without links is
+	 * an orphan that the next mount frees. */
+	if (journal_log(fs, &r) == 0)
+		inode_free(fs, in);
 }
 
 void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st)
@@ -200,27 +202,70 @@ struct dirent_node *dir_find(struct inode *dir, const char *name)
 	return RB_FIND(dir_names, &dir->names, key);
 }
 
-int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
-	    uint64_t cookie)
+int fs_name_check(const char *name, size_t len)
+{
+	if (len == 0 || memchr(name, 0, len) || memchr(name, '/', len))
+		return -EINVAL;
+	if ((len == 1 && name[0] == '.') ||
+	    (len == 2 && name[0] == '.' && name[1] == '.'))
+		return -EINVAL;
+	if (len > COWFS_NAME_MAX)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+/* A new, unlinked entry (caller owns; free() it or give it to
+ * dir_insert()).  NULL: out of memory. */
+static struct dirent_node *dirent_new(const char *name, uint64_t ino,
+				      uint64_t cookie)
 {
 	size_t n = strlen(name);
 	struct dirent_node *d = malloc(sizeof(*d) + n + 1);
 
-	(void)fs;
 	if (!d)
-		return -ENOMEM;
+		return NULL;
 	memcpy(d->name, name, n + 1);
 	d->ino = ino;
 	d->cookie = cookie;
-	if (RB_INSERT(dir_names, &dir->names, d)) {
-		free(d);
+	return d;
+}
+
+/* Link d into dir; on failure d is still the caller's.  A bad name is
+ * -EINVAL or -ENAMETOOLONG; a name or a cookie already in dir is
+ * -EEXIST (a replayed record that does not fit: never two entries with
+ * one cookie, which would corrupt the cookie tree). */
+static int dir_insert(struct inode *dir, struct dirent_node *d)
+{
+	int rc = fs_name_check(d->name, strlen(d->name));
+
+	if (rc)
+		return rc;
+	/* 1 and 2 are "." and ".."; readdir offsets are signed */
+	if (d->cookie < 3 || d->cookie >= (uint64_t)INT64_MAX)
+		return -EINVAL;
+	if (RB_FIND(dir_cookies, &dir->cookies, d))
 		return -EEXIST;
-	}
+	if (RB_INSERT(dir_names, &dir->names, d))
+		return -EEXIST;
 	RB_INSERT(dir_cookies, &dir->cookies, d);
-	if (cookie >= dir->next_cookie)
-		dir->next_cookie = cookie + 1;
+	if (d->cookie >= dir->next_cookie)
+		dir->next_cookie = d->cookie + 1;
 	dir->nentries++;
 	return 0;
+}
+
+int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
+	    uint64_t cookie)
+{
+	struct dirent_node *d = dirent_new(name, ino, cookie);
+	int rc;
+
+	(void)fs;
+	if (!d)
+		return -ENOMEM;
+	if ((rc = dir_insert(dir, d)))
+		free(d);
+	return rc;
 }
 
 void dir_del(struct fs *fs, struct inode *dir, struct dirent_node *d)
@@ -357,9 +402,12 @@ static int apply_dirent(struct fs *fs, const struct rec *r)
 {
 	struct inode *dir = inode_get(fs, r->u.dirent.parent);
 	char name[COWFS_NAME_MAX + 1];
+	int rc;
 
-	if (!dir || !S_ISDIR(dir->mode) || r->name_len > COWFS_NAME_MAX)
+	if (!dir || !S_ISDIR(dir->mode))
 		return -EINVAL;
+	if ((rc = fs_name_check(r->name, r->name_len)))
+		return rc == -ENAMETOOLONG ? -EINVAL : rc;
 	memcpy(name, r->name, r->name_len);
 	name[r->name_len] = 0;
 	if (r->type == REC_DIRENT_ADD) {
@@ -455,37 +503,130 @@ int apply_rec(struct fs *fs, const struct rec *r)
 	}
 }
 
-/* May the caller (not root) have the permission bits want (r=4, w=2, x=1)
- * on in?  Owner, then group (primary and supplementary), then other, as
- * the kernel's default_permissions checks do (ACLs aside). */
+#define ACL_USER_OBJ 0x01
+#define ACL_USER 0x02
+#define ACL_GROUP_OBJ 0x04
+#define ACL_GROUP 0x08
+#define ACL_MASK 0x10
+#define ACL_OTHER 0x20
+
+static int in_group(const struct fs_ctx *c, uint32_t gid)
+{
+	if (c->gid == gid)
+		return 1;
+	for (int i = 0; i < c->ngroups && i < 64; i++)
+		if (c->groups[i] == gid)
+			return 1;
+	return 0;
+}
+
+/*
+ * posix_acl_permission() of the kernel: the entry that applies to the
+ * caller (owner, named user, then any matching group entry that grants
+ * want, then other), limited by the mask for named users and groups.
+ * Returns 1 when the ACL grants want, 0 when not, -1 when it is
+ * malformed (the mode bits decide then).
+ */
+static int acl_permits(const struct fs_ctx *c, const struct inode *in,
+		       const unsigned char *p, size_t size, unsigned want)
+{
+	unsigned mask = 7, found_group = 0, user = 8, group_ok = 0, other = 0;
+	int has_mask = 0;
+
+	if (size < 4 || (size - 4) % 8 || (p[0] | p[1] << 8) != 2)
+		return -1;
+	for (size_t i = 4; i < size; i += 8) {
+		unsigned tag = (unsigned)(p[i] | p[i + 1] << 8);
+		unsigned perm = (unsigned)(p[i + 2] | p[i + 3] << 8) & 7;
+		uint32_t id = (uint32_t)p[i + 4] | (uint32_t)p[i + 5] << 8 |
+			      (uint32_t)p[i + 6] << 16 | (uint32_t)p[i + 7] << 24;
+		switch (tag) {
+		case ACL_USER_OBJ:
+			if (c->uid == in->uid)
+				return (perm & want) == want;
+			break;
+		case ACL_USER:
+			if (c->uid == id && user == 8)
+				user = perm;
+			break;
+		case ACL_GROUP_OBJ:
+			id = in->gid;
+			/* fall through */
+		case ACL_GROUP:
+			if (in_group(c, id)) {
+				found_group = 1;
+				if ((perm & want) == want)
+					group_ok = 1;
+			}
+			break;
+		case ACL_MASK:
+			mask = perm;
+			has_mask = 1;
+			break;
+		case ACL_OTHER:
+			other = perm;
+			break;
+		default:
+			return -1;
+		}
+	}
+	if (user != 8)
+		return (user & mask & want) == want;
+	if (found_group)
+		return group_ok && ((has_mask ? mask : 7) & want) == want;
+	return (other & want) == want;
+}
+
+/* May the caller have the permission bits want (MAY_R|MAY_W|MAY_X) on
+ * in?  As the kernel's generic_permission() with default_permissions:
+ * root may read, write and search anything; others get the access ACL
+ * if the inode has one, else owner, group (primary and supplementary)
+ * or other bits. */
 int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want)
 {
 	unsigned bits;
-	int member = c->gid == in->gid;
+	struct xattr *acl;
 
 	if (c->uid == 0)
 		return 1;
-	for (int i = 0; !member && i < c->ngroups; i++)
-		member = c->groups[i] == in->gid;
+	acl = *xattr_find((struct inode *)in, "system.posix_acl_access");
+	if (acl) {
+		int ok = acl_permits(c, in, acl->value, acl->len, want);
+		if (ok >= 0)
+			return ok;
+	}
 	if (c->uid == in->uid)
 		bits = (in->mode >> 6) & 7;
-	else if (member)
+	else if (in_group(c, in->gid))
 		bits = (in->mode >> 3) & 7;
 	else
 		bits = in->mode & 7;
 	return (bits & want) == want;
 }
 
+int fs_may_reach(struct fs *fs, const struct fs_ctx *c, struct inode *dir)
+{
+	uint64_t steps = 0;
+
+	if (!S_ISDIR(dir->mode))
+		return -ENOTDIR;
+	for (struct inode *x = dir;; x = inode_get(fs, x->parent)) {
+		if (!x || !S_ISDIR(x->mode) || x->nlink == 0)
+			return -ENOENT;
+		if (!inode_may(c, x, MAY_X))
+			return -EACCES;
+		if (x->ino == FS_ROOT_INO)
+			return 0;
+		if (++steps > fs->ninodes)
+			return -EIO;	/* a loop of parent pointers */
+	}
+}
+
 /* ---- operations ---- */
 
 static int check_name(const char *name)
 {
-	size_t n = strlen(name);
-	if (n == 0)
-		return -ENOENT;
-	if (n > COWFS_NAME_MAX)
-		return -ENAMETOOLONG;
-	return 0;
+	return fs_name_check(name, strlen(name));
 }
 
 static struct inode *get_dir(struct fs *fs, uint64_t ino, int *rc)
@@ -562,7 +703,7 @@ int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st)
 	return rc;
 }
 
-static void acl_chmod(struct fs *fs, struct inode *in);
+static int acl_chmod(struct fs *fs, struct inode *in, uint32_t mode);
 
 int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	       const struct stat *a, int to_set, struct stat *st)
@@ -602,8 +743,10 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 		goto out;
 	}
 	if (to_set & FS_SET_MODE) {
-		in->mode = (in->mode & S_IFMT) | (a->st_mode & 07777);
-		acl_chmod(fs, in);
+		uint32_t mode = (in->mode & S_IFMT) | (a->st_mode & 07777);
+		if ((rc = acl_chmod(fs, in, mode)))
+			goto out;
+		in->mode = mode;
 	}
 	if (to_set & FS_SET_UID)
 		in->uid = a->st_uid;
@@ -627,6 +770,8 @@ out:
 
 static struct xattr **xattr_find(struct inode *in, const char *name);
 static int inherit_acl(struct fs *fs, struct inode *dir, struct inode *in);
+static int log_xattr(struct fs *fs, struct inode *in, const char *name,
+		     const void *v, size_t size, int del);
 
 /* Make a new inode in dir under name; ino and attributes per the caller.
  * Called with fs->lock held. */
@@ -635,6 +780,8 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		     const char *target, struct inode **out)
 {
 	struct inode *in;
+	struct dirent_node *d;
+	struct jmark m;
 	struct rec r;
 	int rc;
 
@@ -670,20 +817,40 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		inode_free(fs, in);
 		return -ENOMEM;
 	}
-	inode_to_rec(in, &r);
-	rc = journal_log(fs, &r);
-	if (!rc)
-		rc = dir_add(fs, dir, name, in->ino, dir->next_cookie);
-	if (rc) {
+	/* Inherit the default ACL before logging: the record carries the
+	 * mode it makes. */
+	if ((rc = inherit_acl(fs, dir, in))) {
 		inode_free(fs, in);
 		return rc;
 	}
-	r = (struct rec){ .type = REC_DIRENT_ADD, .name = name,
-			  .name_len = (uint32_t)strlen(name) };
-	r.u.dirent.parent = dir->ino;
-	r.u.dirent.ino = in->ino;
-	r.u.dirent.cookie = dir->next_cookie - 1;
-	journal_log(fs, &r);
+	d = dirent_new(name, in->ino, dir->next_cookie);
+	if (!d) {
+		inode_free(fs, in);
+		return -ENOMEM;
+	}
+	jmark_save(fs, &m);
+	inode_to_rec(in, &r);
+	rc = journal_log(fs, &r);
+	for (struct xattr *x = in->xattrs; x && !rc; x = x->next)
+		rc = log_xattr(fs, in, x->name, x->value, x->len, 0);
+	if (!rc) {
+		r = (struct rec){ .type = REC_DIRENT_ADD, .name = name,
+				  .name_len = (uint32_t)strlen(name) };
+		r.u.dirent.parent = dir->ino;
+		r.u.dirent.ino = in->ino;
+		r.u.dirent.cookie = d->cookie;
+		rc = journal_log(fs, &r);
+	}
+	if (!rc)
+		rc = dir_insert(dir, d);
+	if (rc) {
+		jmark_restore(fs, &m);
+		free(d);
+		undirty(fs, in);
+		inode_free(fs, in);
+		return rc;
+	}
+	undirty(fs, in);	/* its record is the one just logged */
 	if (S_ISDIR(mode))
 		dir->nlink++;
 	touch_mc(dir);
@@ -713,7 +880,6 @@ int fs_mknod(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 		       NULL, &in);
 	if (rc)
 		goto out;
-	inherit_acl(fs, dir, in);
 	inode_stat(fs, in, st);
 out:
 	pthread_mutex_unlock(&fs->lock);
@@ -758,15 +924,15 @@ int fs_readlink(struct fs *fs, uint64_t ino, char *buf, size_t size)
 	return rc;
 }
 
-static void log_dirent(struct fs *fs, int type, struct inode *dir,
-		       const char *name, uint64_t ino, uint64_t cookie)
+static int log_dirent(struct fs *fs, int type, struct inode *dir,
+		      const char *name, uint64_t ino, uint64_t cookie)
 {
 	struct rec r = { .type = (uint16_t)type, .name = name,
 			 .name_len = (uint32_t)strlen(name) };
 	r.u.dirent.parent = dir->ino;
 	r.u.dirent.ino = ino;
 	r.u.dirent.cookie = cookie;
-	journal_log(fs, &r);
+	return journal_log(fs, &r);
 }
 
 /* Drop one link of in (its dirent already removed). */
@@ -799,6 +965,10 @@ static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir
 		goto out;
 	}
 	in = inode_get(fs, d->ino);
+	if (!in) {
+		rc = -EIO;
+		goto out;
+	}
 	if (isdir && !S_ISDIR(in->mode)) {
 		rc = -ENOTDIR;
 		goto out;
@@ -811,7 +981,8 @@ static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir
 		rc = -ENOTEMPTY;
 		goto out;
 	}
-	log_dirent(fs, REC_DIRENT_DEL, dir, name, in->ino, d->cookie);
+	if ((rc = log_dirent(fs, REC_DIRENT_DEL, dir, name, in->ino, d->cookie)))
+		goto out;
 	dir_del(fs, dir, d);
 	if (isdir)
 		dir->nlink--;
@@ -862,7 +1033,8 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 {
 	int rc = 0;
 	struct inode *sdir, *ddir, *src, *dst = NULL;
-	struct dirent_node *sd, *dd;
+	struct dirent_node *sd, *dd, *nd = NULL;
+	struct jmark m;
 
 	if (fs->opt.ro)
 		return -EROFS;
@@ -873,6 +1045,7 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 	if ((rc = check_name(newname)))
 		return rc;
 	pthread_mutex_lock(&fs->lock);
+	jmark_save(fs, &m);
 	sdir = get_dir(fs, parent, &rc);
 	ddir = sdir ? get_dir(fs, newparent, &rc) : NULL;
 	if (!ddir)
@@ -886,6 +1059,10 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 	dd = dir_find(ddir, newname);
 	if (dd)
 		dst = inode_get(fs, dd->ino);
+	if (!src || (dd && !dst)) {
+		rc = -EIO;
+		goto out;
+	}
 	if (S_ISDIR(src->mode) && src != ddir && is_ancestor(fs, src, ddir)) {
 		rc = -EINVAL;
 		goto out;
@@ -899,10 +1076,17 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 			rc = -EINVAL;
 			goto out;
 		}
-		log_dirent(fs, REC_DIRENT_DEL, sdir, name, src->ino, sd->cookie);
-		log_dirent(fs, REC_DIRENT_DEL, ddir, newname, dst->ino, dd->cookie);
-		log_dirent(fs, REC_DIRENT_ADD, sdir, name, dst->ino, sd->cookie);
-		log_dirent(fs, REC_DIRENT_ADD, ddir, newname, src->ino, dd->cookie);
+		if ((rc = log_dirent(fs, REC_DIRENT_DEL, sdir, name, src->ino,
+				     sd->cookie)) ||
+		    (rc = log_dirent(fs, REC_DIRENT_DEL, ddir, newname, dst->ino,
+				     dd->cookie)) ||
+		    (rc = log_dirent(fs, REC_DIRENT_ADD, sdir, name, dst->ino,
+				     sd->cookie)) ||
+		    (rc = log_dirent(fs, REC_DIRENT_ADD, ddir, newname, src->ino,
+				     dd->cookie))) {
+			jmark_restore(fs, &m);
+			goto out;
+		}
 		sd->ino = dst->ino;
 		dd->ino = src->ino;
 		reparent(fs, src, sdir, ddir);
@@ -934,22 +1118,38 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 			rc = -ENOTEMPTY;
 			goto out;
 		}
-		log_dirent(fs, REC_DIRENT_DEL, ddir, newname, dst->ino, dd->cookie);
+	}
+	/* Everything that can fail first: the new entry and the records. */
+	nd = dirent_new(newname, src->ino, ddir->next_cookie);
+	if (!nd) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if ((dst && (rc = log_dirent(fs, REC_DIRENT_DEL, ddir, newname,
+				     dst->ino, dd->cookie))) ||
+	    (rc = log_dirent(fs, REC_DIRENT_DEL, sdir, name, src->ino,
+			     sd->cookie)) ||
+	    (rc = log_dirent(fs, REC_DIRENT_ADD, ddir, newname, src->ino,
+			     nd->cookie))) {
+		jmark_restore(fs, &m);
+		free(nd);
+		goto out;
+	}
+	if (dst) {
 		dir_del(fs, ddir, dd);
 		if (S_ISDIR(dst->mode))
 			ddir->nlink--;
 		drop_link(fs, dst);
 	}
-	uint64_t sino = src->ino;
-	log_dirent(fs, REC_DIRENT_DEL, sdir, name, sino, sd->cookie);
 	dir_del(fs, sdir, sd);
-	rc = dir_add(fs, ddir, newname, sino, ddir->next_cookie);
+	rc = dir_insert(ddir, nd);	/* cannot fail: the name is free now */
 	if (rc) {
-		fs_log(fs, "error: rename: out of memory adding '%s'", newname);
+		fs_log(fs, "error: rename: adding '%s': %s", newname,
+		       strerror(-rc));
+		free(nd);
 		fs->broken = 1;
 		goto out;
 	}
-	log_dirent(fs, REC_DIRENT_ADD, ddir, newname, sino, ddir->next_cookie - 1);
 	reparent(fs, src, sdir, ddir);
 	now_ts(&src->ctime);
 	inode_dirty(fs, src);
@@ -970,12 +1170,15 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 {
 	int rc = 0;
 	struct inode *dir, *in;
+	struct dirent_node *nd;
+	struct jmark m;
 
 	if (fs->opt.ro)
 		return -EROFS;
 	if ((rc = check_name(newname)))
 		return rc;
 	pthread_mutex_lock(&fs->lock);
+	jmark_save(fs, &m);
 	dir = get_dir(fs, newparent, &rc);
 	if (!dir)
 		goto out;
@@ -1000,10 +1203,20 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 		rc = -EEXIST;
 		goto out;
 	}
-	rc = dir_add(fs, dir, newname, ino, dir->next_cookie);
-	if (rc)
+	nd = dirent_new(newname, ino, dir->next_cookie);
+	if (!nd) {
+		rc = -ENOMEM;
 		goto out;
-	log_dirent(fs, REC_DIRENT_ADD, dir, newname, ino, dir->next_cookie - 1);
+	}
+	if ((rc = log_dirent(fs, REC_DIRENT_ADD, dir, newname, ino, nd->cookie))) {
+		free(nd);
+		goto out;
+	}
+	if ((rc = dir_insert(dir, nd))) {	/* checked above: cannot be */
+		jmark_restore(fs, &m);
+		free(nd);
+		goto out;
+	}
 	in->nlink++;
 	now_ts(&in->ctime);
 	inode_dirty(fs, in);
@@ -1143,22 +1356,15 @@ static int xattr_name_ok(const char *name)
 	return -EOPNOTSUPP;
 }
 
-static void log_xattr(struct fs *fs, struct inode *in, const char *name,
-		      const void *v, size_t size, int del)
+static int log_xattr(struct fs *fs, struct inode *in, const char *name,
+		     const void *v, size_t size, int del)
 {
 	struct rec r = { .type = del ? REC_XATTR_DEL : REC_XATTR_SET,
 			 .name = name, .name_len = (uint32_t)strlen(name),
 			 .data = v, .data_len = (uint32_t)size };
 	r.u.xattr.ino = in->ino;
-	journal_log(fs, &r);
+	return journal_log(fs, &r);
 }
-
-#define ACL_USER_OBJ 0x01
-#define ACL_USER 0x02
-#define ACL_GROUP_OBJ 0x04
-#define ACL_GROUP 0x08
-#define ACL_MASK 0x10
-#define ACL_OTHER 0x20
 
 /*
  * An access ACL sets the mode's permission bits (owner from USER_OBJ,
@@ -1196,6 +1402,7 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 {
 	int rc;
 	struct inode *in;
+	struct jmark m;
 
 	if (fs->opt.ro)
 		return -EROFS;
@@ -1217,21 +1424,27 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 		rc = -EACCES;
 		goto out;
 	}
+	int exists = *xattr_find(in, name) != NULL;
 	if (!strcmp(name, "system.posix_acl_access")) {
+		uint32_t mode = in->mode;
 		rc = acl_to_mode(in, value, size);
 		if (rc < 0)
 			goto out;
-		now_ts(&in->ctime);
-		inode_dirty(fs, in);
 		if (rc == 1) {
 			/* equivalent to the mode bits: nothing to keep */
-			if (*xattr_find(in, name) && !xattr_del(in, name))
-				log_xattr(fs, in, name, NULL, 0, 1);
+			if (exists && (rc = log_xattr(fs, in, name, NULL, 0, 1))) {
+				in->mode = mode;
+				goto out;
+			}
+			if (exists)
+				xattr_del(in, name);
+			now_ts(&in->ctime);
+			inode_dirty(fs, in);
 			rc = 0;
 			goto out;
 		}
+		in->mode = mode;	/* set below, with the ACL */
 	}
-	int exists = *xattr_find(in, name) != NULL;
 	if ((flags & XATTR_CREATE) && exists) {
 		rc = -EEXIST;
 		goto out;
@@ -1240,10 +1453,16 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 		rc = -ENODATA;
 		goto out;
 	}
-	rc = xattr_set(in, name, value, (uint32_t)size);
-	if (rc)
+	/* Log first: a record that cannot be logged changes nothing. */
+	jmark_save(fs, &m);
+	if ((rc = log_xattr(fs, in, name, value, size, 0)))
 		goto out;
-	log_xattr(fs, in, name, value, size, 0);
+	if ((rc = xattr_set(in, name, value, (uint32_t)size))) {
+		jmark_restore(fs, &m);
+		goto out;
+	}
+	if (!strcmp(name, "system.posix_acl_access"))
+		acl_to_mode(in, value, size);
 	now_ts(&in->ctime);
 	inode_dirty(fs, in);
 out:
@@ -1314,28 +1533,34 @@ int fs_removexattr(struct fs *fs, uint64_t ino, const char *name)
 		rc = -ENOENT;
 		goto out;
 	}
-	rc = xattr_del(in, name);
-	if (!rc) {
-		log_xattr(fs, in, name, NULL, 0, 1);
-		now_ts(&in->ctime);
-		inode_dirty(fs, in);
+	if (!*xattr_find(in, name)) {
+		rc = -ENODATA;
+		goto out;
 	}
+	if ((rc = log_xattr(fs, in, name, NULL, 0, 1)))
+		goto out;
+	xattr_del(in, name);
+	now_ts(&in->ctime);
+	inode_dirty(fs, in);
 out:
 	pthread_mutex_unlock(&fs->lock);
 	return rc;
 }
 
 /* chmod on a file with an access ACL rewrites the ACL's owner, mask (or
- * group) and other entries from the mode, as posix_acl_chmod() does. */
-static void acl_chmod(struct fs *fs, struct inode *in)
+ * group) and other entries from the mode, as posix_acl_chmod() does.
+ * The rewritten ACL is logged before it replaces the old one. */
+static int acl_chmod(struct fs *fs, struct inode *in, uint32_t mode)
 {
 	struct xattr *x = *xattr_find(in, "system.posix_acl_access");
 	unsigned char *p;
-	int has_mask = 0;
+	int has_mask = 0, rc;
 
 	if (!x || x->len < 4 || (x->len - 4) % 8)
-		return;
-	p = x->value;
+		return 0;
+	if (!(p = malloc(x->len)))
+		return -ENOMEM;
+	memcpy(p, x->value, x->len);
 	for (size_t i = 4; i < x->len; i += 8)
 		if ((p[i] | p[i + 1] << 8) == ACL_MASK)
 			has_mask = 1;
@@ -1345,15 +1570,23 @@ static void acl_chmod(struct fs *fs, struct inode *in)
 				 (tag == ACL_MASK || (tag == ACL_GROUP_OBJ && !has_mask)) ? 3 : 99;
 		if (shift == 99)
 			continue;
-		p[i + 2] = (unsigned char)((in->mode >> shift) & 7);
+		p[i + 2] = (unsigned char)((mode >> shift) & 7);
 		p[i + 3] = 0;
 	}
-	log_xattr(fs, in, x->name, x->value, x->len, 0);
+	if ((rc = log_xattr(fs, in, x->name, p, x->len, 0))) {
+		free(p);
+		return rc;
+	}
+	free(x->value);
+	x->value = p;
+	return 0;
 }
 
 /* ---- POSIX ACL inheritance (the kernel enforces, we must inherit) ----
  * xattr form: u32 version 2, then entries {u16 tag, u16 perm, u32 id}. */
 
+/* The new inode in takes dir's default ACL (not logged: make_node logs
+ * the inode's xattrs).  0 or -ENOMEM. */
 static int inherit_acl(struct fs *fs, struct inode *dir, struct inode *in)
 {
 	struct xattr *def = *xattr_find(dir, "system.posix_acl_default");
@@ -1361,6 +1594,7 @@ static int inherit_acl(struct fs *fs, struct inode *dir, struct inode *in)
 	size_t n;
 	int has_mask = 0;
 
+	(void)fs;
 	if (!def || def->len < 4 || (def->len - 4) % 8 || S_ISLNK(in->mode))
 		return 0;
 	n = (def->len - 4) / 8;
@@ -1388,14 +1622,9 @@ static int inherit_acl(struct fs *fs, struct inode *dir, struct inode *in)
 		e[3] = 0;
 	}
 	in->mode = mode;
-	xattr_set(in, "system.posix_acl_access", acl, (uint32_t)def->len);
-	log_xattr(fs, in, "system.posix_acl_access", acl, def->len, 0);
-	if (S_ISDIR(in->mode)) {
-		xattr_set(in, "system.posix_acl_default", def->value, def->len);
-		log_xattr(fs, in, "system.posix_acl_default", def->value,
-			  def->len, 0);
-	}
-	inode_dirty(fs, in);
+	int rc = xattr_set(in, "system.posix_acl_access", acl, (uint32_t)def->len);
+	if (!rc && S_ISDIR(in->mode))
+		rc = xattr_set(in, "system.posix_acl_default", def->value, def->len);
 	free(acl);
-	return 0;
+	return rc;
 }

@@ -627,6 +627,23 @@ static void usage_to_ioc(const struct fs_usage *u, struct cowfs_ioc_usage *o)
 	o->origin = u->origin;
 }
 
+/* Is the string field s of n bytes NUL-terminated inside it? */
+static int str_ok(const char *s, size_t n)
+{
+	return memchr(s, 0, n) != NULL;
+}
+
+static int zeroed(const uint64_t *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i])
+			return 0;
+	return 1;
+}
+
+/* Every request: a fixed-size struct, in and out (_IOWR), flags and
+ * reserved fields 0, strings NUL-terminated in their buffers; anything
+ * else is EINVAL.  Commands not ours are ENOTTY. */
 static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 		     void *arg, struct fuse_file_info *fi, unsigned flags,
 		     const void *in_buf, size_t in_bufsz, size_t out_bufsz)
@@ -634,6 +651,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 	struct fs *fs = FS(req);
 	struct fs_usage u;
 	struct cowfs_ioc_usage ou;
+	struct fs_ctx c;
 	int rc;
 
 	(void)arg;
@@ -645,16 +663,20 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 	switch (cmd) {
 	case COWFS_IOC_CLONE: {
 		struct cowfs_ioc_clone a;
-		struct fs_ctx c;
 		struct stat st;
-		if (in_bufsz < sizeof(a) || out_bufsz < sizeof(a)) {
+		if (in_bufsz != sizeof(a) || out_bufsz != sizeof(a)) {
 			fuse_reply_err(req, EINVAL);
 			return;
 		}
 		memcpy(&a, in_buf, sizeof(a));
-		a.name[sizeof(a.name) - 1] = 0;
+		if (a.flags || a.reserved || !str_ok(a.name, sizeof(a.name)) ||
+		    !str_ok(a.src_name, sizeof(a.src_name))) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
 		get_ctx_groups(req, &c);
-		rc = fs_clone(fs, &c, a.src_ino, ino, a.name, &st);
+		rc = fs_clone_at(fs, &c, a.src_parent, a.src_name, a.src_ino, ino,
+				 a.name, &st);
 		if (rc) {
 			fuse_reply_err(req, -rc);
 			return;
@@ -668,8 +690,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 	}
 	case COWFS_IOC_CLONE_HOST: {
 		struct cowfs_ioc_clone_host *a;
-		struct fs_ctx c;
-		if (in_bufsz < sizeof(*a) || out_bufsz < sizeof(*a)) {
+		if (in_bufsz != sizeof(*a) || out_bufsz != sizeof(*a)) {
 			fuse_reply_err(req, EINVAL);
 			return;
 		}
@@ -679,8 +700,12 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 			return;
 		}
 		memcpy(a, in_buf, sizeof(*a));
-		a->name[sizeof(a->name) - 1] = 0;
-		a->path[sizeof(a->path) - 1] = 0;
+		if (a->flags || !str_ok(a->name, sizeof(a->name)) ||
+		    !str_ok(a->path, sizeof(a->path))) {
+			fuse_reply_err(req, EINVAL);
+			free(a);
+			return;
+		}
 		get_ctx_groups(req, &c);
 		rc = fs_clone_host(fs, &c, a->path, ino, a->name, &a->skipped);
 		if (rc) {
@@ -696,11 +721,17 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 	}
 	case COWFS_IOC_DETACH: {
 		struct cowfs_ioc_detach d;
-		if (out_bufsz < sizeof(d)) {
+		if (in_bufsz != sizeof(d) || out_bufsz != sizeof(d)) {
 			fuse_reply_err(req, EINVAL);
 			return;
 		}
-		int64_t n = fs_detach(fs, ino);
+		memcpy(&d, in_buf, sizeof(d));
+		if (d.flags || !zeroed(d.reserved, sizeof(d.reserved) / 8)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		get_ctx_groups(req, &c);
+		int64_t n = fs_detach(fs, &c, ino);
 		if (n < 0) {
 			fuse_reply_err(req, (int)-n);
 			return;
@@ -712,11 +743,17 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 	}
 	case COWFS_IOC_DU:
 	case COWFS_IOC_DF:
-		if (out_bufsz < sizeof(ou)) {
+		if (in_bufsz != sizeof(ou) || out_bufsz != sizeof(ou)) {
 			fuse_reply_err(req, EINVAL);
 			return;
 		}
-		rc = cmd == COWFS_IOC_DU ? fs_du(fs, ino, &u) : fs_df(fs, &u);
+		memcpy(&ou, in_buf, sizeof(ou));
+		if (!zeroed(ou.reserved, sizeof(ou.reserved) / 8)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		get_ctx_groups(req, &c);
+		rc = cmd == COWFS_IOC_DU ? fs_du(fs, &c, ino, &u) : fs_df(fs, &u);
 		if (rc) {
 			fuse_reply_err(req, -rc);
 			return;

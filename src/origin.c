@@ -19,12 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/fsuid.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include "cowfs/fs_impl.h"
+#include "cowfs/fs_sec.h"
 
 #define ORIGIN_XATTR "trusted.cowfs.origin"
 
@@ -130,6 +133,63 @@ int origin_open(struct fs *fs, struct object *o)
 
 /* ---- walking a host tree ---- */
 
+#ifndef FUSE_SUPER_MAGIC
+#define FUSE_SUPER_MAGIC 0x65735546
+#endif
+#ifndef FUSECTL_SUPER_MAGIC
+#define FUSECTL_SUPER_MAGIC 0x65735543
+#endif
+#ifndef CONFIGFS_MAGIC
+#define CONFIGFS_MAGIC 0x62656570
+#endif
+#ifndef MQUEUE_MAGIC
+#define MQUEUE_MAGIC 0x19800202
+#endif
+#ifndef RPC_PIPEFS_MAGIC
+#define RPC_PIPEFS_MAGIC 0x67596969
+#endif
+
+/* The deepest host tree a clone by reference walks: the walk keeps one
+ * directory fd per level, and a regular file deeper than this could not
+ * have a path under PATH_MAX anyway. */
+#define WALK_MAX_DEPTH 2048
+
+int origin_fs_refused(int fd, const char **what)
+{
+	static const struct { unsigned long magic; const char *name; } pseudo[] = {
+		{ PROC_SUPER_MAGIC, "procfs" }, { SYSFS_MAGIC, "sysfs" },
+		{ DEBUGFS_MAGIC, "debugfs" }, { TRACEFS_MAGIC, "tracefs" },
+		{ SECURITYFS_MAGIC, "securityfs" }, { SELINUX_MAGIC, "selinuxfs" },
+		{ SMACK_MAGIC, "smackfs" }, { CGROUP_SUPER_MAGIC, "cgroup" },
+		{ CGROUP2_SUPER_MAGIC, "cgroup2" }, { DEVPTS_SUPER_MAGIC, "devpts" },
+		{ BPF_FS_MAGIC, "bpf" }, { CONFIGFS_MAGIC, "configfs" },
+		{ PSTOREFS_MAGIC, "pstore" }, { EFIVARFS_MAGIC, "efivarfs" },
+		{ BINFMTFS_MAGIC, "binfmt_misc" }, { NSFS_MAGIC, "nsfs" },
+		{ FUSECTL_SUPER_MAGIC, "fusectl" }, { MQUEUE_MAGIC, "mqueue" },
+		{ RPC_PIPEFS_MAGIC, "rpc_pipefs" }, { AUTOFS_SUPER_MAGIC, "autofs" },
+		{ OPENPROM_SUPER_MAGIC, "openpromfs" },
+		{ USBDEVICE_SUPER_MAGIC, "usbdevfs" },
+		{ RDTGROUP_SUPER_MAGIC, "resctrl" },
+		{ BINDERFS_SUPER_MAGIC, "binderfs" },
+	};
+	struct statfs sf;
+
+	*what = NULL;
+	if (fstatfs(fd, &sf) < 0)
+		return -errno;
+	if ((unsigned long)sf.f_type == FUSE_SUPER_MAGIC) {
+		*what = "a FUSE filesystem (clones share blocks only within one "
+			"store)";
+		return -EXDEV;
+	}
+	for (size_t i = 0; i < sizeof(pseudo) / sizeof(pseudo[0]); i++)
+		if ((unsigned long)sf.f_type == pseudo[i].magic) {
+			*what = pseudo[i].name;
+			return -EOPNOTSUPP;
+		}
+	return 0;
+}
+
 struct hx {			/* one xattr */
 	char *name;
 	void *value;
@@ -141,13 +201,24 @@ struct hent {
 	char *name;		/* owned */
 	char *path;		/* owned: host path of a regular file */
 	char *target;		/* owned: symlink target */
-	struct stat st;
+	struct stat st;		/* from fstat of the fd the entry was read by */
 	struct hx *x;
 	int nx;
 	uint64_t *ranges;	/* owned: block runs (first, count) pairs */
 	int nranges;
 	uint64_t ino;		/* new inode number, set when materialized */
+	uint64_t obj;		/* its origin object, once materialized */
 	long link_of;		/* an earlier entry this is a hard link of, or -1 */
+};
+
+/* A directory being walked: its entries, read and sorted when entered. */
+struct wframe {
+	DIR *dir;		/* dirfd() is the parent fd of the entries */
+	char **names;		/* owned */
+	size_t n, i;
+	long idx;		/* its entry, -1: the top (contents only) */
+	dev_t dev;
+	size_t plen;		/* length of its host path in walk.path */
 };
 
 struct walk {
@@ -156,7 +227,10 @@ struct walk {
 	long n, cap;
 	uint64_t skipped;
 	int is_root;		/* the caller may make device nodes */
-	int err;
+	char *path;		/* host path of the directory walked (heap) */
+	size_t plen, pcap;
+	struct wframe *st;	/* the directories being walked */
+	size_t depth, scap;
 };
 
 static void free_walk(struct walk *w)
@@ -174,6 +248,15 @@ static void free_walk(struct walk *w)
 		free(e->x);
 	}
 	free(w->v);
+	while (w->depth) {
+		struct wframe *f = &w->st[--w->depth];
+		closedir(f->dir);
+		for (size_t i = 0; i < f->n; i++)
+			free(f->names[i]);
+		free(f->names);
+	}
+	free(w->st);
+	free(w->path);
 }
 
 static struct hent *add_ent(struct walk *w)
@@ -192,28 +275,64 @@ static struct hent *add_ent(struct walk *w)
 	return e;
 }
 
-static int want_xattr(const char *n)
+/* Set w->path to its first len bytes plus "/name" (name NULL: just cut). */
+static int path_set(struct walk *w, size_t len, const char *name)
 {
-	return !strncmp(n, "user.", 5) || !strncmp(n, "trusted.", 8) ||
-	       !strncmp(n, "security.", 9) ||
+	size_t n = name ? strlen(name) + 1 : 0;
+
+	if (len + n + 1 > w->pcap) {
+		size_t cap = (len + n + 1) * 2;
+		char *p = realloc(w->path, cap);
+		if (!p)
+			return -ENOMEM;
+		w->path = p;
+		w->pcap = cap;
+	}
+	w->plen = len;
+	if (name) {
+		w->path[len] = '/';
+		memcpy(w->path + len + 1, name, n);
+		w->plen += n;
+	}
+	w->path[w->plen] = 0;
+	return 0;
+}
+
+/* A host xattr a clone copies: user.*, security.* and the POSIX ACLs;
+ * trusted.* only for root (the daemon could read them for anyone: it
+ * keeps CAP_SYS_ADMIN while it takes the caller's fsuid), and never
+ * cowfs's own trusted.cowfs.*. */
+static int want_xattr(const char *n, int is_root)
+{
+	if (!strncmp(n, "trusted.", 8))
+		return is_root && strncmp(n, "trusted.cowfs.", 14);
+	return !strncmp(n, "user.", 5) || !strncmp(n, "security.", 9) ||
 	       !strcmp(n, "system.posix_acl_access") ||
 	       !strcmp(n, "system.posix_acl_default");
 }
 
 /* Read xattrs through fd (or path for symlinks, fd < 0). */
-static int read_xattrs(struct hent *e, int fd, const char *path)
+static int read_xattrs(struct hent *e, int fd, const char *path, int is_root)
 {
-	char names[65536];
-	ssize_t n = fd >= 0 ? flistxattr(fd, names, sizeof(names)) :
-			      llistxattr(path, names, sizeof(names));
-	if (n < 0)
-		return errno == ENOTSUP ? 0 : -errno;
+	char *names = malloc(65536);
+	ssize_t n;
+	int rc = 0;
+
+	if (!names)
+		return -ENOMEM;
+	n = fd >= 0 ? flistxattr(fd, names, 65536) : llistxattr(path, names, 65536);
+	if (n < 0) {
+		rc = errno == ENOTSUP || errno == ENAMETOOLONG ? 0 : -errno;
+		goto out;
+	}
 	for (char *p = names; p < names + n; p += strlen(p) + 1) {
-		if (!want_xattr(p) || !strncmp(p, "trusted.cowfs.", 14))
+		if (!want_xattr(p, is_root))
 			continue;
 		char *val = malloc(COWFS_XATTR_MAX);
-		if (!val)
-			return -ENOMEM;
+		if (!val) {
+			rc = -ENOMEM;
+			goto out;
+		}
 		ssize_t len = fd >= 0 ? fgetxattr(fd, p, val, COWFS_XATTR_MAX) :
 					lgetxattr(path, p, val, COWFS_XATTR_MAX);
 		if (len < 0) {
@@ -223,17 +342,23 @@ static int read_xattrs(struct hent *e, int fd, const char *path)
 		struct hx *x = realloc(e->x, (size_t)(e->nx + 1) * sizeof(*x));
 		if (!x) {
 			free(val);
-			return -ENOMEM;
+			rc = -ENOMEM;
+			goto out;
 		}
 		e->x = x;
 		x[e->nx].name = strdup(p);
 		x[e->nx].value = val;
 		x[e->nx].len = (uint32_t)len;
-		if (!x[e->nx].name)
-			return -ENOMEM;
+		if (!x[e->nx].name) {
+			free(val);
+			rc = -ENOMEM;
+			goto out;
+		}
 		e->nx++;
 	}
-	return 0;
+out:
+	free(names);
+	return rc;
 }
 
 /* Block runs that hold data (holes stay holes). */
@@ -285,137 +410,238 @@ static int read_ranges(struct walk *w, struct hent *e, int fd)
 	return 0;
 }
 
-static int walk_dir(struct walk *w, int dfd, const char *path, long parent,
-		    int depth);
-
-/* One entry named name in directory dfd (host path 'path'). */
-static int walk_one(struct walk *w, int dfd, const char *path, const char *name,
-		    long parent, int depth)
-{
-	struct hent *e;
-	struct stat st;
-	int fd = -1, rc = 0;
-	long idx;
-
-	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return errno == ENOENT ? 0 : -errno;	/* vanished: skip */
-	if (S_ISSOCK(st.st_mode) ||
-	    ((S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) && !w->is_root)) {
-		w->skipped++;
-		fs_log(w->fs, "clone: skipped '%s/%s' (%s)", path, name,
-		       S_ISSOCK(st.st_mode) ? "a socket" : "a device node");
-		return 0;
-	}
-	e = add_ent(w);
-	if (!e)
-		return -ENOMEM;
-	idx = w->n - 1;
-	e->parent = parent;
-	e->st = st;
-	if (!(e->name = strdup(name)))
-		return -ENOMEM;
-	size_t plen = strlen(path) + strlen(name) + 2;
-	char *full = malloc(plen);
-	if (!full)
-		return -ENOMEM;
-	snprintf(full, plen, "%s/%s", path, name);
-
-	if (S_ISLNK(st.st_mode)) {
-		char buf[PATH_MAX];
-		ssize_t n = readlinkat(dfd, name, buf, sizeof(buf) - 1);
-		if (n < 0) {
-			rc = -errno;
-			goto out;
-		}
-		buf[n] = 0;
-		w->v[idx].target = strdup(buf);
-		rc = w->v[idx].target ? read_xattrs(&w->v[idx], -1, full) : -ENOMEM;
-		goto out;
-	}
-	if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) {
-		int fl = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME |
-			 (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0);
-		fd = openat(dfd, name, fl);
-		if (fd < 0 && errno == EPERM)
-			fd = openat(dfd, name, fl & ~O_NOATIME);
-		if (fd < 0) {
-			rc = -errno;
-			fs_log(w->fs, "clone: '%s': %s", full, strerror(errno));
-			goto out;
-		}
-		if (fstat(fd, &w->v[idx].st) < 0) {
-			rc = -errno;
-			goto out;
-		}
-		if ((rc = read_xattrs(&w->v[idx], fd, full)))
-			goto out;
-	}
-	if (S_ISREG(st.st_mode)) {
-		w->v[idx].path = full;
-		full = NULL;
-		rc = read_ranges(w, &w->v[idx], fd);
-	} else if (S_ISDIR(st.st_mode)) {
-		if (depth > 4096) {
-			rc = -ELOOP;
-			goto out;
-		}
-		rc = walk_dir(w, fd, full, idx, depth + 1);
-		fd = -1;	/* walk_dir closed it */
-	}
-out:
-	if (fd >= 0)
-		close(fd);
-	free(full);
-	return rc;
-}
-
 static int name_sort(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Walk the entries of directory fd (consumed). */
-static int walk_dir(struct walk *w, int fd, const char *path, long parent,
-		    int depth)
+/* Enter directory fd (consumed) as entry idx, at path w->path: read and
+ * sort its names and push it. */
+static int push_dir(struct walk *w, int fd, long idx, dev_t dev)
 {
-	DIR *d = fdopendir(fd);
+	struct wframe *f;
 	struct dirent *de;
-	char **names = NULL;
-	size_t n = 0, cap = 0;
-	int rc = 0;
+	DIR *d;
 
-	if (!d) {
+	if (w->depth >= WALK_MAX_DEPTH) {
 		close(fd);
-		return -errno;
+		fs_log(w->fs, "clone: '%s': deeper than %d levels", w->path,
+		       WALK_MAX_DEPTH);
+		return -ENAMETOOLONG;
 	}
+	if (w->depth == w->scap) {
+		size_t cap = w->scap ? w->scap * 2 : 64;
+		struct wframe *n = realloc(w->st, cap * sizeof(*n));
+		if (!n) {
+			close(fd);
+			return -ENOMEM;
+		}
+		w->st = n;
+		w->scap = cap;
+	}
+	if (!(d = fdopendir(fd))) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	f = &w->st[w->depth++];
+	memset(f, 0, sizeof(*f));
+	f->dir = d;
+	f->idx = idx;
+	f->dev = dev;
+	f->plen = w->plen;
+	size_t cap = 0;
+	errno = 0;
 	while ((de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		if (n == cap) {
-			cap = cap ? cap * 2 : 64;
-			char **nn = realloc(names, cap * sizeof(*nn));
-			if (!nn) {
-				rc = -ENOMEM;
-				goto out;
-			}
-			names = nn;
+		if (f->n == cap) {
+			cap = cap ? cap * 2 : 16;
+			char **nn = realloc(f->names, cap * sizeof(*nn));
+			if (!nn)
+				return -ENOMEM;
+			f->names = nn;
 		}
-		if (!(names[n++] = strdup(de->d_name))) {
+		if (!(f->names[f->n] = strdup(de->d_name)))
+			return -ENOMEM;
+		f->n++;
+	}
+	if (errno)
+		return -errno;
+	qsort(f->names, f->n, sizeof(*f->names), name_sort);
+	return 0;
+}
+
+/*
+ * One entry named name in directory dfd (of device pdev; host path
+ * w->path).  Its type is the one fstat() gives for the fd it is read
+ * through, opened relative to dfd without following symlinks, never an
+ * earlier lstat or d_type: a file swapped for a directory meanwhile
+ * (RENAME_EXCHANGE) is read as what it is when opened.  A directory's
+ * fd is returned in *dirfd_out (-1 otherwise) to be walked.
+ */
+static int walk_one(struct walk *w, int dfd, dev_t pdev, const char *name,
+		    long parent, int *dirfd_out)
+{
+	struct hent *e;
+	struct stat st, pst;
+	const char *what;
+	int pfd = -1, fd = -1, rc = 0, tries = 0;
+
+	*dirfd_out = -1;
+	if ((rc = fs_name_check(name, strlen(name)))) {
+		fs_log(w->fs, "clone: '%s/%.40s...': cannot be a name in cowfs",
+		       w->path, name);
+		return rc;
+	}
+again:
+	if (pfd >= 0)
+		close(pfd);
+	if (fd >= 0)
+		close(fd);
+	pfd = fd = -1;
+	if (++tries > 16) {
+		fs_log(w->fs, "clone: '%s/%s' keeps changing type", w->path, name);
+		return -EAGAIN;
+	}
+	pfd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd < 0)
+		return errno == ENOENT ? 0 : -errno;	/* vanished: skip */
+	if (fstat(pfd, &pst) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	st = pst;
+	if (S_ISREG(pst.st_mode) || S_ISDIR(pst.st_mode)) {
+		int fl = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+			 O_CLOEXEC | O_NOATIME |
+			 (S_ISDIR(pst.st_mode) ? O_DIRECTORY : 0);
+		fd = openat(dfd, name, fl);
+		if (fd < 0 && errno == EPERM)
+			fd = openat(dfd, name, fl & ~O_NOATIME);
+		if (fd < 0) {
+			if (errno == ENOENT)
+				goto out;	/* vanished: skip */
+			if (errno == ENOTDIR || errno == ELOOP)
+				goto again;	/* swapped meanwhile */
+			rc = -errno;
+			fs_log(w->fs, "clone: '%s/%s': %s", w->path, name,
+			       strerror(errno));
+			goto out;
+		}
+		if (fstat(fd, &st) < 0) {
+			rc = -errno;
+			goto out;
+		}
+		if ((st.st_mode & S_IFMT) != (pst.st_mode & S_IFMT))
+			goto again;	/* swapped between the two opens */
+	}
+	if (st.st_dev != pdev &&
+	    (rc = origin_fs_refused(fd >= 0 ? fd : pfd, &what))) {
+		if (rc != -EXDEV && rc != -EOPNOTSUPP)
+			goto out;
+		fs_log(w->fs, "clone: '%s/%s' is on %s: not cloned by "
+		       "reference", w->path, name, what);
+		goto out;
+	}
+	if (S_ISSOCK(st.st_mode) ||
+	    ((S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) && !w->is_root)) {
+		w->skipped++;
+		fs_log(w->fs, "clone: skipped '%s/%s' (%s)", w->path, name,
+		       S_ISSOCK(st.st_mode) ? "a socket" : "a device node");
+		goto out;
+	}
+	if (!(e = add_ent(w))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	e->parent = parent;
+	e->st = st;
+	if (!(e->name = strdup(name))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		char *buf = malloc(PATH_MAX);
+		ssize_t n = buf ? readlinkat(pfd, "", buf, PATH_MAX - 1) : -1;
+		if (n < 0) {
+			rc = buf ? -errno : -ENOMEM;
+			free(buf);
+			goto out;
+		}
+		buf[n] = 0;
+		e->target = buf;
+		/* user.* xattrs cannot be on symlinks: only root's walk reads
+		 * theirs, by path (a symlink cannot be opened) */
+		if (w->is_root && (rc = path_set(w, w->plen, name)) == 0) {
+			size_t len = w->plen - strlen(name) - 1;
+			rc = read_xattrs(e, -1, w->path, 1);
+			int rc2 = path_set(w, len, NULL);
+			rc = rc ? rc : rc2;
+		}
+		goto out;
+	}
+	if (fd >= 0 && (rc = read_xattrs(e, fd, NULL, w->is_root)))
+		goto out;
+	if (S_ISREG(st.st_mode)) {
+		size_t plen = w->plen + strlen(name) + 2;
+		if (plen > PATH_MAX) {
+			fs_log(w->fs, "clone: '%s/%.40s...': path too long for an "
+			       "origin", w->path, name);
+			rc = -ENAMETOOLONG;
+			goto out;
+		}
+		if (!(e->path = malloc(plen))) {
 			rc = -ENOMEM;
 			goto out;
 		}
+		snprintf(e->path, plen, "%s/%s", w->path, name);
+		rc = read_ranges(w, e, fd);
+	} else if (S_ISDIR(st.st_mode)) {
+		*dirfd_out = fd;
+		fd = -1;
 	}
-	qsort(names, n, sizeof(*names), name_sort);
-	for (size_t i = 0; i < n && !rc; i++)
-		rc = walk_one(w, dirfd(d), path, names[i], parent, depth);
 out:
-	for (size_t i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-	closedir(d);
+	if (fd >= 0)
+		close(fd);
+	if (pfd >= 0)
+		close(pfd);
 	return rc;
 }
 
+/* Walk what is pushed, depth first; each directory's names in order. */
+static int walk_run(struct walk *w)
+{
+	int rc = 0;
+
+	while (w->depth && !rc) {
+		struct wframe *f = &w->st[w->depth - 1];
+		int cfd;
+		if (f->i == f->n) {
+			closedir(f->dir);
+			for (size_t i = 0; i < f->n; i++)
+				free(f->names[i]);
+			free(f->names);
+			w->depth--;
+			if (w->depth)
+				path_set(w, w->st[w->depth - 1].plen, NULL);
+			continue;
+		}
+		const char *name = f->names[f->i++];
+		long parent = f->idx;
+		rc = walk_one(w, dirfd(f->dir), f->dev, name, parent, &cfd);
+		if (rc || cfd < 0)
+			continue;
+		/* f may move when the stack grows: nothing of it is used */
+		struct stat *cst = &w->v[w->n - 1].st;
+		if ((rc = path_set(w, w->plen, name))) {
+			close(cfd);
+			break;
+		}
+		rc = push_dir(w, cfd, w->n - 1, cst->st_dev);
+	}
+	return rc;
+}
 /* Become the caller for file access on this thread, and back. */
 struct creds {
 	uid_t uid;
@@ -452,6 +678,75 @@ static void creds_leave(const struct fs_ctx *c, const struct creds *save)
 	syscall(SYS_setgroups, save->ngroups > 0 ? save->ngroups : 0, save->groups);
 }
 
+/* Open the top of the walk's parent (or the top itself, contents_only)
+ * and refuse pseudo and FUSE filesystems there. */
+static int walk_top(struct walk *w, const char *host, int contents_only)
+{
+	const char *what;
+	struct stat st;
+	int fd, cfd, rc;
+
+	if (contents_only) {
+		fd = open(host, O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
+		if (fd < 0 && errno == EPERM)
+			fd = open(host, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		if ((rc = origin_fs_refused(fd, &what)) || fstat(fd, &st) < 0) {
+			rc = rc ? rc : -errno;
+			goto refused;
+		}
+		if ((rc = path_set(w, strlen(host), NULL)) == 0) {
+			memcpy(w->path, host, w->plen + 1);
+			/* "/" as the top: its entries are "/x", not "//x" */
+			if (w->plen == 1)
+				path_set(w, 0, NULL);
+			return push_dir(w, fd, -1, st.st_dev);
+		}
+		close(fd);
+		return rc;
+	}
+	const char *slash = strrchr(host, '/');
+	const char *base = slash + 1;
+	size_t dlen = (size_t)(slash - host);
+	if (!*base)
+		return -EINVAL;		/* "/" or a trailing slash */
+	if ((rc = path_set(w, dlen ? dlen : 1, NULL)))
+		return rc;
+	memcpy(w->path, dlen ? host : "/", w->plen);
+	w->path[w->plen] = 0;
+	/* search permission is enough for the parent */
+	fd = open(w->path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if ((rc = origin_fs_refused(fd, &what)) || fstat(fd, &st) < 0) {
+		rc = rc ? rc : -errno;
+		goto refused;
+	}
+	if (!dlen)
+		path_set(w, 0, NULL);	/* entries of "/" are "/x" */
+	rc = walk_one(w, fd, st.st_dev, base, -1, &cfd);
+	close(fd);
+	if (rc)
+		return rc;
+	if (w->n == 0)
+		return -EOPNOTSUPP;	/* a socket or device itself */
+	if (cfd >= 0) {
+		dev_t dev = w->v[0].st.st_dev;
+		if (!(rc = path_set(w, w->plen, base)))
+			rc = push_dir(w, cfd, 0, dev);
+		else
+			close(cfd);
+	}
+	return rc;
+refused:
+	if (what)
+		fs_log(w->fs, "clone: '%s' is on %s: not cloned by reference",
+		       host, what);
+	close(fd);
+	return rc;
+}
+
 static int walk_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 		     int contents_only, struct walk *w)
 {
@@ -468,35 +763,9 @@ static int walk_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 		       (unsigned)c->uid, host);
 		return rc;
 	}
-	if (contents_only) {
-		int fd = open(host, O_RDONLY | O_DIRECTORY | O_NOATIME | O_CLOEXEC);
-		if (fd < 0 && errno == EPERM)
-			fd = open(host, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		rc = fd < 0 ? -errno : walk_dir(w, fd, host, -1, 0);
-	} else {
-		char *dup = strdup(host), *slash;
-		if (!dup) {
-			rc = -ENOMEM;
-		} else {
-			slash = strrchr(dup, '/');
-			const char *dir = "/", *base = dup;
-			if (slash && slash != dup) {
-				*slash = 0;
-				dir = dup;
-				base = slash + 1;
-			} else if (slash) {
-				base = slash + 1;
-			}
-			/* search permission is enough for the parent */
-			int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-			rc = dfd < 0 ? -errno : walk_one(w, dfd, dir, base, -1, 0);
-			if (dfd >= 0)
-				close(dfd);
-			if (!rc && w->n == 0)
-				rc = -EOPNOTSUPP;	/* a socket or device itself */
-			free(dup);
-		}
-	}
+	rc = walk_top(w, host, contents_only);
+	if (!rc)
+		rc = walk_run(w);
 	creds_leave(c, &save);
 	return rc;
 }
@@ -605,7 +874,10 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 		if (e->nranges) {
 			uint64_t id = fs->next_obj++;
 			struct object *o = obj_new(fs, id, 0);
-			if (!o || !(o->opath = strdup(e->path)))
+			if (!o)
+				return -ENOMEM;
+			e->obj = id;
+			if (!(o->opath = strdup(e->path)))
 				return -ENOMEM;
 			o->odev = e->st.st_dev;
 			o->oino = e->st.st_ino;
@@ -658,10 +930,44 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 	return rc;
 }
 
+/* fs->lock held.  Take back a materialize() that failed: the records
+ * (m), the entries made in dir, the inodes and the origin objects. */
+static void unmaterialize(struct fs *fs, struct walk *w, struct inode *dir,
+			  const char *name, const struct jmark *m,
+			  uint32_t nlink)
+{
+	jmark_restore(fs, m);
+	for (long i = 0; i < w->n; i++) {
+		struct hent *e = &w->v[i];
+		const char *nm = name ? name : e->name;
+		struct dirent_node *d;
+		if (e->parent >= 0 || !e->ino)
+			continue;
+		if ((d = dir_find(dir, nm)) && d->ino == e->ino)
+			dir_del(fs, dir, d);
+	}
+	dir->nlink = nlink;
+	for (long i = w->n - 1; i >= 0; i--) {
+		struct hent *e = &w->v[i];
+		struct inode *in;
+		if (e->link_of >= 0 || !e->ino || !(in = inode_get(fs, e->ino)))
+			continue;
+		in->nlink = 0;
+		inode_free(fs, in);	/* drops its origin blocks */
+	}
+	for (long i = 0; i < w->n; i++) {
+		struct object *o;
+		if (w->v[i].obj && (o = obj_get(fs, w->v[i].obj)))
+			obj_maybe_doom(fs, o);
+	}
+}
+
 static int clone_host_locked(struct fs *fs, const struct fs_ctx *c,
 			     struct walk *w, uint64_t dst_parent, const char *name)
 {
 	struct inode *dir = inode_get(fs, dst_parent);
+	struct jmark m;
+	int rc;
 
 	if (!dir)
 		return -ENOENT;
@@ -671,15 +977,16 @@ static int clone_host_locked(struct fs *fs, const struct fs_ctx *c,
 		return -ENOENT;
 	if (name && dir_find(dir, name))
 		return -EEXIST;
-	if (!inode_may(c, dir, 3))	/* write and search in DST's parent */
+	/* search up to the root, write and search in DST's parent */
+	if ((rc = fs_may_reach(fs, c, dir)))
+		return rc;
+	if (!inode_may(c, dir, MAY_W | MAY_X))
 		return -EACCES;
-	int rc = materialize(fs, c, w, dir, name);
-	if (rc) {
-		/* a failure here is out of memory: the batch is inconsistent */
-		fs_log(fs, "error: clone by reference failed midway: %s",
-		       strerror(-rc));
-		fs->broken = 1;
-	}
+	uint32_t nlink = dir->nlink;
+	jmark_save(fs, &m);
+	rc = materialize(fs, c, w, dir, name);
+	if (rc)
+		unmaterialize(fs, w, dir, name, &m, nlink);
 	return rc;
 }
 
@@ -689,12 +996,14 @@ int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 	struct walk w;
 	int rc;
 
+	if (skipped)
+		*skipped = 0;
 	if (fs->opt.ro)
 		return -EROFS;
-	if (host[0] != '/')
+	if (host[0] != '/' || strlen(host) >= PATH_MAX)
 		return -EINVAL;
-	if (name && (!*name || strchr(name, '/') || strlen(name) > COWFS_NAME_MAX))
-		return -EINVAL;
+	if (name && (rc = fs_name_check(name, strlen(name))))
+		return rc;
 	rc = walk_host(fs, c, host, name == NULL, &w);
 	if (!rc)
 		rc = find_links(&w);
@@ -737,7 +1046,7 @@ static ssize_t fill_copy(void *ctx, int fd, off_t pos, size_t len)
 	return (ssize_t)done;
 }
 
-int64_t fs_detach(struct fs *fs, uint64_t ino)
+int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 {
 	int64_t total = 0;
 	int rc = 0;
@@ -748,8 +1057,9 @@ int64_t fs_detach(struct fs *fs, uint64_t ino)
 	pthread_rwlock_rdlock(&fs->data_lock);
 	pthread_mutex_lock(&fs->lock);
 	in = inode_get(fs, ino);
-	if (!in || !S_ISREG(in->mode)) {
-		rc = !in ? -ENOENT : S_ISDIR(in->mode) ? -EISDIR : 0;
+	if (!in || !S_ISREG(in->mode) || !inode_may(c, in, MAY_R)) {
+		rc = !in ? -ENOENT : S_ISDIR(in->mode) ? -EISDIR :
+		     !S_ISREG(in->mode) ? 0 : -EACCES;
 		pthread_mutex_unlock(&fs->lock);
 		pthread_rwlock_unlock(&fs->data_lock);
 		return rc;
@@ -862,11 +1172,17 @@ int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen)
 	struct fs_ctx c = { .uid = 0, .gid = 0, .ngroups = -1 };
 	uint64_t skipped = 0;
 	rc = fs_clone_host(fs, &c, dir, FS_ROOT_INO, NULL, &skipped);
-	if (rc) {
+	if (rc == -EXDEV)
+		snprintf(err, errlen, "'%s': on a FUSE filesystem: an origin must "
+			 "be a host directory (%s)", dir, strerror(-rc));
+	else if (rc == -EOPNOTSUPP)
+		snprintf(err, errlen, "'%s': on a pseudo filesystem (procfs, "
+			 "sysfs, ...): not an origin", dir);
+	else if (rc)
 		snprintf(err, errlen, "'%s': cloning by reference: %s", dir,
 			 strerror(-rc));
+	if (rc)
 		return rc;
-	}
 	/* the root takes the origin directory's attributes */
 	pthread_mutex_lock(&fs->lock);
 	root = inode_get(fs, FS_ROOT_INO);

@@ -329,3 +329,29 @@ def test_big_tree_clone_is_fast_and_small(mount):
     assert tree_snapshot(src) == tree_snapshot(mount.p("tree2"))
     print(f"2000-file clone: {elapsed:.3f}s, store growth {growth} bytes")
     assert growth < 1 << 20
+
+
+def test_clone_src_named_every_way(mount):
+    """The command names SRC to the daemon by its parent and name (the
+    daemon checks that entry): the root, '.', '..', a path through a
+    symlinked directory, a symlink itself, a hard link."""
+    m = mount
+    m.p("d", "sub").mkdir(parents=True)
+    m.p("d", "f").write_bytes(b"f" * 70000)
+    os.symlink("d", m.p("dl"))
+    os.symlink("f", m.p("d", "fl"))
+    os.link(m.p("d", "f"), m.p("hard"))
+    for src, dst in ((m.mnt, "root"), (m.p("d", "."), "dot"),
+                     (m.p("d", "sub", ".."), "dotdot"),
+                     (str(m.p("d", "sub")) + "/", "slash"),
+                     (m.p("dl", "f"), "via_link"), (m.p("d", "fl"), "sym"),
+                     (m.p("hard"), "hard2")):
+        p = clone(m, src, m.p(dst), check=False)
+        assert p.returncode == 0, (src, p.stderr)
+    assert sorted(os.listdir(m.p("root"))) == ["d", "dl", "hard"]
+    assert sorted(os.listdir(m.p("dot"))) == ["f", "fl", "sub"]
+    assert sorted(os.listdir(m.p("dotdot"))) == ["f", "fl", "sub"]
+    assert os.listdir(m.p("slash")) == []
+    assert m.p("via_link").read_bytes() == b"f" * 70000
+    assert os.readlink(m.p("sym")) == "f"
+    assert m.p("hard2").read_bytes() == b"f" * 70000

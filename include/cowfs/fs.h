@@ -134,10 +134,25 @@ int fs_getxattr(struct fs *fs, uint64_t ino, const char *name, void *buf,
 int fs_listxattr(struct fs *fs, uint64_t ino, char *buf, size_t size);
 int fs_removexattr(struct fs *fs, uint64_t ino, const char *name);
 
+/* The one check of a name that a new entry gets (live operations,
+ * clones, clones by reference, replayed records): 0, -EINVAL for an
+ * empty name, ".", "..", or one holding '/' or NUL, -ENAMETOOLONG over
+ * 255 bytes.  len is the name's length without a terminating NUL. */
+int fs_name_check(const char *name, size_t len);
+
 /* Clone src (file, symlink or tree) as dst_parent/name.  No lookup
- * reference is taken. */
+ * reference is taken.  src_ino is trusted: for in-process callers. */
 int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
 	     uint64_t dst_parent, const char *name, struct stat *st);
+/* The same for a request from a user: SRC is the entry src_name of
+ * directory src_parent, which must name src_ino (src_parent 0 and an
+ * empty src_name: SRC is the root).  The caller needs search permission
+ * on every directory from src_parent and from dst_parent up to the root,
+ * write on dst_parent, read on every file and read and search on every
+ * directory it clones (mode bits, ACLs, supplementary groups). */
+int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
+		const char *src_name, uint64_t src_ino, uint64_t dst_parent,
+		const char *name, struct stat *st);
 
 /* Clone a host tree or file by reference (zero-copy) as dst_parent/name;
  * its files become read-only origin objects.  Host paths are opened with
@@ -147,8 +162,9 @@ int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
 int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 		  uint64_t dst_parent, const char *name, uint64_t *skipped);
 /* Copy every block a regular file still reads from an origin into the
- * store.  Returns bytes copied or -errno. */
-int64_t fs_detach(struct fs *fs, uint64_t ino);
+ * store.  The caller needs read permission on it.  Returns bytes copied
+ * or -errno. */
+int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino);
 /* The --origin of this store: 0 and *dir (caller frees) if it has one,
  * -ENODATA if not. */
 int fs_origin_root(struct fs *fs, char **dir);
@@ -168,7 +184,10 @@ struct fs_usage {
 	uint64_t objects;	/* df: object files */
 	uint64_t origin;	/* df: bytes read in place from host origins */
 };
-int fs_du(struct fs *fs, uint64_t ino, struct fs_usage *u);
+/* du of ino: a directory needs search permission on it and its
+ * ancestors, and read and search on every directory under it. */
+int fs_du(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
+	  struct fs_usage *u);
 int fs_df(struct fs *fs, struct fs_usage *u);
 
 /* Offline check of a store (not mounted).  Prints to out; repair returns

@@ -1,8 +1,10 @@
 /*
  * ioctl.h - the protocol between the cowfs command and its daemon, shared
  * by both.  Every request is a fixed-size struct in an _IOWR number, so
- * FUSE passes it to the daemon ("restricted" ioctl): 272 bytes, on a file
- * or directory fd opened inside the mount.
+ * FUSE passes it to the daemon ("restricted" ioctl), on a file or
+ * directory fd opened inside the mount.  The daemon refuses (EINVAL) a
+ * request whose flags or reserved fields are not 0 or whose strings are
+ * not NUL-terminated inside their buffers.
  */
 #ifndef COWFS_IOCTL_H
 #define COWFS_IOCTL_H
@@ -12,15 +14,23 @@
 
 #define COWFS_IOC_MAGIC 0xCF
 
-/* Clone: issued on the destination's parent directory. */
+/* Clone: issued on the destination's parent directory.  SRC is named by
+ * its parent directory and its name, and the daemon checks that this
+ * entry is SRC now: an inode number alone is never trusted. */
 struct cowfs_ioc_clone {
 	uint64_t src_ino;	/* in: st_ino of SRC (same mount) */
 	uint64_t flags;		/* in: 0 */
+	uint64_t src_parent;	/* in: st_ino of SRC's parent directory;
+				 * 0 when SRC is the mount's root */
+	uint64_t reserved;	/* in: 0 */
 	char name[256];		/* in: destination name, NUL-terminated;
 				 * out: unchanged */
+	char src_name[256];	/* in: SRC's name in src_parent ("" for the
+				 * root), NUL-terminated */
 };
 
-/* Accounting: issued on the path measured (du) or any fd (df). */
+/* Accounting: issued on the path measured (du) or any fd (df).  Every
+ * field is out; the request must come zeroed (reserved[] is checked). */
 struct cowfs_ioc_usage {
 	uint64_t logical;	/* out: bytes of file data (sizes) */
 	uint64_t shared;	/* out: bytes in blocks shared with files
@@ -41,23 +51,25 @@ struct cowfs_ioc_usage {
 struct cowfs_ioc_clone_host {
 	uint64_t flags;		/* in: 0 */
 	uint64_t skipped;	/* out: sockets and device nodes left out */
-	char name[256];		/* in: destination name */
-	char path[4096];	/* in: absolute host path of SRC */
+	char name[256];		/* in: destination name, NUL-terminated */
+	char path[4096];	/* in: absolute host path of SRC,
+				 * NUL-terminated */
 };
 
 /* Detach: issued on a regular file. */
 struct cowfs_ioc_detach {
 	uint64_t flags;		/* in: 0 */
 	uint64_t bytes;		/* out: bytes copied from origins */
-	uint64_t reserved[32];
+	uint64_t reserved[32];	/* in: 0 */
 };
 
-_Static_assert(sizeof(struct cowfs_ioc_clone) == 272, "clone arg size");
+_Static_assert(sizeof(struct cowfs_ioc_clone) == 544, "clone arg size");
 _Static_assert(sizeof(struct cowfs_ioc_clone_host) == 4368, "host arg size");
 _Static_assert(sizeof(struct cowfs_ioc_detach) == 272, "detach arg size");
 _Static_assert(sizeof(struct cowfs_ioc_usage) == 272, "usage arg size");
 
-#define COWFS_IOC_CLONE _IOWR(COWFS_IOC_MAGIC, 1, struct cowfs_ioc_clone)
+/* 1 was the clone by inode number alone (refused: ENOTTY) */
+#define COWFS_IOC_CLONE _IOWR(COWFS_IOC_MAGIC, 6, struct cowfs_ioc_clone)
 #define COWFS_IOC_DU _IOWR(COWFS_IOC_MAGIC, 2, struct cowfs_ioc_usage)
 #define COWFS_IOC_DF _IOWR(COWFS_IOC_MAGIC, 3, struct cowfs_ioc_usage)
 #define COWFS_IOC_CLONE_HOST _IOWR(COWFS_IOC_MAGIC, 4, struct cowfs_ioc_clone_host)
