@@ -729,6 +729,7 @@ int cmd_detach(int argc, char **argv)
 		    !S_ISDIR(st.st_mode))
 			continue;
 		int fd = open_in_mount("detach", argv[i]);
+		memset(&u, 0, sizeof(u));
 		if (fd < 0) {
 			detach_status = 1;
 			continue;
