@@ -19,7 +19,7 @@ COWFS_TOP=${COWFS_TOP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 
 COWFS_DEPS="libfuse3-dev fuse3 libxxhash-dev libbsd-dev meson ninja-build
 pkg-config gcc python3-pytest python3-hypothesis attr acl fio fuse-overlayfs
-git rsync"
+git rsync clang libclang-rt-14-dev dpkg-dev debhelper fakeroot"
 
 cowfs_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 
