@@ -112,9 +112,14 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 	in->btime = cc->now;
 	in->nlink = S_ISDIR(src->mode) ? 2 : 1;
 	*out = in;
-	for (struct xattr *x = src->xattrs; x; x = x->next)
+	for (struct xattr *x = src->xattrs; x; x = x->next) {
+		/* a new owner loses file capabilities, as chown(2) takes
+		 * them (and setting them needs CAP_SETFCAP) */
+		if (cc->override && !strcmp(x->name, "security.capability"))
+			continue;
 		if ((rc = xattr_set(in, x->name, x->value, x->len)))
 			return rc;
+	}
 	if (src->target && !(in->target = strdup(src->target)))
 		return -ENOMEM;
 	if (S_ISREG(src->mode)) {
@@ -328,6 +333,10 @@ static int may_visit(void *ctx, struct inode *in)
 {
 	struct may_ctx *m = ctx;
 
+	/* a copy of a device node would be the caller's: mknod(2) of a
+	 * device needs CAP_MKNOD (the whiteout 0:0 does not) */
+	if (m->files && (S_ISCHR(in->mode) || S_ISBLK(in->mode)) && in->rdev)
+		return -EPERM;
 	if (S_ISDIR(in->mode))
 		return inode_may(m->c, in, MAY_R | MAY_X) ? 0 : -EACCES;
 	if (m->files && S_ISREG(in->mode) && !inode_may(m->c, in, MAY_R))
@@ -336,7 +345,8 @@ static int may_visit(void *ctx, struct inode *in)
 }
 
 /* May the caller list every directory under in (read and search), and
- * read every regular file (files)?  0 or -EACCES.  fs->lock held. */
+ * read every regular file (files)?  0 or -EACCES; with files, -EPERM for
+ * a device node (a non-root caller).  fs->lock held. */
 static int may_read_tree(struct fs *fs, const struct fs_ctx *c,
 			 struct inode *in, int files)
 {

@@ -763,11 +763,19 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 		return;
 	case COWFS_IOC_STATUS: {
 		struct cowfs_ioc_status *s;
-		if (out_bufsz < sizeof(*s) || !(s = malloc(sizeof(*s)))) {
-			fuse_reply_err(req, out_bufsz < sizeof(*s) ? EINVAL : ENOMEM);
+		if (in_bufsz != sizeof(*s) || out_bufsz != sizeof(*s)) {
+			fuse_reply_err(req, EINVAL);
 			return;
 		}
-		rc = fs_status(fs, s);
+		if (!(s = malloc(sizeof(*s)))) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(s, in_buf, sizeof(*s));
+		if (s->flags || !zeroed(s->reserved, sizeof(s->reserved) / 8))
+			rc = -EINVAL;
+		else
+			rc = fs_status(fs, s);
 		if (rc)
 			fuse_reply_err(req, -rc);
 		else

@@ -301,11 +301,15 @@ static int path_set(struct walk *w, size_t len, const char *name)
 /* A host xattr a clone copies: user.*, security.* and the POSIX ACLs;
  * trusted.* only for root (the daemon could read them for anyone: it
  * keeps CAP_SYS_ADMIN while it takes the caller's fsuid), and never
- * cowfs's own trusted.cowfs.*. */
+ * cowfs's own trusted.cowfs.*; security.capability only for root. */
 static int want_xattr(const char *n, int is_root)
 {
 	if (!strncmp(n, "trusted.", 8))
 		return is_root && strncmp(n, "trusted.cowfs.", 14);
+	/* file capabilities: setting them needs CAP_SETFCAP, and the
+	 * copy is the caller's */
+	if (!strcmp(n, "security.capability"))
+		return is_root;
 	return !strncmp(n, "user.", 5) || !strncmp(n, "security.", 9) ||
 	       !strcmp(n, "system.posix_acl_access") ||
 	       !strcmp(n, "system.posix_acl_default");

@@ -1,0 +1,147 @@
+"""Adversarial review of issues 7 and 9 as merged: what a hostile local
+user or a new user found, each with the test that failed before the fix.
+
+- A non-root user's clone must not make what mknod(2) would refuse it:
+  a device node owned by that user (with 'dev' mounts, a block device of
+  the root disk opened by anyone).
+- A clone to a new owner drops file capabilities as chown(2) does, and a
+  clone by reference by a non-root user does not copy security.capability
+  (setxattr would need CAP_SETFCAP).
+- Every ioctl checks its flags: the status request too.
+- --json output is valid JSON for any path, names that are not UTF-8
+  included."""
+
+import json
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import run
+from test_security import IOC_PY, as_user, users  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.needs_store
+
+# security.capability, VFS_CAP_REVISION_2, cap_net_raw (13) permitted and
+# effective
+CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+
+
+@pytest.fixture
+def shared(mount_factory):
+    m = mount_factory("s", opts="allow_other")
+    os.chmod(m.mnt, 0o777)
+    return m
+
+
+def test_user_clone_of_device_node_refused(shared, users):
+    """mknod(2) of a device needs CAP_MKNOD; a clone by a user would have
+    made a device node owned by that user (mode at its will)."""
+    m = shared
+    a, b = users
+    os.mknod(m.p("null"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mkdir(m.p("tree"), 0o755)
+    os.mknod(m.p("tree", "blk"), 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+    m.p("tree", "f").write_bytes(b"f")
+    os.chmod(m.p("tree", "f"), 0o644)
+    os.mkfifo(m.p("fifo"), 0o644)
+    for src in ("null", "tree"):
+        p = b.run([m.bin, "clone", m.p(src), m.p("mine-" + src)])
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "Operation not permitted" in p.stderr, p.stderr
+        assert not os.path.lexists(m.p("mine-" + src))
+    # a FIFO is fine, and root may clone devices
+    p = b.run([m.bin, "clone", m.p("fifo"), m.p("mine-fifo")])
+    assert p.returncode == 0, p.stderr
+    assert os.lstat(m.p("mine-fifo")).st_uid == b.uid
+    run([m.bin, "clone", m.p("tree"), m.p("root-tree")])
+    st = os.lstat(m.p("root-tree", "blk"))
+    assert stat.S_ISBLK(st.st_mode) and st.st_uid == 0
+
+
+def test_file_caps_not_given_to_users(hostdir_caps, shared, users):
+    m = shared
+    a, b = users
+    f = m.p("ping")
+    f.write_bytes(b"#!/bin/true\n")
+    os.chmod(f, 0o755)
+    os.setxattr(f, "security.capability", CAP_NET_RAW)
+    os.setxattr(f, "user.note", b"kept")
+    p = b.run([m.bin, "clone", f, m.p("mine")])
+    assert p.returncode == 0, p.stderr
+    assert os.lstat(m.p("mine")).st_uid == b.uid
+    assert "security.capability" not in os.listxattr(m.p("mine"))
+    assert os.getxattr(m.p("mine"), "user.note") == b"kept"
+    # root's clone keeps them (cp -a as root would too)
+    run([m.bin, "clone", f, m.p("roots")])
+    assert os.getxattr(m.p("roots"), "security.capability") == CAP_NET_RAW
+    # by reference from the host
+    h = hostdir_caps / "ping"
+    p = b.run([m.bin, "clone", h, m.p("hmine")])
+    assert p.returncode == 0, p.stderr
+    assert "security.capability" not in os.listxattr(m.p("hmine"))
+    run([m.bin, "clone", h, m.p("hroot")])
+    assert os.getxattr(m.p("hroot"), "security.capability") == CAP_NET_RAW
+    m.remount()
+    assert "security.capability" not in os.listxattr(m.p("mine"))
+    assert "security.capability" not in os.listxattr(m.p("hmine"))
+    assert os.getxattr(m.p("roots"), "security.capability") == CAP_NET_RAW
+
+
+@pytest.fixture
+def hostdir_caps():
+    d = Path(tempfile.mkdtemp(prefix="cowfs-red.", dir="/tmp"))
+    os.chmod(d, 0o755)
+    f = d / "ping"
+    f.write_bytes(b"#!/bin/true\n")
+    os.chmod(f, 0o755)
+    try:
+        os.setxattr(f, "security.capability", CAP_NET_RAW)
+    except OSError as e:
+        shutil.rmtree(d)
+        pytest.skip(f"no file capabilities on {d}: {e}")
+    yield d
+    shutil.rmtree(d)
+
+
+def test_status_ioctl_checks_flags(shared, users):
+    m = shared
+    a, b = users
+    out = as_user(b, f"""
+STATUS = IOWR(6, 9472)
+buf = bytearray(9472)
+print(res(ioctl_path, {str(m.mnt)!r}, STATUS, buf))
+buf = bytearray(9472); buf[0] = 1
+print(res(ioctl_path, {str(m.mnt)!r}, STATUS, buf))
+buf = bytearray(9472); buf[8 * 18 + 5] = 1
+print(res(ioctl_path, {str(m.mnt)!r}, STATUS, buf))
+""").split()
+    assert out == ["OK", "EINVAL", "EINVAL"], out
+
+
+def test_json_for_any_name(mount):
+    """du/df/status --json parse with a JSON parser, whatever the bytes of
+    the paths (quotes, control characters, not UTF-8)."""
+    m = mount
+    name = b'q"b\\s\n\x01\xff\xc3('
+    d = os.path.join(os.fsencode(m.mnt), name)
+    os.mkdir(d)
+    with open(os.path.join(d, b"f"), "wb") as f:
+        f.write(b"x" * 5000)
+    p = subprocess.run([os.fsencode(m.bin), b"du", b"--json", d],
+                       capture_output=True, env=m.env, check=False)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert os.fsencode(doc[0]["path"]) == d
+    assert doc[0]["logical"] == 5000
+    for cmd in (b"df", b"status"):
+        p = subprocess.run([os.fsencode(m.bin), cmd, b"--json", d],
+                           capture_output=True, env=m.env, check=False)
+        assert p.returncode == 0, p.stderr
+        doc = json.loads(p.stdout)
+        assert os.fsencode(doc["mountpoint"]) == d
