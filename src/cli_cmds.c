@@ -172,13 +172,18 @@ static int clone_host(int dirfd_, const char *parent, const char *src,
 	/* resolve the parent, keep SRC itself (a symlink stays a symlink) */
 	for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--)
 		d[n - 1] = b[n - 1] = 0;
+	/* "link/" names the directory a symlink points to: not the link */
+	struct stat lst;
+	int via_link = strlen(d) < strlen(src) && lstat(d, &lst) == 0 &&
+		       S_ISLNK(lst.st_mode);
 	pdir = realpath(dirname(d), NULL);
 	base = basename(b);
 	if (!pdir) {
 		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, strerror(errno));
 		goto out;
 	}
-	if (!strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, "/")) {
+	if (via_link || !strcmp(base, ".") || !strcmp(base, "..") ||
+	    !strcmp(base, "/")) {
 		abs = realpath(src, NULL);
 	} else if (asprintf(&abs, "%s/%s", strcmp(pdir, "/") ? pdir : "", base) < 0) {
 		abs = NULL;
@@ -222,6 +227,22 @@ out:
 	return status;
 }
 
+/* Which path an in-store clone's error is about: 1 SRC, 0 DST.  The
+ * daemon says EACCES/EPERM for either side: DST's directory is at fault
+ * only when the caller may not write and search it.  ENOENT is SRC's
+ * entry gone or changed, unless DST's directory was removed; EIO is
+ * SRC's tree. */
+static int clone_at_fault(int e, int dirfd_, const char *parent)
+{
+	struct stat st;
+
+	if (e == EACCES || e == EPERM)
+		return access(parent, W_OK | X_OK) == 0;
+	if (e == ENOENT)
+		return fstat(dirfd_, &st) == 0 && st.st_nlink > 0;
+	return e == EIO || e == ELOOP;
+}
+
 /* SRC (inside a mount, lstat()ed as *sst) as its parent directory's
  * inode and its name, which the daemon checks.  0, or -1 with errno. */
 static int src_entry(const char *src, const struct stat *sst,
@@ -235,8 +256,12 @@ static int src_entry(const char *src, const struct stat *sst,
 		goto out;
 	for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--)
 		d[n - 1] = b[n - 1] = 0;
+	/* "link/" names the directory a symlink points to: not the entry */
+	int via_link = lstat(d, &pst) == 0 && (pst.st_ino != sst->st_ino ||
+						pst.st_dev != sst->st_dev);
 	const char *dir = dirname(d), *base = basename(b);
-	if (!strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, "/")) {
+	if (via_link || !strcmp(base, ".") || !strcmp(base, "..") ||
+	    !strcmp(base, "/")) {
 		if (!(real = realpath(src, NULL)))
 			goto out;
 		free(d);
@@ -328,7 +353,9 @@ int cmd_clone(int argc, char **argv)
 		else if (e == EXDEV)
 			fprintf(stderr, "cowfs: clone: '%s': %s\n", src, EXDEV_MSG);
 		else
-			fprintf(stderr, "cowfs: clone: '%s': %s\n", dst, strerror(e));
+			fprintf(stderr, "cowfs: clone: '%s': %s\n",
+				clone_at_fault(e, fd, parent) ? src : dst,
+				strerror(e));
 		goto out;
 	}
 	status = 0;

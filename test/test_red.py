@@ -145,3 +145,45 @@ def test_json_for_any_name(mount):
         assert p.returncode == 0, p.stderr
         doc = json.loads(p.stdout)
         assert os.fsencode(doc["mountpoint"]) == d
+
+
+def test_clone_src_with_trailing_slash_through_symlink(mount, tmp_path):
+    """'link/' names the directory the link points to (as cp -r and ls
+    take it), in the mount and on the host; 'link' is the link."""
+    m = mount
+    m.p("d").mkdir()
+    m.p("d", "f").write_bytes(b"f")
+    os.symlink("d", m.p("ld"))
+    h = tmp_path / "h"
+    (h / "dd").mkdir(parents=True)
+    (h / "dd" / "g").write_bytes(b"g")
+    os.symlink("dd", h / "ldd")
+    for src, dst in ((f"{m.p('ld')}/", "c1"), (f"{h / 'ldd'}/", "c2")):
+        p = m.cowfs("clone", src, m.p(dst))
+        assert p.returncode == 0, p.stderr
+        assert m.p(dst).is_dir() and not m.p(dst).is_symlink(), dst
+    assert m.p("c1", "f").read_bytes() == b"f"
+    assert m.p("c2", "g").read_bytes() == b"g"
+    for src, dst in ((m.p("ld"), "l1"), (h / "ldd", "l2")):
+        p = m.cowfs("clone", src, m.p(dst))
+        assert p.returncode == 0, p.stderr
+        assert m.p(dst).is_symlink()
+
+
+def test_clone_error_names_the_path_at_fault(shared, users):
+    """cowfs: clone: 'PATH': reason, PATH the side that refused."""
+    m = shared
+    a, b = users
+    m.p("secret").write_bytes(b"s")
+    os.chmod(m.p("secret"), 0o600)
+    m.p("pub").write_bytes(b"p")
+    os.chmod(m.p("pub"), 0o644)
+    m.p("ro").mkdir(mode=0o755)
+    os.mknod(m.p("null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    cases = [("secret", "x1", "secret", "Permission denied"),
+             ("pub", "ro/x2", "ro/x2", "Permission denied"),
+             ("null", "x3", "null", "Operation not permitted")]
+    for src, dst, at, why in cases:
+        p = b.run([m.bin, "clone", m.p(src), m.p(dst)])
+        assert p.returncode == 1
+        assert p.stderr == f"cowfs: clone: '{m.p(at)}': {why}\n", p.stderr
