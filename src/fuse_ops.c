@@ -6,7 +6,9 @@
 #define FUSE_USE_VERSION 314
 #include <errno.h>
 #include <fcntl.h>
+#include <fuse_log.h>
 #include <fuse_lowlevel.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -824,6 +826,44 @@ static const struct fuse_lowlevel_ops ops = {
 	.lseek = op_lseek,
 	.copy_file_range = op_copy_file_range,
 };
+
+static void log_nothing(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	(void)level;
+	(void)fmt;
+	(void)ap;
+}
+
+int cowfs_fuse_check_opts(const char *opts, char *bad, size_t badlen)
+{
+	char *dup = strdup(opts), *save = NULL, *tok;
+	int rc = 0;
+
+	if (!dup)
+		return -ENOMEM;
+	*bad = 0;
+	fuse_set_log_func(log_nothing);
+	for (tok = strtok_r(dup, ",", &save); tok && !rc;
+	     tok = strtok_r(NULL, ",", &save)) {
+		struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+		struct fuse_session *se = NULL;
+		if (fuse_opt_add_arg(&args, "cowfs") ||
+		    fuse_opt_add_arg(&args, "-o") ||
+		    fuse_opt_add_arg(&args, tok)) {
+			rc = -ENOMEM;
+		} else if (!(se = fuse_session_new(&args, &ops, sizeof(ops),
+						   NULL))) {
+			snprintf(bad, badlen, "%s", tok);
+			rc = -EINVAL;
+		}
+		if (se)
+			fuse_session_destroy(se);
+		fuse_opt_free_args(&args);
+	}
+	fuse_set_log_func(NULL);
+	free(dup);
+	return rc;
+}
 
 int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 {

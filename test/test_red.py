@@ -187,3 +187,22 @@ def test_clone_error_names_the_path_at_fault(shared, users):
         p = b.run([m.bin, "clone", m.p(src), m.p(dst)])
         assert p.returncode == 1
         assert p.stderr == f"cowfs: clone: '{m.p(at)}': {why}\n", p.stderr
+
+
+def test_mount_bad_option_is_usage_error(mount_factory):
+    """A -o option libfuse does not take is a usage error (exit 2, the
+    option named), found before the store is opened; the options of an
+    fstab line mount."""
+    m = mount_factory("m", do_mount=False)
+    for opts, bad in (("bogus", "bogus"), ("allow_other,nosuch=1", "nosuch=1")):
+        p = m.cowfs("mount", "-o", opts, m.store, m.mnt)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert p.stderr.startswith(
+            f"cowfs: mount: unknown option '{bad}'\n"), p.stderr
+        assert "could not mount" not in p.stderr
+        assert not m.daemon_pid()
+    m.mount("ro,nosuid,nodev,noexec,relatime,noatime,nofail,_netdev,"
+            "x-systemd.automount,commit=5,logfile=" + str(m.log))
+    with open("/proc/self/mountinfo") as f:
+        line = [ln for ln in f if f" {m.mnt} " in ln][0]
+    assert " ro," in line and "nosuid" in line and "noexec" in line, line
