@@ -39,6 +39,7 @@ static void get_ctx(fuse_req_t req, struct fs_ctx *c)
 	c->gid = fc->gid;
 	c->umask = fc->umask;
 	c->ngroups = -1;
+	c->groups_cut = 0;
 }
 
 /*
@@ -49,7 +50,8 @@ static void get_ctx(fuse_req_t req, struct fs_ctx *c)
 static void get_ctx_groups(fuse_req_t req, struct fs_ctx *c)
 {
 	const struct fuse_ctx *fc = fuse_req_ctx(req);
-	char path[64], buf[8192], *p;
+	char path[64], *buf, *p;
+	size_t len = 0, cap = 65536;
 	ssize_t n;
 	int fd;
 
@@ -59,24 +61,43 @@ static void get_ctx_groups(fuse_req_t req, struct fs_ctx *c)
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
-	n = read(fd, buf, sizeof(buf) - 1);
+	buf = malloc(cap);
+	while (buf && (n = read(fd, buf + len, cap - 1 - len)) > 0) {
+		len += (size_t)n;
+		if (len == cap - 1) {
+			char *nb = cap < (1u << 22) ? realloc(buf, cap * 2) : NULL;
+			if (!nb)
+				break;
+			buf = nb;
+			cap *= 2;
+		}
+	}
 	close(fd);
-	if (n <= 0)
+	if (!buf)
 		return;
-	buf[n] = 0;
+	buf[len] = 0;
 	p = strstr(buf, "\nGroups:");
-	if (!p)
+	if (!p) {
+		free(buf);
 		return;
+	}
 	p += 8;
 	c->ngroups = 0;
-	while (c->ngroups < 64) {
+	for (;;) {
 		char *end;
 		unsigned long g = strtoul(p, &end, 10);
 		if (end == p)
 			break;
+		if (c->ngroups == FS_CTX_GROUPS) {
+			c->groups_cut = 1;	/* more than we keep */
+			break;
+		}
 		c->groups[c->ngroups++] = (gid_t)g;
 		p = end;
 	}
+	if (!strchr(p, '\n'))
+		c->groups_cut = 1;	/* the line was cut */
+	free(buf);
 }
 
 /* trusted.cowfs.* holds cowfs's own state: not for users. */

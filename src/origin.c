@@ -655,7 +655,8 @@ struct creds {
 };
 
 /* Returns 0, or -EPERM when this thread cannot take the caller's
- * identity (a daemon that is not root, serving another user). */
+ * identity (a daemon that is not root, serving another user, or a
+ * caller whose groups are not all known). */
 static int creds_enter(const struct fs_ctx *c, struct creds *save)
 {
 	save->uid = (uid_t)setfsuid((uid_t)-1);
@@ -663,6 +664,10 @@ static int creds_enter(const struct fs_ctx *c, struct creds *save)
 	save->ngroups = getgroups(64, save->groups);
 	if (c->uid == 0 || (c->uid == save->uid && geteuid() != 0))
 		return 0;	/* root, or the daemon's own user */
+	/* without all its groups, the caller could read what a group of
+	 * its own denies it (mode 0604 and the like) */
+	if (c->ngroups < 0 || c->groups_cut)
+		return -EPERM;
 	/* the raw syscall changes this thread only */
 	syscall(SYS_setgroups, c->ngroups > 0 ? c->ngroups : 0, c->groups);
 	setfsgid(c->gid);

@@ -206,3 +206,41 @@ def test_mount_bad_option_is_usage_error(mount_factory):
     with open("/proc/self/mountinfo") as f:
         line = [ln for ln in f if f" {m.mnt} " in ln][0]
     assert " ro," in line and "nosuid" in line and "noexec" in line, line
+
+
+def test_clone_honours_every_supplementary_group(hostdir_caps, shared,
+                                                 users):
+    """Mode 0604 denies the file's group: a member must not clone it,
+    even when that group is its 70th (the daemon kept 64), and a caller
+    with more groups than the daemon keeps gets no more than the kernel
+    would give (other bits only where the group bits agree; no clone by
+    reference, which reads the host with the caller's groups)."""
+    m = shared
+    a, b = users
+    base = 50000
+    many = list(range(base, base + 70))
+    huge = list(range(base, base + 1100))
+    for name, gid in (("g70", base + 69), ("g1100", base + 1099)):
+        f = m.p(name)
+        f.write_bytes(b"not for the group")
+        os.chown(f, 0, gid)
+        os.chmod(f, 0o604)
+    m.p("open").write_bytes(b"open")
+    os.chmod(m.p("open"), 0o644)
+    root = str(m.mnt)
+    code = f"""
+import os
+def c(src, dst):
+    ino = os.stat({root!r} + "/" + src).st_ino
+    return res(clone, {root!r}, ino, 1, src, dst)
+print(res(open, {root!r} + "/g70"), c("g70", "x70" + S))
+print(res(open, {root!r} + "/g1100"), c("g1100", "x1100" + S),
+      c("open", "xo" + S))
+print(res(clone_host, {root!r}, {str(hostdir_caps / 'ping')!r}, "xh" + S))
+"""
+    out = as_user(b, code.replace("S)", "'a')"), groups=many).splitlines()
+    assert out == ["EACCES EACCES", "OK OK OK", "OK"], out
+    out = as_user(b, code.replace("S)", "'b')"), groups=huge).splitlines()
+    assert out == ["EACCES EACCES", "EACCES EACCES OK", "EPERM"], out
+    assert not m.p("x70a").exists() and not m.p("x70b").exists()
+    assert not m.p("x1100b").exists() and not m.p("xhb").exists()
