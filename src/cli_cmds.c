@@ -276,6 +276,12 @@ static int src_entry(const char *src, const struct stat *sst,
 	if (stat(dir, &pst) < 0)
 		goto out;
 	if (pst.st_dev != sst->st_dev || pst.st_ino == sst->st_ino) {
+		if (sst->st_ino != 1) {
+			/* the top of a bind mount of a directory inside:
+			 * its parent in the store is not to be seen here */
+			errno = EXDEV;
+			goto out;
+		}
 		a->src_parent = 0;	/* SRC is the mount's root */
 		a->src_name[0] = 0;
 	} else if (strlen(base) >= sizeof(a->src_name)) {
@@ -342,7 +348,9 @@ int cmd_clone(int argc, char **argv)
 	memset(&a, 0, sizeof(a));
 	a.src_ino = sst.st_ino;
 	if (src_entry(src, &sst, &a) < 0) {
-		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, strerror(errno));
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, errno == EXDEV ?
+			"the top of a bind mount: name it by its path in the "
+			"cowfs mount" : strerror(errno));
 		goto out;
 	}
 	strlcpy(a.name, name, sizeof(a.name));

@@ -244,3 +244,26 @@ print(res(clone_host, {root!r}, {str(hostdir_caps / 'ping')!r}, "xh" + S))
     assert out == ["EACCES EACCES", "EACCES EACCES OK", "EPERM"], out
     assert not m.p("x70a").exists() and not m.p("x70b").exists()
     assert not m.p("x1100b").exists() and not m.p("xhb").exists()
+
+
+def test_clone_top_of_bind_mount(mount, tmp_path):
+    """A directory of the mount bind-mounted elsewhere: its top cannot be
+    named by parent and name from there; a clear message, not EINVAL
+    naming DST.  What is under it clones."""
+    m = mount
+    m.p("d").mkdir()
+    m.p("d", "f").write_bytes(b"f")
+    b = tmp_path / "bind"
+    b.mkdir()
+    run(["mount", "--bind", m.p("d"), b])
+    try:
+        p = m.cowfs("clone", b, m.p("x"))
+        assert p.returncode == 1
+        assert p.stderr == (f"cowfs: clone: '{b}': the top of a bind mount: "
+                            "name it by its path in the cowfs mount\n"), \
+            p.stderr
+        p = m.cowfs("clone", b / "f", m.p("y"))
+        assert p.returncode == 0, p.stderr
+    finally:
+        run(["umount", b])
+    assert m.p("y").read_bytes() == b"f"
