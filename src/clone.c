@@ -369,12 +369,14 @@ static int clone_check(struct fs *fs, const struct fs_ctx *c,
 		return -ENOTDIR;
 	if (dir->nlink == 0)
 		return -ENOENT;
-	if (dir_find(dir, name))
-		return -EEXIST;
+	/* permissions first: what a directory holds is no answer to whom
+	 * may not search it */
 	if ((rc = fs_may_reach(fs, c, dir)))
 		return rc;
 	if (!inode_may(c, dir, MAY_W | MAY_X))
 		return -EACCES;
+	if (dir_find(dir, name))
+		return -EEXIST;
 	return may_read_tree(fs, c, src, 1);
 }
 
@@ -475,6 +477,10 @@ int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
 			rc = -ENOTDIR;
 			goto out;
 		}
+		/* search permission before the name is looked up: no
+		 * probing of names in a directory the caller may not search */
+		if ((rc = fs_may_reach(fs, c, sdir)))
+			goto out;
 		d = dir_find(sdir, src_name);
 		if (!d || d->ino != src_ino) {
 			rc = -ENOENT;
@@ -482,8 +488,8 @@ int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
 		}
 		src = inode_get(fs, src_ino);
 	}
-	if ((rc = fs_may_reach(fs, c, sdir)))
-		goto out;
+	if (src == sdir && (rc = fs_may_reach(fs, c, sdir)))
+		goto out;	/* the root */
 	if (!(rc = clone_check(fs, c, src, dir, name)))
 		rc = clone_locked(fs, c, src, dir, name, st);
 out:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from test_security import IOC_PY, as_user, users  # noqa: F401 - fixture
+from test_security import IOC_PY, as_user, chown, users  # noqa: F401
 
 pytestmark = pytest.mark.needs_store
 
@@ -267,3 +267,54 @@ def test_clone_top_of_bind_mount(mount, tmp_path):
     finally:
         run(["umount", b])
     assert m.p("y").read_bytes() == b"f"
+
+
+def test_no_probing_names_in_private_dirs(shared, users):
+    """A clone request naming an entry of another user's 0700 directory
+    answers EACCES whether the name exists or not (it was ENOENT for a
+    name that is not there: names could be guessed one by one); and
+    EEXIST in a DST directory comes only after its permission checks."""
+    m = shared
+    a, b = users
+    p = m.p("a")
+    p.mkdir()
+    (p / "plan.txt").write_bytes(b"x")
+    os.chmod(p / "plan.txt", 0o644)
+    (p / "drop").mkdir()
+    (p / "drop" / "taken").write_bytes(b"t")
+    os.chmod(p / "drop", 0o777)
+    chown(p, a, 0o700)
+    m.p("pub").write_bytes(b"p")
+    os.chmod(m.p("pub"), 0o644)
+    a_ino = os.stat(p).st_ino
+    f_ino = os.stat(p / "plan.txt").st_ino
+    drop = str(p / "drop")
+    root = str(m.mnt)
+    pub = os.stat(m.p("pub")).st_ino
+    out = run_as_with_fd(b, drop, f"""
+print(res(clone, {root!r}, {f_ino}, {a_ino}, "plan.txt", "x1"))
+print(res(clone, {root!r}, {f_ino}, {a_ino}, "nothing.txt", "x2"))
+print(res(clone, {root!r}, {f_ino} + 1, {a_ino}, "plan.txt", "x3"))
+print(res(clone_fd, fd, {pub}, 1, "pub", "taken"))
+print(res(clone_fd, fd, {pub}, 1, "pub", "free"))
+""")
+    assert out == ["EACCES"] * 5, out
+    assert not (p / "drop" / "free").exists()
+
+
+def run_as_with_fd(u, dirpath, code):
+    """Open dirpath as root, then run code as u with the fd as 'fd'."""
+    fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        args = ["setpriv", f"--reuid={u.uid}", f"--regid={u.gid}",
+                "--clear-groups", "--", "/usr/bin/python3", "-I", "-c",
+                IOC_PY + f"\nfd = {fd}\n"
+                "def clone_fd(fd, src_ino, src_parent, src_name, name):\n"
+                "    fcntl.ioctl(fd, CLONE, clone_buf(src_ino, src_parent,"
+                " src_name, name))\n" + code]
+        p = subprocess.run(args, capture_output=True, text=True, cwd="/",
+                           pass_fds=(fd,), timeout=300)
+    finally:
+        os.close(fd)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.split()
