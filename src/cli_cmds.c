@@ -436,6 +436,37 @@ static int open_in_mount(const char *cmd, const char *path)
 	return fd;
 }
 
+/* For df and status, which are about the whole mount: a directory fd
+ * in the mount that holds path (path itself when it is a directory; its
+ * parent for a file, symlink, FIFO or device, which are never opened). */
+static int open_mount_of(const char *cmd, const char *path)
+{
+	struct stat st;
+	char *dup;
+	int fd;
+
+	if (lstat(path, &st) < 0) {
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
+		return -1;
+	}
+	if (S_ISDIR(st.st_mode))
+		return open_in_mount(cmd, path);
+	if (!(dup = strdup(path)))
+		err(1, "%s", cmd);
+	fd = open(dirname(dup), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dup);
+	if (fd < 0) {
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
+		return -1;
+	}
+	if (!on_fuse(fd)) {
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, NOT_COWFS);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 		       struct cowfs_ioc_usage *u)
 {
@@ -446,6 +477,10 @@ static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 	if (lstat(path, &st) < 0) {
 		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
 		return -1;
+	}
+	if (nr == COWFS_IOC_DF) {
+		fd = open_mount_of(cmd, path);
+		goto ioctl;
 	}
 	if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
 		/* symlinks, fifos, sockets, devices: no data, if in a mount */
@@ -463,6 +498,7 @@ static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 		return 0;
 	}
 	fd = open_in_mount(cmd, path);
+ioctl:
 	if (fd < 0)
 		return -1;
 	if (ioctl(fd, nr, u) < 0) {
@@ -618,7 +654,7 @@ int cmd_status(int argc, char **argv)
 		return usage_error("status", argc - optind ? "too many arguments" :
 				   "missing MOUNTPOINT");
 	const char *mnt = argv[optind];
-	fd = open_in_mount("status", mnt);
+	fd = open_mount_of("status", mnt);
 	if (fd < 0)
 		return 1;
 	s = calloc(1, sizeof(*s));

@@ -318,3 +318,25 @@ def run_as_with_fd(u, dirpath, code):
         os.close(fd)
     assert p.returncode == 0, p.stderr
     return p.stdout.split()
+
+
+def test_df_and_status_of_any_path_in_the_mount(mount):
+    """df and status are about the whole mount: for a symlink, FIFO or
+    device inside it they printed all zeros ('blocks of 0 bytes'), 'Too
+    many levels of symbolic links' or 'not inside a cowfs mount'."""
+    m = mount
+    m.p("f").write_bytes(b"x" * 10000)
+    os.symlink("f", m.p("l"))
+    os.mkfifo(m.p("fifo"))
+    os.mknod(m.p("null"), 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    want = json.loads(m.cowfs("df", "--json", m.mnt, check=True).stdout)
+    assert want["logical"] == 10000 and want["block_size"] > 0
+    for name in ("f", "l", "fifo", "null"):
+        p = m.cowfs("df", "--json", m.p(name), timeout=30)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout)
+        for k in ("logical", "files", "dirs", "block_size"):
+            assert got[k] == want[k], (name, k, got, want)
+        p = m.cowfs("status", "--json", m.p(name), timeout=30)
+        assert p.returncode == 0, (name, p.stderr)
+        assert json.loads(p.stdout)["store"] == str(m.store.resolve())
