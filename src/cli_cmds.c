@@ -751,7 +751,9 @@ static int detach_one(const char *path, const struct stat *st, int type,
 		return 0;
 	if (st->st_nlink > 1 && st->st_size == 0)
 		return 0;
-	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	/* a FIFO swapped in since the walk saw a file must not block */
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+			    O_CLOEXEC);
 	memset(&d, 0, sizeof(d));
 	if (fd < 0 || ioctl(fd, COWFS_IOC_DETACH, &d) < 0) {
 		int e = errno;
