@@ -172,13 +172,18 @@ static int clone_host(int dirfd_, const char *parent, const char *src,
 	/* resolve the parent, keep SRC itself (a symlink stays a symlink) */
 	for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--)
 		d[n - 1] = b[n - 1] = 0;
+	/* "link/" names the directory a symlink points to: not the link */
+	struct stat lst;
+	int via_link = strlen(d) < strlen(src) && lstat(d, &lst) == 0 &&
+		       S_ISLNK(lst.st_mode);
 	pdir = realpath(dirname(d), NULL);
 	base = basename(b);
 	if (!pdir) {
 		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, strerror(errno));
 		goto out;
 	}
-	if (!strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, "/")) {
+	if (via_link || !strcmp(base, ".") || !strcmp(base, "..") ||
+	    !strcmp(base, "/")) {
 		abs = realpath(src, NULL);
 	} else if (asprintf(&abs, "%s/%s", strcmp(pdir, "/") ? pdir : "", base) < 0) {
 		abs = NULL;
@@ -222,6 +227,22 @@ out:
 	return status;
 }
 
+/* Which path an in-store clone's error is about: 1 SRC, 0 DST.  The
+ * daemon says EACCES/EPERM for either side: DST's directory is at fault
+ * only when the caller may not write and search it.  ENOENT is SRC's
+ * entry gone or changed, unless DST's directory was removed; EIO is
+ * SRC's tree. */
+static int clone_at_fault(int e, int dirfd_, const char *parent)
+{
+	struct stat st;
+
+	if (e == EACCES || e == EPERM)
+		return access(parent, W_OK | X_OK) == 0;
+	if (e == ENOENT)
+		return fstat(dirfd_, &st) == 0 && st.st_nlink > 0;
+	return e == EIO || e == ELOOP;
+}
+
 /* SRC (inside a mount, lstat()ed as *sst) as its parent directory's
  * inode and its name, which the daemon checks.  0, or -1 with errno. */
 static int src_entry(const char *src, const struct stat *sst,
@@ -235,8 +256,12 @@ static int src_entry(const char *src, const struct stat *sst,
 		goto out;
 	for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--)
 		d[n - 1] = b[n - 1] = 0;
+	/* "link/" names the directory a symlink points to: not the entry */
+	int via_link = lstat(d, &pst) == 0 && (pst.st_ino != sst->st_ino ||
+						pst.st_dev != sst->st_dev);
 	const char *dir = dirname(d), *base = basename(b);
-	if (!strcmp(base, ".") || !strcmp(base, "..") || !strcmp(base, "/")) {
+	if (via_link || !strcmp(base, ".") || !strcmp(base, "..") ||
+	    !strcmp(base, "/")) {
 		if (!(real = realpath(src, NULL)))
 			goto out;
 		free(d);
@@ -251,6 +276,12 @@ static int src_entry(const char *src, const struct stat *sst,
 	if (stat(dir, &pst) < 0)
 		goto out;
 	if (pst.st_dev != sst->st_dev || pst.st_ino == sst->st_ino) {
+		if (sst->st_ino != 1) {
+			/* the top of a bind mount of a directory inside:
+			 * its parent in the store is not to be seen here */
+			errno = EXDEV;
+			goto out;
+		}
 		a->src_parent = 0;	/* SRC is the mount's root */
 		a->src_name[0] = 0;
 	} else if (strlen(base) >= sizeof(a->src_name)) {
@@ -317,7 +348,9 @@ int cmd_clone(int argc, char **argv)
 	memset(&a, 0, sizeof(a));
 	a.src_ino = sst.st_ino;
 	if (src_entry(src, &sst, &a) < 0) {
-		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, strerror(errno));
+		fprintf(stderr, "cowfs: clone: '%s': %s\n", src, errno == EXDEV ?
+			"the top of a bind mount: name it by its path in the "
+			"cowfs mount" : strerror(errno));
 		goto out;
 	}
 	strlcpy(a.name, name, sizeof(a.name));
@@ -328,7 +361,9 @@ int cmd_clone(int argc, char **argv)
 		else if (e == EXDEV)
 			fprintf(stderr, "cowfs: clone: '%s': %s\n", src, EXDEV_MSG);
 		else
-			fprintf(stderr, "cowfs: clone: '%s': %s\n", dst, strerror(e));
+			fprintf(stderr, "cowfs: clone: '%s': %s\n",
+				clone_at_fault(e, fd, parent) ? src : dst,
+				strerror(e));
 		goto out;
 	}
 	status = 0;
@@ -401,6 +436,37 @@ static int open_in_mount(const char *cmd, const char *path)
 	return fd;
 }
 
+/* For df and status, which are about the whole mount: a directory fd
+ * in the mount that holds path (path itself when it is a directory; its
+ * parent for a file, symlink, FIFO or device, which are never opened). */
+static int open_mount_of(const char *cmd, const char *path)
+{
+	struct stat st;
+	char *dup;
+	int fd;
+
+	if (lstat(path, &st) < 0) {
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
+		return -1;
+	}
+	if (S_ISDIR(st.st_mode))
+		return open_in_mount(cmd, path);
+	if (!(dup = strdup(path)))
+		err(1, "%s", cmd);
+	fd = open(dirname(dup), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dup);
+	if (fd < 0) {
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
+		return -1;
+	}
+	if (!on_fuse(fd)) {
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, NOT_COWFS);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 		       struct cowfs_ioc_usage *u)
 {
@@ -411,6 +477,10 @@ static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 	if (lstat(path, &st) < 0) {
 		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
 		return -1;
+	}
+	if (nr == COWFS_IOC_DF) {
+		fd = open_mount_of(cmd, path);
+		goto ioctl;
 	}
 	if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
 		/* symlinks, fifos, sockets, devices: no data, if in a mount */
@@ -428,6 +498,7 @@ static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 		return 0;
 	}
 	fd = open_in_mount(cmd, path);
+ioctl:
 	if (fd < 0)
 		return -1;
 	if (ioctl(fd, nr, u) < 0) {
@@ -583,7 +654,7 @@ int cmd_status(int argc, char **argv)
 		return usage_error("status", argc - optind ? "too many arguments" :
 				   "missing MOUNTPOINT");
 	const char *mnt = argv[optind];
-	fd = open_in_mount("status", mnt);
+	fd = open_mount_of("status", mnt);
 	if (fd < 0)
 		return 1;
 	s = calloc(1, sizeof(*s));
@@ -680,7 +751,9 @@ static int detach_one(const char *path, const struct stat *st, int type,
 		return 0;
 	if (st->st_nlink > 1 && st->st_size == 0)
 		return 0;
-	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	/* a FIFO swapped in since the walk saw a file must not block */
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+			    O_CLOEXEC);
 	memset(&d, 0, sizeof(d));
 	if (fd < 0 || ioctl(fd, COWFS_IOC_DETACH, &d) < 0) {
 		int e = errno;

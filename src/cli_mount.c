@@ -42,13 +42,14 @@ struct mount_args {
 };
 
 /* Options fstab, mount(8) and systemd use, which mean nothing to the
- * daemon: dropped without a word. */
+ * daemon: dropped without a word ("relatime" is what a FUSE mount gets
+ * anyway; libfuse does not know the word). */
 static int ignored_opt(const char *o)
 {
 	static const char *names[] = {
 		"defaults", "auto", "noauto", "nofail", "_netdev", "user",
 		"nouser", "users", "owner", "group", "loop", "bg", "fg",
-		"sw", "xx", NULL
+		"sw", "xx", "relatime", NULL
 	};
 	for (int i = 0; names[i]; i++)
 		if (!strcmp(o, names[i]))
@@ -328,6 +329,15 @@ static int mount_main(int argc, char **argv, const char *cmd)
 	}
 	store = argv[optind];
 	mnt = argv[optind + 1];
+	/* a bad option is a usage error, found before the store is opened */
+	if (a.fuse_opts[0]) {
+		char bad[256];
+		int e = cowfs_fuse_check_opts(a.fuse_opts, bad, sizeof(bad));
+		if (e == -EINVAL) {
+			rc = usage_error("mount", "unknown option '%s'", bad);
+			goto out;
+		}
+	}
 	rc = 1;
 	if (stat(mnt, &st) < 0 || !S_ISDIR(st.st_mode)) {
 		int e = stat(mnt, &st) < 0 ? errno : ENOTDIR;

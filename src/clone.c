@@ -112,9 +112,14 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 	in->btime = cc->now;
 	in->nlink = S_ISDIR(src->mode) ? 2 : 1;
 	*out = in;
-	for (struct xattr *x = src->xattrs; x; x = x->next)
+	for (struct xattr *x = src->xattrs; x; x = x->next) {
+		/* a new owner loses file capabilities, as chown(2) takes
+		 * them (and setting them needs CAP_SETFCAP) */
+		if (cc->override && !strcmp(x->name, "security.capability"))
+			continue;
 		if ((rc = xattr_set(in, x->name, x->value, x->len)))
 			return rc;
+	}
 	if (src->target && !(in->target = strdup(src->target)))
 		return -ENOMEM;
 	if (S_ISREG(src->mode)) {
@@ -328,6 +333,10 @@ static int may_visit(void *ctx, struct inode *in)
 {
 	struct may_ctx *m = ctx;
 
+	/* a copy of a device node would be the caller's: mknod(2) of a
+	 * device needs CAP_MKNOD (the whiteout 0:0 does not) */
+	if (m->files && (S_ISCHR(in->mode) || S_ISBLK(in->mode)) && in->rdev)
+		return -EPERM;
 	if (S_ISDIR(in->mode))
 		return inode_may(m->c, in, MAY_R | MAY_X) ? 0 : -EACCES;
 	if (m->files && S_ISREG(in->mode) && !inode_may(m->c, in, MAY_R))
@@ -336,7 +345,8 @@ static int may_visit(void *ctx, struct inode *in)
 }
 
 /* May the caller list every directory under in (read and search), and
- * read every regular file (files)?  0 or -EACCES.  fs->lock held. */
+ * read every regular file (files)?  0 or -EACCES; with files, -EPERM for
+ * a device node (a non-root caller).  fs->lock held. */
 static int may_read_tree(struct fs *fs, const struct fs_ctx *c,
 			 struct inode *in, int files)
 {
@@ -359,12 +369,14 @@ static int clone_check(struct fs *fs, const struct fs_ctx *c,
 		return -ENOTDIR;
 	if (dir->nlink == 0)
 		return -ENOENT;
-	if (dir_find(dir, name))
-		return -EEXIST;
+	/* permissions first: what a directory holds is no answer to whom
+	 * may not search it */
 	if ((rc = fs_may_reach(fs, c, dir)))
 		return rc;
 	if (!inode_may(c, dir, MAY_W | MAY_X))
 		return -EACCES;
+	if (dir_find(dir, name))
+		return -EEXIST;
 	return may_read_tree(fs, c, src, 1);
 }
 
@@ -465,6 +477,10 @@ int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
 			rc = -ENOTDIR;
 			goto out;
 		}
+		/* search permission before the name is looked up: no
+		 * probing of names in a directory the caller may not search */
+		if ((rc = fs_may_reach(fs, c, sdir)))
+			goto out;
 		d = dir_find(sdir, src_name);
 		if (!d || d->ino != src_ino) {
 			rc = -ENOENT;
@@ -472,8 +488,8 @@ int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
 		}
 		src = inode_get(fs, src_ino);
 	}
-	if ((rc = fs_may_reach(fs, c, sdir)))
-		goto out;
+	if (src == sdir && (rc = fs_may_reach(fs, c, sdir)))
+		goto out;	/* the root */
 	if (!(rc = clone_check(fs, c, src, dir, name)))
 		rc = clone_locked(fs, c, src, dir, name, st);
 out:

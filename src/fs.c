@@ -510,11 +510,17 @@ int apply_rec(struct fs *fs, const struct rec *r)
 #define ACL_MASK 0x10
 #define ACL_OTHER 0x20
 
+/* Might the caller be in groups that c does not list? */
+static int groups_unknown(const struct fs_ctx *c)
+{
+	return c->ngroups < 0 || c->groups_cut;
+}
+
 static int in_group(const struct fs_ctx *c, uint32_t gid)
 {
 	if (c->gid == gid)
 		return 1;
-	for (int i = 0; i < c->ngroups && i < 64; i++)
+	for (int i = 0; i < c->ngroups && i < FS_CTX_GROUPS; i++)
 		if (c->groups[i] == gid)
 			return 1;
 	return 0;
@@ -531,6 +537,7 @@ static int acl_permits(const struct fs_ctx *c, const struct inode *in,
 		       const unsigned char *p, size_t size, unsigned want)
 {
 	unsigned mask = 7, found_group = 0, user = 8, group_ok = 0, other = 0;
+	unsigned group_all = 7;	/* what every group entry grants */
 	int has_mask = 0;
 
 	if (size < 4 || (size - 4) % 8 || (p[0] | p[1] << 8) != 2)
@@ -553,6 +560,7 @@ static int acl_permits(const struct fs_ctx *c, const struct inode *in,
 			id = in->gid;
 			/* fall through */
 		case ACL_GROUP:
+			group_all &= perm;
 			if (in_group(c, id)) {
 				found_group = 1;
 				if ((perm & want) == want)
@@ -574,6 +582,10 @@ static int acl_permits(const struct fs_ctx *c, const struct inode *in,
 		return (user & mask & want) == want;
 	if (found_group)
 		return group_ok && ((has_mask ? mask : 7) & want) == want;
+	/* a group we do not know of might match an entry that denies */
+	if (groups_unknown(c) &&
+	    (group_all & (has_mask ? mask : 7) & want) != want)
+		return 0;
 	return (other & want) == want;
 }
 
@@ -581,7 +593,9 @@ static int acl_permits(const struct fs_ctx *c, const struct inode *in,
  * in?  As the kernel's generic_permission() with default_permissions:
  * root may read, write and search anything; others get the access ACL
  * if the inode has one, else owner, group (primary and supplementary)
- * or other bits. */
+ * or other bits.  A caller whose groups are not all known gets the other
+ * bits only where the group bits grant them too (it could be in the
+ * file's group, which the kernel would deny). */
 int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want)
 {
 	unsigned bits;
@@ -599,6 +613,8 @@ int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want)
 		bits = (in->mode >> 6) & 7;
 	else if (in_group(c, in->gid))
 		bits = (in->mode >> 3) & 7;
+	else if (groups_unknown(c))	/* in the file's group, maybe */
+		bits = in->mode & (in->mode >> 3) & 7;
 	else
 		bits = in->mode & 7;
 	return (bits & want) == want;

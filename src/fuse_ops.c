@@ -6,7 +6,9 @@
 #define FUSE_USE_VERSION 314
 #include <errno.h>
 #include <fcntl.h>
+#include <fuse_log.h>
 #include <fuse_lowlevel.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,7 @@ static void get_ctx(fuse_req_t req, struct fs_ctx *c)
 	c->gid = fc->gid;
 	c->umask = fc->umask;
 	c->ngroups = -1;
+	c->groups_cut = 0;
 }
 
 /*
@@ -47,7 +50,8 @@ static void get_ctx(fuse_req_t req, struct fs_ctx *c)
 static void get_ctx_groups(fuse_req_t req, struct fs_ctx *c)
 {
 	const struct fuse_ctx *fc = fuse_req_ctx(req);
-	char path[64], buf[8192], *p;
+	char path[64], *buf, *p;
+	size_t len = 0, cap = 65536;
 	ssize_t n;
 	int fd;
 
@@ -57,24 +61,43 @@ static void get_ctx_groups(fuse_req_t req, struct fs_ctx *c)
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
-	n = read(fd, buf, sizeof(buf) - 1);
+	buf = malloc(cap);
+	while (buf && (n = read(fd, buf + len, cap - 1 - len)) > 0) {
+		len += (size_t)n;
+		if (len == cap - 1) {
+			char *nb = cap < (1u << 22) ? realloc(buf, cap * 2) : NULL;
+			if (!nb)
+				break;
+			buf = nb;
+			cap *= 2;
+		}
+	}
 	close(fd);
-	if (n <= 0)
+	if (!buf)
 		return;
-	buf[n] = 0;
+	buf[len] = 0;
 	p = strstr(buf, "\nGroups:");
-	if (!p)
+	if (!p) {
+		free(buf);
 		return;
+	}
 	p += 8;
 	c->ngroups = 0;
-	while (c->ngroups < 64) {
+	for (;;) {
 		char *end;
 		unsigned long g = strtoul(p, &end, 10);
 		if (end == p)
 			break;
+		if (c->ngroups == FS_CTX_GROUPS) {
+			c->groups_cut = 1;	/* more than we keep */
+			break;
+		}
 		c->groups[c->ngroups++] = (gid_t)g;
 		p = end;
 	}
+	if (!strchr(p, '\n'))
+		c->groups_cut = 1;	/* the line was cut */
+	free(buf);
 }
 
 /* trusted.cowfs.* holds cowfs's own state: not for users. */
@@ -763,11 +786,19 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 		return;
 	case COWFS_IOC_STATUS: {
 		struct cowfs_ioc_status *s;
-		if (out_bufsz < sizeof(*s) || !(s = malloc(sizeof(*s)))) {
-			fuse_reply_err(req, out_bufsz < sizeof(*s) ? EINVAL : ENOMEM);
+		if (in_bufsz != sizeof(*s) || out_bufsz != sizeof(*s)) {
+			fuse_reply_err(req, EINVAL);
 			return;
 		}
-		rc = fs_status(fs, s);
+		if (!(s = malloc(sizeof(*s)))) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(s, in_buf, sizeof(*s));
+		if (s->flags || !zeroed(s->reserved, sizeof(s->reserved) / 8))
+			rc = -EINVAL;
+		else
+			rc = fs_status(fs, s);
 		if (rc)
 			fuse_reply_err(req, -rc);
 		else
@@ -816,6 +847,44 @@ static const struct fuse_lowlevel_ops ops = {
 	.lseek = op_lseek,
 	.copy_file_range = op_copy_file_range,
 };
+
+static void log_nothing(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	(void)level;
+	(void)fmt;
+	(void)ap;
+}
+
+int cowfs_fuse_check_opts(const char *opts, char *bad, size_t badlen)
+{
+	char *dup = strdup(opts), *save = NULL, *tok;
+	int rc = 0;
+
+	if (!dup)
+		return -ENOMEM;
+	*bad = 0;
+	fuse_set_log_func(log_nothing);
+	for (tok = strtok_r(dup, ",", &save); tok && !rc;
+	     tok = strtok_r(NULL, ",", &save)) {
+		struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+		struct fuse_session *se = NULL;
+		if (fuse_opt_add_arg(&args, "cowfs") ||
+		    fuse_opt_add_arg(&args, "-o") ||
+		    fuse_opt_add_arg(&args, tok)) {
+			rc = -ENOMEM;
+		} else if (!(se = fuse_session_new(&args, &ops, sizeof(ops),
+						   NULL))) {
+			snprintf(bad, badlen, "%s", tok);
+			rc = -EINVAL;
+		}
+		if (se)
+			fuse_session_destroy(se);
+		fuse_opt_free_args(&args);
+	}
+	fuse_set_log_func(NULL);
+	free(dup);
+	return rc;
+}
 
 int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 {

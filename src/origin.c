@@ -301,11 +301,15 @@ static int path_set(struct walk *w, size_t len, const char *name)
 /* A host xattr a clone copies: user.*, security.* and the POSIX ACLs;
  * trusted.* only for root (the daemon could read them for anyone: it
  * keeps CAP_SYS_ADMIN while it takes the caller's fsuid), and never
- * cowfs's own trusted.cowfs.*. */
+ * cowfs's own trusted.cowfs.*; security.capability only for root. */
 static int want_xattr(const char *n, int is_root)
 {
 	if (!strncmp(n, "trusted.", 8))
 		return is_root && strncmp(n, "trusted.cowfs.", 14);
+	/* file capabilities: setting them needs CAP_SETFCAP, and the
+	 * copy is the caller's */
+	if (!strcmp(n, "security.capability"))
+		return is_root;
 	return !strncmp(n, "user.", 5) || !strncmp(n, "security.", 9) ||
 	       !strcmp(n, "system.posix_acl_access") ||
 	       !strcmp(n, "system.posix_acl_default");
@@ -651,7 +655,8 @@ struct creds {
 };
 
 /* Returns 0, or -EPERM when this thread cannot take the caller's
- * identity (a daemon that is not root, serving another user). */
+ * identity (a daemon that is not root, serving another user, or a
+ * caller whose groups are not all known). */
 static int creds_enter(const struct fs_ctx *c, struct creds *save)
 {
 	save->uid = (uid_t)setfsuid((uid_t)-1);
@@ -659,6 +664,10 @@ static int creds_enter(const struct fs_ctx *c, struct creds *save)
 	save->ngroups = getgroups(64, save->groups);
 	if (c->uid == 0 || (c->uid == save->uid && geteuid() != 0))
 		return 0;	/* root, or the daemon's own user */
+	/* without all its groups, the caller could read what a group of
+	 * its own denies it (mode 0604 and the like) */
+	if (c->ngroups < 0 || c->groups_cut)
+		return -EPERM;
 	/* the raw syscall changes this thread only */
 	syscall(SYS_setgroups, c->ngroups > 0 ? c->ngroups : 0, c->groups);
 	setfsgid(c->gid);
@@ -975,13 +984,14 @@ static int clone_host_locked(struct fs *fs, const struct fs_ctx *c,
 		return -ENOTDIR;
 	if (dir->nlink == 0)
 		return -ENOENT;
-	if (name && dir_find(dir, name))
-		return -EEXIST;
-	/* search up to the root, write and search in DST's parent */
+	/* search up to the root, write and search in DST's parent; then
+	 * (not before: no probing of names) the name */
 	if ((rc = fs_may_reach(fs, c, dir)))
 		return rc;
 	if (!inode_may(c, dir, MAY_W | MAY_X))
 		return -EACCES;
+	if (name && dir_find(dir, name))
+		return -EEXIST;
 	uint32_t nlink = dir->nlink;
 	jmark_save(fs, &m);
 	rc = materialize(fs, c, w, dir, name);

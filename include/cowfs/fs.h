@@ -27,13 +27,16 @@ struct fs_options {
 	int debug;
 };
 
-/* The caller of a request. */
+/* The caller of a request.  When its groups are not all known, a
+ * permission check grants no more than if it were in every group. */
+#define FS_CTX_GROUPS 1024
 struct fs_ctx {
 	uid_t uid;
 	gid_t gid;
 	mode_t umask;
 	int ngroups;		/* supplementary groups, -1: unknown */
-	gid_t groups[64];
+	int groups_cut;		/* 1: the caller has more than groups[] */
+	gid_t groups[FS_CTX_GROUPS];
 };
 
 /* setattr's to_set bits */

@@ -14,6 +14,10 @@ struct cowfs_mount {
 	int debug;
 };
 
+/* Would libfuse take every option of the comma list opts?  0, or
+ * -EINVAL with the first it refuses copied to bad. */
+int cowfs_fuse_check_opts(const char *opts, char *bad, size_t badlen);
+
 /* Mount, daemonize unless foreground (the caller returns once the mount
  * is live), serve until unmounted.  Returns 0 or -errno; messages go to
  * stderr before daemonizing and to the fs log after. */

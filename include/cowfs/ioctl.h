@@ -96,7 +96,7 @@ struct cowfs_ioc_status {
 				 * object files */
 	uint64_t meta_bytes;	/* out: metadata file size */
 	uint64_t ro;		/* out: 1 if mounted read-only */
-	uint64_t reserved[14];
+	uint64_t reserved[14];	/* in: 0 */
 	char store[4096];	/* out: the store's absolute path */
 	char origin_dir[4096];	/* out: the --origin DIR, or "" */
 	char log[1024];		/* out: "syslog", "stderr" or a file path */
