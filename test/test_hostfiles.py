@@ -188,6 +188,32 @@ def test_origin_path_into_the_mount_itself(mount, tmp_path):
     os.unlink(mount.p("c", "sub", "g"))
 
 
+@pytest.mark.timeout(120)
+def test_prefetch_never_waits_on_a_fifo(mount, tmp_path):
+    """A listing queues the directory's origin files for prefetch; a FIFO
+    in place of one of them must not hang the prefetch thread (which the
+    daemon joins when it stops: it never exited)."""
+    origin = tmp_path / "origin"
+    make_tree(origin)
+    mount.cowfs("clone", origin, mount.p("c"), check=True)
+    swap(origin / "f3", "fifo", [])
+    try:
+        pid = mount.daemon_pid()
+        assert "f3" in answers(os.listdir, mount.p("c"))   # readdirplus
+        time.sleep(1.5)         # the prefetch threads took the queue
+        os.unlink(mount.p("c", "f3"))   # so that teardown's fsck is clean
+        mount.umount()
+        for _ in range(300):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{pid}"), \
+            "the daemon did not exit 30 s after its unmount"
+    finally:
+        unstick_fifo(origin / "f3")
+    mount.mount()
+
+
 def frozen(m):
     """SIGSTOP m's daemon: requests to its mount wait until thaw(m)."""
     pid = m.daemon_pid()
