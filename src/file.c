@@ -222,7 +222,7 @@ static int ensure_wobj(struct fs *fs, struct inode *in, struct object **wp)
 	uint64_t id = fs->next_obj++;
 	size_t nev = obj_evict(fs, evicted, 8);
 	unsigned t = lock_fs_suspend(fs);
-	obj_close_fds(evicted, nev);
+	obj_close_fds(evicted, nev);	/* asserts fs->lock is not held */
 	fd = store_obj_open(&fs->store, id, 1);
 	lock_fs_resume(fs, t);
 	if (fd < 0)
@@ -816,6 +816,7 @@ static int alloc_range(struct fs *fs, struct inode *in, uint64_t first,
 	bool ready = !obj_hold(fs, w);
 	wfd = w->fd;
 	unsigned t = lock_fs_suspend(fs);
+	LOCK_ASSERT_UNLOCKED_FS();
 	if (!ready && (wfd = obj_ready(fs, w)) < 0)
 		rc = wfd;
 	for (; !rc && done < nruns; done++) {

@@ -396,6 +396,16 @@ def test_unlogged_extent_change_fails_the_store(mount):
            for n in ("a", "b")]
     for fd in fds:
         os.pwrite(fd, block, 0)
+    # Let libfuse start its worker threads now: one that starts under the
+    # cap cannot allocate its request buffer, and libfuse then ends the
+    # session.
+    for _ in range(3):
+        ts = [threading.Thread(target=os.listdir, args=(mount.mnt,))
+              for _ in range(24)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
     # Alternate between two files: each one's extent map stays one run,
     # but no record extends the previous one, so the journal buffer grows.
     soft, hard = resource.prlimit(pid, resource.RLIMIT_DATA)
