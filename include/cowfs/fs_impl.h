@@ -196,7 +196,6 @@ int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want);
 /* file.c */
 void file_retire_wobj(struct fs *fs, struct inode *in);
 void file_retire_wobj_quiet(struct fs *fs, struct inode *in);
-void file_drop_blocks(void *fsp, uint64_t obj, uint64_t pblk, uint64_t len);
 int file_map_set(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len,
 		 uint64_t obj, uint64_t pblk, unsigned flags);
 int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk,
