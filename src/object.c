@@ -216,7 +216,8 @@ static int origin_match(struct fs *fs, struct object *o, const struct stat *st)
 		    S_ISCHR(st->st_mode) ? " (now a character device)" :
 		    S_ISBLK(st->st_mode) ? " (now a block device)" :
 		    S_ISSOCK(st->st_mode) ? " (now a socket)" :
-		    S_ISDIR(st->st_mode) ? " (now a directory)" : " (now not a file)",
+		    S_ISDIR(st->st_mode) ? " (now a directory)" :
+		    S_ISLNK(st->st_mode) ? " (now a symlink)" : " (now not a file)",
 		    ": its reads fail with EIO (cowfs fsck lists such files)");
 	return -EIO;
 }

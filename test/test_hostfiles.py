@@ -104,14 +104,17 @@ def swap(path, kind, keep):
         keep.append(s)
     elif kind == "dir":
         os.mkdir(path)
+    elif kind == "symlink":
+        os.symlink("f1", path)
 
 
 NOW_A = {"fifo": "a FIFO", "chardev": "a character device",
-         "socket": "a socket", "dir": "a directory"}
+         "socket": "a socket", "dir": "a directory", "symlink": "a symlink"}
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["fifo", "chardev", "socket", "dir"])
+@pytest.mark.parametrize("kind", ["fifo", "chardev", "socket", "dir",
+                                  "symlink"])
 def test_origin_swapped_for_special_file(mount, tmp_path, kind):
     if kind == "chardev" and os.geteuid() != 0:
         pytest.skip("mknod needs root")
