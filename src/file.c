@@ -1,8 +1,14 @@
 /*
- * file.c - file data: objects and their fd cache, extent map changes with
- * their reference counts, and the copy-on-write read/write path, truncate,
- * fallocate, SEEK_DATA/SEEK_HOLE and block-sharing copy_file_range.
+ * file.c - file data: extent map changes with their reference counts, the
+ * copy-on-write read/write path, truncate, fallocate, SEEK_DATA/SEEK_HOLE
+ * and block-sharing copy_file_range.  Objects, their fds and origin files
+ * are object.c's (object.h); this file pins objects and does data I/O on
+ * their fds with no lock but data_lock/io_lock held.
  * The invariants it keeps are listed in fs_impl.h.
+ *
+ * Owns: the extent maps' contents and the refcount table (changed only
+ * here, by clone.c and by replay), write objects (ensure_wobj, retire),
+ * the queue of blocks to punch after the next commit (queue_free).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,107 +19,6 @@
 #include <linux/falloc.h>
 
 #include "cowfs/fs_impl.h"
-
-static int obj_cmp(struct object *a, struct object *b)
-{
-	return (a->id < b->id) ? -1 : (a->id > b->id);
-}
-RB_GENERATE(object_tree, object, node, obj_cmp)
-
-struct object *obj_get(struct fs *fs, uint64_t id)
-{
-	struct object key = { .id = id };
-	return RB_FIND(object_tree, &fs->objects, &key);
-}
-
-struct object *obj_new(struct fs *fs, uint64_t id, uint64_t owner)
-{
-	struct object *o = calloc(1, sizeof(*o));
-	if (!o)
-		return NULL;
-	o->id = id;
-	o->owner = owner;
-	o->fd = -1;
-	RB_INSERT(object_tree, &fs->objects, o);
-	if (id >= fs->next_obj)
-		fs->next_obj = id + 1;
-	return o;
-}
-
-static void obj_close_fd(struct fs *fs, struct object *o)
-{
-	if (o->fd < 0)
-		return;
-	if (o->pins == 0)
-		TAILQ_REMOVE(&fs->lru, o, lru);
-	close(o->fd);
-	o->fd = -1;
-	fs->nfds--;
-}
-
-/* Close the least recently used idle fds until one more fits. */
-static void fd_make_room(struct fs *fs)
-{
-	while (fs->nfds >= fs->max_fds && !TAILQ_EMPTY(&fs->lru))
-		obj_close_fd(fs, TAILQ_FIRST(&fs->lru));
-}
-
-/* Open (if needed) and pin o's fd so it stays valid outside fs->lock. */
-int obj_pin(struct fs *fs, struct object *o)
-{
-	if (o->fd < 0) {
-		fd_make_room(fs);
-		int fd = o->opath ? origin_open(fs, o) :
-			 store_obj_open(&fs->store, o->id, 0);
-		if (fd < 0) {
-			if (!o->opath)
-				fs_log(fs, "error: object %016llx: open: %s",
-				       (unsigned long long)o->id, strerror(-fd));
-			return fd == -ENOENT ? -EIO : fd;
-		}
-		o->fd = fd;
-		fs->nfds++;
-	} else {
-		/* An origin must still be the file that was cloned. */
-		if (o->opath && origin_check(fs, o, o->fd))
-			return -EIO;
-		if (o->pins == 0)
-			TAILQ_REMOVE(&fs->lru, o, lru);
-	}
-	o->pins++;
-	return 0;
-}
-
-void obj_unpin(struct fs *fs, struct object *o)
-{
-	if (--o->pins == 0 && o->fd >= 0)
-		TAILQ_INSERT_TAIL(&fs->lru, o, lru);
-}
-
-void obj_maybe_doom(struct fs *fs, struct object *o)
-{
-	if (o->nlive || o->owner || o->doomed)
-		return;
-	if (fs->nunlinks == fs->cap_unlinks) {
-		size_t cap = fs->cap_unlinks ? fs->cap_unlinks * 2 : 64;
-		struct object **n = realloc(fs->unlinks, cap * sizeof(*n));
-		if (!n)
-			return;	/* leaked until fsck --repair; never wrong */
-		fs->unlinks = n;
-		fs->cap_unlinks = cap;
-	}
-	o->doomed = true;
-	fs->unlinks[fs->nunlinks++] = o;
-}
-
-static void obj_mark_dirty(struct fs *fs, struct object *o)
-{
-	if (o->dirty)
-		return;
-	o->dirty = true;
-	o->dirty_next = fs->dirty_objs;
-	fs->dirty_objs = o;
-}
 
 void file_retire_wobj(struct fs *fs, struct inode *in)
 {
@@ -247,24 +152,24 @@ void file_compute_nlive(struct fs *fs)
 			o->nlive++;
 }
 
-void file_close_fds(struct fs *fs)
-{
-	struct object *o, *t;
-	RB_FOREACH_SAFE(o, object_tree, &fs->objects, t) {
-		if (o->fd >= 0) {
-			if (o->pins == 0)
-				TAILQ_REMOVE(&fs->lru, o, lru);
-			close(o->fd);
-			o->fd = -1;
-		}
-		RB_REMOVE(object_tree, &fs->objects, o);
-		free(o->opath);
-		free(o);
-	}
-	fs->nfds = 0;
-}
-
 /* ---- logging extent changes ---- */
+
+/*
+ * A record could not be logged after its change was made in memory (the
+ * journal buffer cannot grow): memory now says more than the journal, and
+ * a later write that finds its block in place would log nothing either.
+ * The store turns broken (sticky): data changes fail with EIO from now on.
+ * fs->lock held.
+ */
+static int log_failed(struct fs *fs, struct inode *in, int rc)
+{
+	if (!fs->broken)
+		fs_log(fs, "error: inode %llu: cannot log an extent change: %s; "
+		       "the store refuses data changes until it is remounted",
+		       (unsigned long long)in->ino, strerror(-rc));
+	fs->broken = 1;
+	return rc;
+}
 
 static int map_and_log(struct fs *fs, struct inode *in, uint64_t lblk,
 		       uint64_t len, uint64_t obj, uint64_t pblk, unsigned flags)
@@ -278,7 +183,8 @@ static int map_and_log(struct fs *fs, struct inode *in, uint64_t lblk,
 	r.u.ext.len = len;
 	r.u.ext.obj = obj;
 	r.u.ext.pblk = pblk;
-	return journal_log(fs, &r);
+	rc = journal_log(fs, &r);
+	return rc ? log_failed(fs, in, rc) : 0;
 }
 
 static int punch_and_log(struct fs *fs, struct inode *in, uint64_t lblk,
@@ -293,51 +199,68 @@ static int punch_and_log(struct fs *fs, struct inode *in, uint64_t lblk,
 	r.u.ext.ino = in->ino;
 	r.u.ext.lblk = lblk;
 	r.u.ext.len = len;
-	return journal_log(fs, &r);
+	rc = journal_log(fs, &r);
+	return rc ? log_failed(fs, in, rc) : 0;
 }
 
-/* The file's write object, created on first need. fs->lock held. */
-static struct object *ensure_wobj(struct fs *fs, struct inode *in, int *rc)
+/*
+ * The file's write object, created on first need, in *wp (not pinned).  fs->lock held; it is dropped around the
+ * creation of the object file (openat O_CREAT), which is published only
+ * once the file exists.  The caller holds in->io_lock, so no other thread
+ * gives the file a write object meanwhile.
+ */
+static int ensure_wobj(struct fs *fs, struct inode *in, struct object **wp)
 {
+	int evicted[8];
 	struct object *o;
+	int fd, rc = 0;
 
-	if (in->wobj && (o = obj_get(fs, in->wobj)))
-		return o;
-	uint64_t id = fs->next_obj++;
-	fd_make_room(fs);
-	int fd = store_obj_open(&fs->store, id, 1);
-	if (fd < 0) {
-		*rc = fd;
-		return NULL;
+	if (in->wobj && (o = obj_get(fs, in->wobj))) {
+		*wp = o;
+		return 0;
 	}
+	uint64_t id = fs->next_obj++;
+	size_t nev = obj_evict(fs, evicted, 8);
+	unsigned t = lock_fs_suspend(fs);
+	obj_close_fds(evicted, nev);	/* asserts fs->lock is not held */
+	fd = store_obj_open(&fs->store, id, 1);
+	lock_fs_resume(fs, t);
+	if (fd < 0)
+		return fd;
 	o = obj_new(fs, id, in->ino);
 	if (!o) {
-		close(fd);
-		*rc = -ENOMEM;
-		return NULL;
+		rc = -ENOMEM;
+		goto out_unlink;
 	}
-	o->fd = fd;
-	fs->nfds++;
-	TAILQ_INSERT_TAIL(&fs->lru, o, lru);
+	obj_adopt_fd(fs, o, fd);
 	in->wobj = id;
 	inode_dirty(fs, in);
-	return o;
+	*wp = o;
+	return 0;
+out_unlink:
+	t = lock_fs_suspend(fs);
+	close(fd);
+	store_obj_unlink(&fs->store, id);
+	lock_fs_resume(fs, t);
+	return rc;
 }
 
-/* Keep the object file at least up to the end of block last, so that a
- * read of a mapped block never meets the object's end.  fs->lock held. */
-static int obj_cover(struct object *o, uint64_t end)
+/* Keep the object file at least up to end, so that a read of a mapped
+ * block never meets the object's end.  o pinned, fs->lock NOT held; the
+ * owner's io_lock held (it guards o->len). */
+static int obj_cover(struct object *o, int fd, uint64_t end)
 {
 	struct stat st;
 
+	LOCK_ASSERT_UNLOCKED_FS();
 	if (o->len >= end)
 		return 0;
-	if (fstat(o->fd, &st) < 0)
+	if (fstat(fd, &st) < 0)
 		return -errno;
 	o->len = (uint64_t)st.st_size;
 	if (o->len >= end)
 		return 0;
-	if (ftruncate(o->fd, (off_t)end) < 0)
+	if (ftruncate(fd, (off_t)end) < 0)
 		return -errno;
 	o->len = end;
 	return 0;
@@ -439,13 +362,16 @@ static int zero_gap(struct fs *fs, struct inode *in, uint64_t from,
 struct cow_plan {
 	uint64_t lblk;
 	struct object *src;	/* pinned */
+	int sfd;		/* src's fd once ready */
+	bool ready;		/* obj_hold() said no obj_ready() is needed */
 	uint64_t spblk;
 	uint32_t keep_lo_end;	/* copy [0, keep_lo_end) */
 	uint32_t keep_hi_start;	/* copy [keep_hi_start, B) */
 };
 
 /* Plan a partial-block copy-on-write of lblk where [lo, hi) (block-relative)
- * will be overwritten.  fs->lock held.  Returns 1 if planned. */
+ * will be overwritten; the source object is pinned (obj_hold).  fs->lock
+ * held.  Returns 1 if planned, 0 if nothing to copy, -1 (*rc) on error. */
 static int plan_cow(struct fs *fs, struct inode *in, uint64_t lblk,
 		    uint32_t lo, uint32_t hi, struct cow_plan *p, int *rc)
 {
@@ -462,8 +388,8 @@ static int plan_cow(struct fs *fs, struct inode *in, uint64_t lblk,
 		*rc = -EIO;
 		return -1;
 	}
-	if ((*rc = obj_pin(fs, p->src)))
-		return -1;
+	p->ready = !obj_hold(fs, p->src);
+	p->sfd = p->src->fd;
 	p->lblk = lblk;
 	p->spblk = e.pblk;
 	p->keep_lo_end = lo;
@@ -471,15 +397,19 @@ static int plan_cow(struct fs *fs, struct inode *in, uint64_t lblk,
 	return 1;
 }
 
+/* Without fs->lock. */
 static int run_cow(struct fs *fs, struct cow_plan *p, int dfd)
 {
 	off_t s = (off_t)(p->spblk << fs->block_shift);
 	off_t d = (off_t)(p->lblk << fs->block_shift);
 	int rc = 0;
+
+	if (!p->ready && (p->sfd = obj_ready(fs, p->src)) < 0)
+		return p->sfd;
 	if (p->keep_lo_end)
-		rc = copy_bytes(p->src->fd, s, dfd, d, p->keep_lo_end);
+		rc = copy_bytes(p->sfd, s, dfd, d, p->keep_lo_end);
 	if (!rc && p->keep_hi_start < fs->block_size)
-		rc = copy_bytes(p->src->fd, s + p->keep_hi_start, dfd,
+		rc = copy_bytes(p->sfd, s + p->keep_hi_start, dfd,
 				d + p->keep_hi_start,
 				fs->block_size - p->keep_hi_start);
 	return rc;
@@ -489,15 +419,20 @@ static int run_cow(struct fs *fs, struct cow_plan *p, int dfd)
  * The write path.  Caller holds data_lock (shared) and in->io_lock, not
  * fs->lock.  Bytes land in the write object at the file offset itself
  * (block i at slot i), so one fill() call carries the whole write.
+ * fs->lock is taken twice: to plan (and pin the objects involved) and to
+ * map the written blocks.  Every syscall on an object file (creating the
+ * write object, opening or checking a source, the copy, the fill, the
+ * ftruncate that covers the last block) runs between the two, unlocked.
  */
 ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
 			  size_t len, fs_fill_fn fill, void *ctx)
 {
 	struct cow_plan plan[2];
-	int nplan = 0, rc = 0;
-	struct object *w;
-	uint64_t B = fs->block_size, first, last;
+	int nplan = 0, rc = 0, wfd;
+	struct object *w = NULL;
+	uint64_t B = fs->block_size, first, last, size0;
 	ssize_t n = 0;
+	bool wready;
 
 	if (len == 0)
 		return 0;
@@ -506,15 +441,14 @@ ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
 	first = (uint64_t)off >> fs->block_shift;
 	last = ((uint64_t)off + len - 1) >> fs->block_shift;
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	if (fs->broken) {
 		rc = -EIO;
 		goto out_unlock;
 	}
 	if ((uint64_t)off > in->size && (rc = zero_gap(fs, in, in->size, (uint64_t)off)))
 		goto out_unlock;
-	w = ensure_wobj(fs, in, &rc);
-	if (!w)
+	if ((rc = ensure_wobj(fs, in, &w)))
 		goto out_unlock;
 	uint32_t lo = (uint32_t)((uint64_t)off & (B - 1));
 	uint32_t hi = first == last ? lo + (uint32_t)len : (uint32_t)B;
@@ -529,34 +463,38 @@ ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
 			goto out_unpin_plans;
 		nplan += r;
 	}
-	if ((rc = obj_pin(fs, w)))
-		goto out_unpin_plans;
-	pthread_mutex_unlock(&fs->lock);
+	wready = !obj_hold(fs, w);
+	wfd = w->fd;
+	size0 = in->size;	/* stable: io_lock held */
+	lock_drop(fs, LOCK_FS);
 
+	if (!wready && (wfd = obj_ready(fs, w)) < 0)
+		rc = wfd;
 	for (int i = 0; i < nplan && !rc; i++)
-		rc = run_cow(fs, &plan[i], w->fd);
-	n = rc ? rc : fill(ctx, w->fd, off, len);
+		rc = run_cow(fs, &plan[i], wfd);
+	n = rc ? rc : fill(ctx, wfd, off, len);
+	if (n > 0) {
+		uint64_t wend = (uint64_t)off + (uint64_t)n;
+		last = (wend - 1) >> fs->block_shift;
+		if (wend > w->len)
+			w->len = wend;	/* a lower bound of the object's length */
+		if (wend < size0) {
+			/* the file goes on past the write inside its last block */
+			uint64_t need = (last + 1) << fs->block_shift;
+			rc = obj_cover(w, wfd, need < size0 ? need : size0);
+		}
+	}
 
-	pthread_mutex_lock(&fs->lock);
-	if (n <= 0) {
-		rc = n < 0 ? (int)n : -EIO;
+	lock_take(fs, LOCK_FS);
+	if (n <= 0 || rc) {
+		if (!rc)
+			rc = n < 0 ? (int)n : -EIO;
 		/* Slots may now hold bytes nothing maps: keep invariant (2). */
 		if (in->wobj == w->id)
 			file_retire_wobj(fs, in);
 		goto out_unpin;
 	}
-	last = ((uint64_t)off + (uint64_t)n - 1) >> fs->block_shift;
-	uint64_t wend = (uint64_t)off + (uint64_t)n;
-	if (wend > w->len)
-		w->len = wend;	/* a lower bound of the object's length */
-	if (wend < in->size) {
-		/* the file goes on past the write inside its last block */
-		uint64_t need = (last + 1) << fs->block_shift;
-		rc = obj_cover(w, need < in->size ? need : in->size);
-	}
-	if (!rc)
-		rc = map_to_wobj(fs, in, first, last);
-	if (rc)
+	if ((rc = map_to_wobj(fs, in, first, last)))
 		goto out_unpin;
 	if ((uint64_t)off + (uint64_t)n > in->size)
 		in->size = (uint64_t)off + (uint64_t)n;
@@ -570,13 +508,13 @@ out_unpin_plans:
 	for (int i = 0; i < nplan; i++)
 		obj_unpin(fs, plan[i].src);
 out_unlock:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc ? rc : n;
 }
 
 static struct inode *get_reg(struct fs *fs, uint64_t ino, int *rc)
 {
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (!in)
 		*rc = -ENOENT;
@@ -584,7 +522,7 @@ static struct inode *get_reg(struct fs *fs, uint64_t ino, int *rc)
 		*rc = S_ISDIR(in->mode) ? -EISDIR : -EINVAL;
 		in = NULL;
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return in;
 }
 
@@ -597,38 +535,48 @@ ssize_t fs_write(struct fs *fs, uint64_t ino, off_t off, size_t len,
 
 	if (fs->opt.ro)
 		return -EROFS;
-	pthread_rwlock_rdlock(&fs->data_lock);
+	lock_take_shared(fs);
 	in = get_reg(fs, ino, &rc);
 	if (!in) {
-		pthread_rwlock_unlock(&fs->data_lock);
+		lock_drop(fs, LOCK_DATA);
 		return rc;
 	}
-	pthread_mutex_lock(&in->io_lock);
+	lock_io_take(in);
 	n = file_write_locked(fs, in, off, len, fill, ctx);
-	pthread_mutex_unlock(&in->io_lock);
-	pthread_rwlock_unlock(&fs->data_lock);
+	lock_io_drop(in);
+	lock_drop(fs, LOCK_DATA);
 	return n;
 }
 
 /* ---- reads ---- */
 
+/*
+ * Map [off, off+size) to segments.  Under fs->lock, each mapped run's
+ * object is pinned (obj_hold); the lock is then dropped to open or check
+ * the objects that need it (obj_ready), so a changed origin, a FIFO in its
+ * place or a slow host filesystem delays this read only.  The pins last
+ * until fs_read_done(), after the reply: a block is never punched, nor an
+ * object unlinked, under a read in flight.
+ */
 int fs_read_map(struct fs *fs, uint64_t ino, off_t off, size_t size,
 		struct fs_seg **segsp, int *nsegp)
 {
 	struct fs_seg *segs = NULL;
+	struct object **objs = NULL;
 	int nseg = 0, cap = 0, rc = 0;
 	struct extent e;
 	uint64_t pos, end;
+	bool need_ready = false;
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (!in) {
 		rc = -ENOENT;
-		goto out;
+		goto out_unlock;
 	}
 	if (!S_ISREG(in->mode)) {
 		rc = S_ISDIR(in->mode) ? -EISDIR : -EINVAL;
-		goto out;
+		goto out_unlock;
 	}
 	pos = (uint64_t)off;
 	end = pos + size;
@@ -650,7 +598,7 @@ int fs_read_map(struct fs *fs, uint64_t ino, off_t off, size_t size,
 				       (unsigned long long)in->ino,
 				       (unsigned long long)e.obj);
 				rc = -EIO;
-				goto out;
+				goto out_unlock;
 			}
 		}
 		if (nseg == cap) {
@@ -658,30 +606,49 @@ int fs_read_map(struct fs *fs, uint64_t ino, off_t off, size_t size,
 			struct fs_seg *ns = realloc(segs, (size_t)cap * sizeof(*ns));
 			if (!ns) {
 				rc = -ENOMEM;
-				goto out;
+				goto out_unlock;
 			}
 			segs = ns;
+			struct object **no = realloc(objs, (size_t)cap * sizeof(*no));
+			if (!no) {
+				rc = -ENOMEM;
+				goto out_unlock;
+			}
+			objs = no;
 		}
-		if (o && (rc = obj_pin(fs, o)))
-			goto out;
-		segs[nseg++] = (struct fs_seg){
-			.fd = o ? o->fd : -1,
+		/* fd -2: obj_ready() gives it once the lock is dropped */
+		segs[nseg] = (struct fs_seg){
+			.fd = !o ? -1 : obj_hold(fs, o) ? -2 : o->fd,
 			.obj = o ? o->id : 0,
 			.pos = o ? (off_t)((e.pblk << fs->block_shift) + inblk) : 0,
 			.len = (size_t)n,
 		};
+		objs[nseg] = o;
+		need_ready |= segs[nseg].fd == -2;
+		nseg++;
 		pos += n;
 	}
-out:
+out_unlock:
+	lock_drop(fs, LOCK_FS);
+	for (int i = 0; !rc && need_ready && i < nseg; i++) {
+		if (segs[i].fd != -2)
+			continue;
+		if (i > 0 && objs[i - 1] == objs[i])
+			segs[i].fd = segs[i - 1].fd;
+		else if ((segs[i].fd = obj_ready(fs, objs[i])) < 0)
+			rc = segs[i].fd;
+	}
 	if (rc) {
+		lock_take(fs, LOCK_FS);
 		for (int i = 0; i < nseg; i++)
-			if (segs[i].obj)
-				obj_unpin(fs, obj_get(fs, segs[i].obj));
+			if (objs[i])
+				obj_unpin(fs, objs[i]);
+		lock_drop(fs, LOCK_FS);
 		free(segs);
 		segs = NULL;
 		nseg = 0;
 	}
-	pthread_mutex_unlock(&fs->lock);
+	free(objs);
 	*segsp = segs;
 	*nsegp = nseg;
 	return rc;
@@ -689,7 +656,7 @@ out:
 
 void fs_read_done(struct fs *fs, struct fs_seg *segs, int nseg)
 {
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	for (int i = 0; i < nseg; i++) {
 		if (segs[i].obj) {
 			struct object *o = obj_get(fs, segs[i].obj);
@@ -697,7 +664,7 @@ void fs_read_done(struct fs *fs, struct fs_seg *segs, int nseg)
 				obj_unpin(fs, o);
 		}
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	free(segs);
 }
 
@@ -732,10 +699,10 @@ static int zero_partial(struct fs *fs, struct inode *in, uint64_t lblk,
 	if (from >= to || !extmap_lookup(&in->map, lblk, &e))
 		return 0;
 	uint64_t size = in->size;
-	pthread_mutex_unlock(&fs->lock);
+	unsigned t = lock_fs_suspend(fs);
 	n = file_write_locked(fs, in, (off_t)((lblk << fs->block_shift) + from),
 			 to - from, fill_zero, NULL);
-	pthread_mutex_lock(&fs->lock);
+	lock_fs_resume(fs, t);
 	in->size = size;	/* zeroing never grows the file */
 	return n < 0 ? (int)n : 0;
 }
@@ -766,6 +733,8 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 
 	if (size > ((uint64_t)1 << 62))
 		return -EFBIG;
+	if (fs->broken)
+		return -EIO;
 	if (size < in->size) {
 		uint64_t B = fs->block_size;
 		uint64_t keep = (size + B - 1) >> fs->block_shift;
@@ -787,21 +756,95 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 static void lock_two(struct inode *a, struct inode *b)
 {
 	if (a == b) {
-		pthread_mutex_lock(&a->io_lock);
+		lock_io_take(a);
 	} else if (a->ino < b->ino) {
-		pthread_mutex_lock(&a->io_lock);
-		pthread_mutex_lock(&b->io_lock);
+		lock_io_take(a);
+		lock_io_take(b);
 	} else {
-		pthread_mutex_lock(&b->io_lock);
-		pthread_mutex_lock(&a->io_lock);
+		lock_io_take(b);
+		lock_io_take(a);
 	}
 }
 
 static void unlock_two(struct inode *a, struct inode *b)
 {
-	pthread_mutex_unlock(&a->io_lock);
+	lock_io_drop(a);
 	if (a != b)
-		pthread_mutex_unlock(&b->io_lock);
+		lock_io_drop(b);
+}
+
+struct alloc_run {
+	uint64_t b, n;
+};
+
+/*
+ * fallocate mode 0 (or KEEP_SIZE): give every unmapped block of
+ * [first, last] its write-object slot.  fs->lock held; dropped around the
+ * host fallocate()s, which may take long.  io_lock held, so the map does
+ * not change meanwhile.
+ */
+static int alloc_range(struct fs *fs, struct inode *in, uint64_t first,
+		       uint64_t last)
+{
+	struct alloc_run *runs = NULL;
+	size_t nruns = 0, cap = 0, done = 0;
+	struct object *w = NULL;
+	struct extent e;
+	int rc, wfd;
+
+	if ((rc = ensure_wobj(fs, in, &w)))
+		return rc;
+	for (uint64_t b = first; b <= last;) {
+		int mapped = extmap_lookup(&in->map, b, &e);
+		uint64_t n = e.len < last - b + 1 ? e.len : last - b + 1;
+		if (!mapped) {
+			if (nruns == cap) {
+				cap = cap ? cap * 2 : 8;
+				struct alloc_run *nr = realloc(runs, cap * sizeof(*nr));
+				if (!nr) {
+					rc = -ENOMEM;
+					goto out_free;
+				}
+				runs = nr;
+			}
+			runs[nruns++] = (struct alloc_run){ b, n };
+		}
+		b += n;
+	}
+	if (!nruns)
+		goto out_free;
+	bool ready = !obj_hold(fs, w);
+	wfd = w->fd;
+	unsigned t = lock_fs_suspend(fs);
+	LOCK_ASSERT_UNLOCKED_FS();
+	if (!ready && (wfd = obj_ready(fs, w)) < 0)
+		rc = wfd;
+	for (; !rc && done < nruns; done++) {
+		struct alloc_run *r = &runs[done];
+		if (fallocate(wfd, 0, (off_t)(r->b << fs->block_shift),
+			      (off_t)(r->n << fs->block_shift)) < 0)
+			rc = -errno;
+		else
+			rc = obj_cover(w, wfd, (r->b + r->n) << fs->block_shift);
+		if (rc)
+			break;
+	}
+	lock_fs_resume(fs, t);
+	/* map what was allocated, even when a later run failed */
+	for (size_t i = 0; i < done; i++) {
+		int mrc = map_and_log(fs, in, runs[i].b, runs[i].n, w->id,
+				      runs[i].b, EXT_NEW);
+		if (mrc && !rc)
+			rc = mrc;
+		if (mrc)
+			break;
+	}
+	if (done)
+		obj_mark_dirty(fs, w);
+	obj_unpin(fs, w);
+out_free:
+	free(runs);
+	return rc;
 }
 
 int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
@@ -816,18 +859,20 @@ int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
 		return -EOPNOTSUPP;
 	if (off < 0 || len <= 0)
 		return -EINVAL;
-	pthread_rwlock_rdlock(&fs->data_lock);
+	lock_take_shared(fs);
 	in = get_reg(fs, ino, &rc);
 	if (!in) {
-		pthread_rwlock_unlock(&fs->data_lock);
+		lock_drop(fs, LOCK_DATA);
 		return rc;
 	}
-	pthread_mutex_lock(&in->io_lock);
-	pthread_mutex_lock(&fs->lock);
+	lock_io_take(in);
+	lock_take(fs, LOCK_FS);
 	uint64_t start = (uint64_t)off, end = (uint64_t)off + (uint64_t)len;
 	uint64_t first = start >> fs->block_shift, last = (end - 1) >> fs->block_shift;
 
-	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+	if (fs->broken) {
+		rc = -EIO;
+	} else if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
 		uint32_t lo = (uint32_t)(start & (B - 1));
 		uint32_t hi = (uint32_t)((end - 1) & (B - 1)) + 1;
 		uint64_t full_first = lo ? first + 1 : first;
@@ -844,27 +889,7 @@ int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
 						   full_last1 - full_first);
 		}
 	} else {
-		struct object *w = ensure_wobj(fs, in, &rc);
-		struct extent e;
-		if (w && (rc = obj_pin(fs, w)))
-			w = NULL;
-		for (uint64_t b = first; w && !rc && b <= last;) {
-			int mapped = extmap_lookup(&in->map, b, &e);
-			uint64_t n = e.len < last - b + 1 ? e.len : last - b + 1;
-			if (!mapped) {
-				if (fallocate(w->fd, 0, (off_t)(b << fs->block_shift),
-					      (off_t)(n << fs->block_shift)) < 0)
-					rc = -errno;
-				else
-					rc = obj_cover(w, (b + n) << fs->block_shift);
-				if (!rc)
-					rc = map_and_log(fs, in, b, n, w->id, b, EXT_NEW);
-				obj_mark_dirty(fs, w);
-			}
-			b += n;
-		}
-		if (w)
-			obj_unpin(fs, w);
+		rc = alloc_range(fs, in, first, last);
 	}
 	if (!rc && !(mode & FALLOC_FL_KEEP_SIZE) && end > in->size) {
 		rc = zero_gap(fs, in, in->size, end);
@@ -877,9 +902,9 @@ int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
 			in->mtime = in->ctime;
 		inode_dirty(fs, in);
 	}
-	pthread_mutex_unlock(&fs->lock);
-	pthread_mutex_unlock(&in->io_lock);
-	pthread_rwlock_unlock(&fs->data_lock);
+	lock_drop(fs, LOCK_FS);
+	lock_io_drop(in);
+	lock_drop(fs, LOCK_DATA);
 	return rc;
 }
 
@@ -888,7 +913,7 @@ off_t fs_lseek(struct fs *fs, uint64_t ino, off_t off, int whence)
 	off_t rc;
 	struct extent e;
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (!in) {
 		rc = -ENOENT;
@@ -921,7 +946,7 @@ off_t fs_lseek(struct fs *fs, uint64_t ino, off_t off, int whence)
 		rc = -EINVAL;
 	}
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -998,20 +1023,20 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 
 	if (fs->opt.ro)
 		return -EROFS;
-	pthread_rwlock_rdlock(&fs->data_lock);
+	lock_take_shared(fs);
 	src = get_reg(fs, ino_in, &rc);
 	dst = src ? get_reg(fs, ino_out, &rc) : NULL;
 	if (!dst) {
-		pthread_rwlock_unlock(&fs->data_lock);
+		lock_drop(fs, LOCK_DATA);
 		return rc;
 	}
 	lock_two(src, dst);
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	if ((uint64_t)off_in >= src->size)
 		len = 0;
 	else if ((uint64_t)off_in + len > src->size)
 		len = (size_t)(src->size - (uint64_t)off_in);
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 
 	uint64_t si = (uint64_t)off_in, di = (uint64_t)off_out;
 	if ((si & (B - 1)) != (di & (B - 1)) || len < B || src == dst) {
@@ -1030,8 +1055,8 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 	}
 	uint64_t nblk = (len - head) >> fs->block_shift;
 	if (nblk) {
-		pthread_mutex_lock(&fs->lock);
-		rc = zero_gap(fs, dst, dst->size, di + head);
+		lock_take(fs, LOCK_FS);
+		rc = fs->broken ? -EIO : zero_gap(fs, dst, dst->size, di + head);
 		if (!rc)
 			rc = share_blocks(fs, src, (si + head) >> fs->block_shift,
 					  dst, (di + head) >> fs->block_shift, nblk);
@@ -1043,7 +1068,7 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 			dst->ctime = dst->mtime;
 			inode_dirty(fs, dst);
 		}
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		if (rc) {
 			total = total ? total : rc;
 			goto out;
@@ -1059,6 +1084,6 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 	}
 out:
 	unlock_two(src, dst);
-	pthread_rwlock_unlock(&fs->data_lock);
+	lock_drop(fs, LOCK_DATA);
 	return total;
 }

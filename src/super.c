@@ -63,7 +63,7 @@ static void fs_free(struct fs *fs)
 		in->mode = 0;
 		inode_free(fs, in);
 	}
-	file_close_fds(fs);
+	obj_free_all(fs);
 	refcount_release(&fs->rc);
 	free(fs->jbuf);
 	free(fs->frees);
@@ -99,7 +99,13 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	TAILQ_INIT(&fs->dirty);
 	refcount_init(&fs->rc);
 	pthread_mutex_init(&fs->lock, NULL);
-	pthread_rwlock_init(&fs->data_lock, NULL);
+	/* writers first: a clone is not starved by a stream of writes */
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra,
+				      PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&fs->data_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	pthread_mutex_init(&fs->commit_lock, NULL);
 	pthread_cond_init(&fs->cond, NULL);
 	pthread_mutex_init(&fs->pf_lock, NULL);

@@ -1,18 +1,38 @@
 /*
  * fs_impl.h - the core's internal structures, shared by fs.c (namespace),
- * file.c (data path), journal.c (metadata file), clone.c and fsck.c.
- * Nothing outside the core includes this header.
+ * file.c (data path), object.c (objects, fd cache, origin files), journal.c
+ * (metadata file), clone.c, origin.c and fsck.c.  Nothing outside the core
+ * includes this header.
  *
- * LOCK ORDER (acquire top to bottom; never the other way):
+ * Modules, each calling only the ones below it:
  *
- *   fs->commit_lock   serialises commits and checkpoints
- *   fs->data_lock     rwlock: data changes take it shared, a clone takes it
- *                     exclusive so that it sees no write half-done
- *   inode->io_lock    one data-changing operation per file at a time
- *                     (two files: lower inode number first)
- *   fs->lock          everything in memory: inodes, dirents, extent maps,
- *                     refcounts, objects, the journal buffer.  Held briefly;
- *                     never across file-data I/O or a fuse_reply_*().
+ *   fs.c clone.c origin.c   namespace, clones, clones by reference
+ *   file.c                  extent maps, refcounts, the cow read/write path
+ *   journal.c               the metadata file (still called by all above)
+ *   object.c                objects, fd cache, pins, origin open/check,
+ *                           prefetch (object.h)
+ *   store.c                 the store directory's syscalls (store.h)
+ *
+ * LOCK ORDER (acquire top to bottom; never the other way).  The levels are
+ * enum lock_level below; take them with lock_take()/lock_drop() (and
+ * lock_io_take()/lock_io_drop() for io_lock), which assert the order in
+ * builds without NDEBUG:
+ *
+ *   LOCK_COMMIT fs->commit_lock  serialises commits and checkpoints
+ *   LOCK_DATA   fs->data_lock    rwlock: data changes take it shared, a
+ *                                clone takes it exclusive so that it sees no
+ *                                write half-done.  Writers are preferred: a
+ *                                waiting clone blocks new shared takers.
+ *                                So never take it shared twice.
+ *   LOCK_IO     inode->io_lock   one data-changing operation per file at a
+ *                                time (two files: lower inode number first)
+ *   LOCK_FS     fs->lock         everything in memory: inodes, dirents,
+ *                                extent maps, refcounts, objects, the
+ *                                journal buffer.  Held briefly; never across
+ *                                file-data I/O, a fuse_reply_*() or any
+ *                                syscall on a host file that may block
+ *                                (open, fstat, ftruncate, fallocate...).
+ *   LOCK_PF     fs->pf_lock      the prefetch queue; a leaf.
  *
  * Invariants:
  *  (1) A block in a file's write object is referenced by that file alone,
@@ -28,9 +48,11 @@
 #ifndef COWFS_FS_IMPL_H
 #define COWFS_FS_IMPL_H
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/queue.h>
 #include <sys/tree.h>
 #include <time.h>
@@ -38,6 +60,7 @@
 #include "cowfs/extmap.h"
 #include "cowfs/format.h"
 #include "cowfs/fs.h"
+#include "cowfs/object.h"
 #include "cowfs/refcount.h"
 #include "cowfs/store.h"
 
@@ -88,33 +111,6 @@ RB_PROTOTYPE(inode_tree, inode, node, ino_cmp)
 RB_PROTOTYPE(dir_names, dirent_node, by_name, name_cmp)
 RB_PROTOTYPE(dir_cookies, dirent_node, by_cookie, cookie_cmp)
 
-struct object {
-	RB_ENTRY(object) node;	/* in fs->objects */
-	uint64_t id;
-	uint64_t nlive;		/* blocks referenced by some extent map */
-	uint64_t owner;		/* ino whose write object it is, 0: retired */
-	int fd;			/* -1: closed */
-	uint64_t len;		/* the object file is at least this long */
-	uint32_t pins;		/* I/O in flight on fd outside fs->lock */
-	bool dirty;		/* written since the last commit's sync */
-	bool doomed;		/* queued for unlink */
-	/* origin objects: a host file read in place, never written */
-	char *opath;		/* host path (owned); NULL: a store object */
-	uint64_t odev, oino, osize;
-	int64_t omtime, octime;	/* ns */
-	bool warned;		/* the change was logged once */
-	struct object *dirty_next;
-	TAILQ_ENTRY(object) lru;	/* open, unpinned fds */
-};
-RB_HEAD(object_tree, object);
-RB_PROTOTYPE(object_tree, object, node, obj_cmp)
-TAILQ_HEAD(object_lru, object);
-
-struct pf_item {		/* an origin file to prefetch */
-	char *path;		/* owned */
-	uint64_t obj;		/* its object, to hand the open fd to */
-};
-
 struct pending_free {
 	uint64_t obj, pblk, len;
 };
@@ -132,9 +128,9 @@ struct fs {
 
 	/* protected by lock */
 	struct inode_tree inodes;
-	struct object_tree objects;
-	struct object_lru lru;
-	unsigned nfds, max_fds;
+	struct object_tree objects;	/* object.c */
+	struct object_lru lru;		/* object.c: open, unpinned fds */
+	unsigned nfds, max_fds;		/* object.c: open fds, their bound */
 	struct refcount rc;
 	uint64_t next_ino, next_obj;
 	struct inode_list dirty;	/* attributes to journal */
@@ -198,14 +194,8 @@ void inode_maybe_free(struct fs *fs, struct inode *in);
 int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want);
 
 /* file.c */
-struct object *obj_get(struct fs *fs, uint64_t id);
-struct object *obj_new(struct fs *fs, uint64_t id, uint64_t owner);
-int obj_pin(struct fs *fs, struct object *o);
-void obj_unpin(struct fs *fs, struct object *o);
-void obj_maybe_doom(struct fs *fs, struct object *o);
 void file_retire_wobj(struct fs *fs, struct inode *in);
 void file_retire_wobj_quiet(struct fs *fs, struct inode *in);
-void file_drop_blocks(void *fsp, uint64_t obj, uint64_t pblk, uint64_t len);
 int file_map_set(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len,
 		 uint64_t obj, uint64_t pblk, unsigned flags);
 int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk,
@@ -215,7 +205,6 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size);
 ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
 			  size_t len, fs_fill_fn fill, void *ctx);
 void file_compute_nlive(struct fs *fs);
-void file_close_fds(struct fs *fs);
 
 /* journal.c: all called with fs->lock held unless said otherwise */
 int journal_log(struct fs *fs, const struct rec *r);
@@ -226,21 +215,133 @@ void journal_flush_dirty(struct fs *fs);
 int clone_apply(struct fs *fs, const struct rec *r);
 
 /* origin.c */
-int origin_open(struct fs *fs, struct object *o);
-int origin_check(struct fs *fs, struct object *o, int fd);
 int origin_apply(struct fs *fs, const struct rec *r);
 void origin_to_rec(const struct object *o, struct rec *r, char **prev);
-void origin_prefetch_start(struct fs *fs);
-void origin_prefetch_stop(struct fs *fs);
-/* Queue origin files (paths taken over: the queue frees them). */
-void origin_prefetch(struct fs *fs, struct pf_item *items, size_t n);
-/* Without fs->lock: commit everything logged so far; sync=1 for fsync. */
+
+/* journal.c, without fs->lock: commit everything logged so far; sync=1 for fsync. */
 int journal_commit(struct fs *fs);
 int journal_checkpoint(struct fs *fs);
 int journal_load(struct fs *fs, char *err, size_t errlen);
 int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len);
 void journal_start_thread(struct fs *fs);
 void journal_stop_thread(struct fs *fs);
+
+/*
+ * Taking and dropping the locks in LOCK ORDER (top of this file).  In a
+ * build without NDEBUG, each thread keeps a bitmask of the levels it holds
+ * (taken through these wrappers) and lock_take() asserts that it holds no
+ * level at or below the one it takes; a second io_lock must belong to a
+ * higher inode number than the first.  (Sites that still call pthread
+ * directly are invisible to the check.)
+ */
+enum lock_level {
+	LOCK_COMMIT,		/* fs->commit_lock */
+	LOCK_DATA,		/* fs->data_lock */
+	LOCK_IO,		/* inode->io_lock */
+	LOCK_FS,		/* fs->lock */
+	LOCK_PF,		/* fs->pf_lock */
+};
+
+#ifndef NDEBUG
+/* lock.c */
+void lock_check_take(enum lock_level l, uint64_t ino);
+void lock_note_drop(enum lock_level l);
+unsigned lock_suspend(enum lock_level l);
+void lock_resume(enum lock_level l, unsigned token);
+bool lock_held(enum lock_level l);
+#else
+static inline void lock_check_take(enum lock_level l, uint64_t ino)
+{
+	(void)l;
+	(void)ino;
+}
+static inline void lock_note_drop(enum lock_level l)
+{
+	(void)l;
+}
+static inline unsigned lock_suspend(enum lock_level l)
+{
+	(void)l;
+	return 0;
+}
+static inline void lock_resume(enum lock_level l, unsigned token)
+{
+	(void)l;
+	(void)token;
+}
+static inline bool lock_held(enum lock_level l)
+{
+	(void)l;
+	return false;
+}
+#endif
+
+static inline pthread_mutex_t *lock_mutex(struct fs *fs, enum lock_level l)
+{
+	return l == LOCK_COMMIT ? &fs->commit_lock :
+	       l == LOCK_PF ? &fs->pf_lock : &fs->lock;
+}
+
+/* Take a mutex level (COMMIT, FS, PF), or data_lock exclusive (DATA). */
+static inline void lock_take(struct fs *fs, enum lock_level l)
+{
+	lock_check_take(l, 0);
+	if (l == LOCK_DATA)
+		pthread_rwlock_wrlock(&fs->data_lock);
+	else
+		pthread_mutex_lock(lock_mutex(fs, l));
+}
+
+/* data_lock shared. */
+static inline void lock_take_shared(struct fs *fs)
+{
+	lock_check_take(LOCK_DATA, 0);
+	pthread_rwlock_rdlock(&fs->data_lock);
+}
+
+static inline void lock_drop(struct fs *fs, enum lock_level l)
+{
+	lock_note_drop(l);
+	if (l == LOCK_DATA)
+		pthread_rwlock_unlock(&fs->data_lock);
+	else
+		pthread_mutex_unlock(lock_mutex(fs, l));
+}
+
+static inline void lock_io_take(struct inode *in)
+{
+	lock_check_take(LOCK_IO, in->ino);
+	pthread_mutex_lock(&in->io_lock);
+}
+
+static inline void lock_io_drop(struct inode *in)
+{
+	lock_note_drop(LOCK_IO);
+	pthread_mutex_unlock(&in->io_lock);
+}
+
+/*
+ * For a function entered with fs->lock held (through the wrappers or not)
+ * that must release it around a blocking syscall: the held-mask is saved
+ * and restored, so callers that still lock with pthread stay consistent.
+ */
+static inline unsigned lock_fs_suspend(struct fs *fs)
+{
+	unsigned t = lock_suspend(LOCK_FS);
+	pthread_mutex_unlock(&fs->lock);
+	return t;
+}
+
+static inline void lock_fs_resume(struct fs *fs, unsigned token)
+{
+	lock_check_take(LOCK_FS, 0);
+	pthread_mutex_lock(&fs->lock);
+	lock_resume(LOCK_FS, token);
+}
+
+/* Assert that this thread does not hold fs->lock through the wrappers:
+ * before a syscall on a host file that may block. */
+#define LOCK_ASSERT_UNLOCKED_FS() assert(!lock_held(LOCK_FS))
 
 #define FS_FLAG_NONE 0
 

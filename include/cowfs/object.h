@@ -1,0 +1,144 @@
+/*
+ * object.h - the object module (src/object.c): the host files that hold
+ * blocks, and nothing above them.
+ *
+ * Owns:
+ *  - every struct object: created by obj_new(), found by obj_get(), freed
+ *    by obj_forget() (after the commit that killed it, see journal.c) or
+ *    obj_free_all() at unmount.  All live in fs->objects.
+ *  - the cache of open object fds: fs->lru (open, unpinned fds, least
+ *    recently used first), fs->nfds, fs->max_fds.  Only this module opens
+ *    or closes an object's cached fd (journal.c's finish_batch still
+ *    closes the fd of an object it frees; obj_forget() does the same).
+ *  - pins: a pin keeps an object allocated and its fd open while a caller
+ *    uses them outside fs->lock.  journal.c must not punch the blocks of,
+ *    nor unlink, an object with pins > 0.
+ *  - the queue of dead objects to unlink after the next commit
+ *    (obj_maybe_doom) and the list of objects written since the last
+ *    commit (obj_mark_dirty).
+ *  - origin files: their open and identity check (origin_open,
+ *    origin_check), and the prefetch threads (origin_prefetch_*).
+ *
+ * It calls down only into store.c and fs_log(); file.c, fs.c, clone.c,
+ * origin.c and journal.c call into it.
+ *
+ * The daemon never blocks on a host file while it holds fs->lock: every
+ * open, fstat, ftruncate and fallocate of an object happens with fs->lock
+ * released and the object pinned.  An origin path is opened with O_PATH
+ * first (no driver open, no FIFO wait), checked to be the regular file
+ * that was cloned, and only then reopened for reading.
+ */
+#ifndef COWFS_OBJECT_H
+#define COWFS_OBJECT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/tree.h>
+
+struct fs;
+
+struct object {
+	RB_ENTRY(object) node;	/* in fs->objects; fs->lock */
+	uint64_t id;		/* immutable */
+	uint64_t nlive;		/* blocks some extent maps; fs->lock */
+	uint64_t owner;		/* ino whose write object it is, 0: retired;
+				 * fs->lock */
+	int fd;			/* -1: closed.  Changed under fs->lock; stable
+				 * while pinned once obj_ready() returned it */
+	uint64_t len;		/* the object file is at least this long;
+				 * the owner's io_lock (only the owner writes) */
+	uint32_t pins;		/* users outside fs->lock; fs->lock */
+	bool dirty;		/* written since the last commit's sync;
+				 * fs->lock */
+	bool doomed;		/* queued for unlink; fs->lock */
+	/* origin objects: a host file read in place, never written.  These
+	 * fields are set before the object is published and never change, so
+	 * they are read without fs->lock by a pin holder. */
+	char *opath;		/* host path (owned); NULL: a store object */
+	uint64_t odev, oino, osize;
+	int64_t omtime, octime;	/* ns */
+	bool warned;		/* the change was logged once; atomic */
+	struct object *dirty_next;	/* fs->dirty_objs; fs->lock */
+	TAILQ_ENTRY(object) lru;	/* in fs->lru while open and unpinned */
+};
+RB_HEAD(object_tree, object);
+RB_PROTOTYPE(object_tree, object, node, obj_cmp)
+TAILQ_HEAD(object_lru, object);
+
+struct pf_item {		/* an origin file to prefetch */
+	char *path;		/* owned (informative: the object's path) */
+	uint64_t obj;		/* its object, to hand the open fd to */
+};
+
+/* ---- with fs->lock held ---- */
+
+struct object *obj_get(struct fs *fs, uint64_t id);
+/* A new object in fs->objects (no fd, not on disk).  NULL: out of memory. */
+struct object *obj_new(struct fs *fs, uint64_t id, uint64_t owner);
+/*
+ * Pin o: it stays allocated and, once open, its fd stays open until
+ * obj_unpin().  Never blocks.  Returns true when the caller must call
+ * obj_ready() (without fs->lock) before using o->fd: the fd is not open
+ * yet, or o is an origin whose identity is checked before every use.
+ */
+bool obj_hold(struct fs *fs, struct object *o);
+/*
+ * obj_hold() and, if needed, obj_ready().  MAY DROP AND RE-TAKE fs->lock
+ * (only when it opens or checks a host file): the caller must not keep
+ * pointers it cannot re-validate, except to pinned objects and to inodes
+ * it holds the io_lock of.  0, or -errno with o not pinned.
+ */
+int obj_pin(struct fs *fs, struct object *o);
+void obj_unpin(struct fs *fs, struct object *o);
+/* Queue o for unlinking after the next commit when nothing uses it. */
+void obj_maybe_doom(struct fs *fs, struct object *o);
+/* o was written: fdatasync it before the next commit. */
+void obj_mark_dirty(struct fs *fs, struct object *o);
+/*
+ * Make room for one more fd: take least recently used idle fds out of the
+ * cache into fds[] (at most max), to be closed with obj_close_fds() once
+ * fs->lock is dropped.  Returns how many.
+ */
+size_t obj_evict(struct fs *fs, int *fds, size_t max);
+/* Give an fd opened by the caller to o's cache entry, unless o already has
+ * one: returns -1 when taken over, else fd (the caller closes it). */
+int obj_adopt_fd(struct fs *fs, struct object *o, int fd);
+/* Drop o from memory (and its fd) without touching its file: pins == 0. */
+void obj_forget(struct fs *fs, struct object *o);
+
+/* ---- without fs->lock ---- */
+
+/*
+ * o pinned (obj_hold() returned true).  Opens o's file if its fd is not
+ * cached, and checks an origin's identity; takes fs->lock briefly to
+ * install the fd.  Returns the fd, valid until obj_unpin(), or -errno
+ * (-EIO for a missing object or a changed origin, logged).
+ */
+int obj_ready(struct fs *fs, struct object *o);
+void obj_close_fds(const int *fds, size_t n);
+/* At unmount: close every fd and free every object. */
+void obj_free_all(struct fs *fs);
+
+/*
+ * Open an origin's host file for reading, checked to be the regular file
+ * that was cloned (device, inode number, size, mtime, ctime).  Never
+ * blocks on a FIFO or opens a device.  fs->lock NOT held (fsck: no lock).
+ * Returns an fd (caller owns) or -EIO, logging the first failure per
+ * object.
+ */
+int origin_open(struct fs *fs, struct object *o);
+/* 0 when fd is still the file that was cloned; -EIO (logged once).
+ * fstat()s fd: fs->lock not held. */
+int origin_check(struct fs *fs, struct object *o, int fd);
+
+/* Prefetch threads: read ahead origin files a listing suggests will be
+ * read soon, and hand their checked fds to the cache. */
+void origin_prefetch_start(struct fs *fs);
+void origin_prefetch_stop(struct fs *fs);
+/* Queue origin files (paths taken over: the queue frees them).  Takes
+ * pf_lock: call without fs->lock. */
+void origin_prefetch(struct fs *fs, struct pf_item *items, size_t n);
+
+#endif
