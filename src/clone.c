@@ -431,14 +431,14 @@ int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
 		return -EROFS;
 	if ((rc = fs_name_check(name, strlen(name))))
 		return rc;
-	pthread_rwlock_wrlock(&fs->data_lock);
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_DATA);
+	lock_take(fs, LOCK_FS);
 	src = inode_get(fs, src_ino);
 	dir = inode_get(fs, dst_parent);
 	if (!(rc = clone_check(fs, c, src, dir, name)))
 		rc = clone_locked(fs, c, src, dir, name, st);
-	pthread_mutex_unlock(&fs->lock);
-	pthread_rwlock_unlock(&fs->data_lock);
+	lock_drop(fs, LOCK_FS);
+	lock_drop(fs, LOCK_DATA);
 	return rc;
 }
 
@@ -458,8 +458,8 @@ int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
 		return -EINVAL;
 	if (src_parent && (rc = fs_name_check(src_name, strlen(src_name))))
 		return rc;
-	pthread_rwlock_wrlock(&fs->data_lock);
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_DATA);
+	lock_take(fs, LOCK_FS);
 	dir = inode_get(fs, dst_parent);
 	if (src_parent == 0) {
 		/* the root: reached by anyone who reaches the mount */
@@ -493,8 +493,8 @@ int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
 	if (!(rc = clone_check(fs, c, src, dir, name)))
 		rc = clone_locked(fs, c, src, dir, name, st);
 out:
-	pthread_mutex_unlock(&fs->lock);
-	pthread_rwlock_unlock(&fs->data_lock);
+	lock_drop(fs, LOCK_FS);
+	lock_drop(fs, LOCK_DATA);
 	return rc;
 }
 
@@ -585,7 +585,7 @@ int fs_du(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	refcount_init(&dc.local);
 	refcount_init(&dc.seen);
 	refcount_init(&dc.tails);
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	u->block_size = fs->block_size;
 	in = inode_get(fs, ino);
 	if (!in) {
@@ -606,7 +606,7 @@ int fs_du(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 			u->exclusive += bytes;
 	}
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	refcount_release(&dc.local);
 	refcount_release(&dc.seen);
 	refcount_release(&dc.tails);
@@ -629,7 +629,7 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 
 	memset(u, 0, sizeof(*u));
 	refcount_init(&tails);
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	u->block_size = fs->block_size;
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
 		if (S_ISREG(in->mode)) {
@@ -658,7 +658,7 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 		uint64_t *sum = o && o->opath ? &u->origin : &u->exclusive;
 		*sum -= fs->block_size - (v - 2);
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	refcount_release(&tails);
 	if (err)
 		return err;

@@ -668,7 +668,7 @@ int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st)
 	int rc = 0;
 	struct inode *dir, *in = NULL;
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	dir = get_dir(fs, parent, &rc);
 	if (!dir)
 		goto out;
@@ -691,31 +691,31 @@ int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st)
 	in->nlookup++;
 	inode_stat(fs, in, st);
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
 void fs_forget(struct fs *fs, uint64_t ino, uint64_t nlookup)
 {
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (in) {
 		in->nlookup = nlookup > in->nlookup ? 0 : in->nlookup - nlookup;
 		inode_maybe_free(fs, in);
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 }
 
 int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st)
 {
 	int rc = 0;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (in)
 		inode_stat(fs, in, st);
 	else
 		rc = -ENOENT;
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -731,28 +731,28 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	if (fs->opt.ro)
 		return -EROFS;
 	if (to_set & FS_SET_SIZE) {
-		pthread_rwlock_rdlock(&fs->data_lock);
-		pthread_mutex_lock(&fs->lock);
+		lock_take_shared(fs);
+		lock_take(fs, LOCK_FS);
 		in = inode_get(fs, ino);
 		if (!in || !S_ISREG(in->mode)) {
 			rc = !in ? -ENOENT : S_ISDIR(in->mode) ? -EISDIR : -EINVAL;
-			pthread_mutex_unlock(&fs->lock);
-			pthread_rwlock_unlock(&fs->data_lock);
+			lock_drop(fs, LOCK_FS);
+			lock_drop(fs, LOCK_DATA);
 			return rc;
 		}
-		pthread_mutex_unlock(&fs->lock);
-		pthread_mutex_lock(&in->io_lock);
-		pthread_mutex_lock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
+		lock_io_take(in);
+		lock_take(fs, LOCK_FS);
 		rc = file_truncate(fs, in, (uint64_t)a->st_size);
 		if (!rc)
 			touch_mc(in);
-		pthread_mutex_unlock(&fs->lock);
-		pthread_mutex_unlock(&in->io_lock);
-		pthread_rwlock_unlock(&fs->data_lock);
+		lock_drop(fs, LOCK_FS);
+		lock_io_drop(in);
+		lock_drop(fs, LOCK_DATA);
 		if (rc)
 			return rc;
 	}
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	in = inode_get(fs, ino);
 	if (!in) {
 		rc = -ENOENT;
@@ -780,7 +780,7 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	inode_dirty(fs, in);
 	inode_stat(fs, in, st);
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -888,7 +888,7 @@ int fs_mknod(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 	if (!S_ISREG(mode) && !S_ISDIR(mode) && !S_ISFIFO(mode) &&
 	    !S_ISSOCK(mode) && !S_ISCHR(mode) && !S_ISBLK(mode))
 		return -EINVAL;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	dir = get_dir(fs, parent, &rc);
 	if (!dir)
 		goto out;
@@ -898,7 +898,7 @@ int fs_mknod(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 		goto out;
 	inode_stat(fs, in, st);
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -912,7 +912,7 @@ int fs_symlink(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 		return -EROFS;
 	if (strlen(target) >= 4096)
 		return -ENAMETOOLONG;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	dir = get_dir(fs, parent, &rc);
 	if (!dir)
 		goto out;
@@ -920,14 +920,14 @@ int fs_symlink(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 	if (!rc)
 		inode_stat(fs, in, st);
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
 int fs_readlink(struct fs *fs, uint64_t ino, char *buf, size_t size)
 {
 	int rc;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (!in)
 		rc = -ENOENT;
@@ -936,7 +936,7 @@ int fs_readlink(struct fs *fs, uint64_t ino, char *buf, size_t size)
 	else {
 		rc = (int)strlcpy(buf, in->target, size);
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -971,7 +971,7 @@ static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir
 
 	if (fs->opt.ro)
 		return -EROFS;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	dir = get_dir(fs, parent, &rc);
 	if (!dir)
 		goto out;
@@ -1006,7 +1006,7 @@ static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir
 	inode_dirty(fs, dir);
 	drop_link(fs, in);
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -1060,7 +1060,7 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 		return -EINVAL;
 	if ((rc = check_name(newname)))
 		return rc;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	jmark_save(fs, &m);
 	sdir = get_dir(fs, parent, &rc);
 	ddir = sdir ? get_dir(fs, newparent, &rc) : NULL;
@@ -1177,7 +1177,7 @@ touch:
 		inode_dirty(fs, ddir);
 	}
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -1193,7 +1193,7 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 		return -EROFS;
 	if ((rc = check_name(newname)))
 		return rc;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	jmark_save(fs, &m);
 	dir = get_dir(fs, newparent, &rc);
 	if (!dir)
@@ -1241,7 +1241,7 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 	in->nlookup++;
 	inode_stat(fs, in, st);
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -1275,7 +1275,7 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 	struct stat st;
 	struct dirent_node key, *d;
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	dir = get_dir(fs, ino, &rc);
 	if (!dir)
 		goto out;
@@ -1305,7 +1305,7 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 		}
 	}
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	if (npf)
 		origin_prefetch(fs, pf, npf);
 	free(pf);
@@ -1316,25 +1316,25 @@ int fs_open_file(struct fs *fs, uint64_t ino, int flags)
 {
 	int rc = 0;
 	(void)flags;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (!in)
 		rc = -ENOENT;
 	else
 		in->nopen++;
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
 void fs_release(struct fs *fs, uint64_t ino)
 {
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (in && in->nopen) {
 		in->nopen--;
 		inode_maybe_free(fs, in);
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 }
 
 int fs_fsync(struct fs *fs, uint64_t ino)
@@ -1349,9 +1349,9 @@ int fs_statfs(struct fs *fs, struct statvfs *sv)
 {
 	if (fstatvfs(fs->store.dirfd, sv) < 0)
 		return -errno;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	uint64_t n = fs->ninodes;
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	sv->f_files = sv->f_ffree + n;
 	sv->f_namemax = COWFS_NAME_MAX;
 	return 0;
@@ -1426,7 +1426,7 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 		return rc;
 	if (size > COWFS_XATTR_MAX)
 		return -E2BIG;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	in = inode_get(fs, ino);
 	if (!in) {
 		rc = -ENOENT;
@@ -1482,7 +1482,7 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 	now_ts(&in->ctime);
 	inode_dirty(fs, in);
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -1490,7 +1490,7 @@ int fs_getxattr(struct fs *fs, uint64_t ino, const char *name, void *buf,
 		size_t size)
 {
 	int rc;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	struct xattr *x;
 	if (!in) {
@@ -1510,7 +1510,7 @@ int fs_getxattr(struct fs *fs, uint64_t ino, const char *name, void *buf,
 			memcpy(buf, x->value, x->len);
 	}
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -1518,7 +1518,7 @@ int fs_listxattr(struct fs *fs, uint64_t ino, char *buf, size_t size)
 {
 	int rc = 0;
 	size_t total = 0;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (!in) {
 		rc = -ENOENT;
@@ -1534,7 +1534,7 @@ int fs_listxattr(struct fs *fs, uint64_t ino, char *buf, size_t size)
 	if (size && total > size)
 		rc = -ERANGE;
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
@@ -1543,7 +1543,7 @@ int fs_removexattr(struct fs *fs, uint64_t ino, const char *name)
 	int rc;
 	if (fs->opt.ro)
 		return -EROFS;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (!in) {
 		rc = -ENOENT;
@@ -1559,7 +1559,7 @@ int fs_removexattr(struct fs *fs, uint64_t ino, const char *name)
 	now_ts(&in->ctime);
 	inode_dirty(fs, in);
 out:
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 

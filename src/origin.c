@@ -979,9 +979,9 @@ int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 	if (!rc)
 		rc = find_links(&w);
 	if (!rc) {
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		rc = clone_host_locked(fs, c, &w, dst_parent, name);
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 	}
 	if (skipped)
 		*skipped = w.skipped;
@@ -1025,22 +1025,22 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 
 	if (fs->opt.ro)
 		return -EROFS;
-	pthread_rwlock_rdlock(&fs->data_lock);
-	pthread_mutex_lock(&fs->lock);
+	lock_take_shared(fs);
+	lock_take(fs, LOCK_FS);
 	in = inode_get(fs, ino);
 	if (!in || !S_ISREG(in->mode) || !inode_may(c, in, MAY_R)) {
 		rc = !in ? -ENOENT : S_ISDIR(in->mode) ? -EISDIR :
 		     !S_ISREG(in->mode) ? 0 : -EACCES;
-		pthread_mutex_unlock(&fs->lock);
-		pthread_rwlock_unlock(&fs->data_lock);
+		lock_drop(fs, LOCK_FS);
+		lock_drop(fs, LOCK_DATA);
 		return rc;
 	}
-	pthread_mutex_unlock(&fs->lock);
-	pthread_mutex_lock(&in->io_lock);
+	lock_drop(fs, LOCK_FS);
+	lock_io_take(in);
 	for (;;) {
 		struct extent run = { 0 };
 		struct object *o = NULL;
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		for (size_t i = 0; i < in->map.n; i++) {
 			struct extent *e = &in->map.v[i];
 			struct object *x = obj_get(fs, e->obj);
@@ -1052,7 +1052,7 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 		}
 		if (o && (rc = obj_pin(fs, o)))
 			o = NULL;
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		if (!o)
 			break;
 		if (run.len > 16)
@@ -1062,25 +1062,25 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 		if (off + len > in->size)
 			len = in->size > off ? in->size - off : 0;
 		struct copy_src src = { o->fd, (off_t)(run.pblk << fs->block_shift) };
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		struct timespec mt = in->mtime, ct = in->ctime;
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		ssize_t n = len ? file_write_locked(fs, in, (off_t)off, len, fill_copy, &src)
 				: 0;
 		/* the content is the same: so are its times */
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		in->mtime = mt;
 		in->ctime = ct;
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		if (n == 0 && len == 0) {
 			/* mapped past EOF: unmap it */
-			pthread_mutex_lock(&fs->lock);
+			lock_take(fs, LOCK_FS);
 			rc = file_map_punch(fs, in, run.lblk, run.len);
-			pthread_mutex_unlock(&fs->lock);
+			lock_drop(fs, LOCK_FS);
 		}
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		obj_unpin(fs, o);
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		if (n < 0) {
 			rc = (int)n;
 			break;
@@ -1089,8 +1089,8 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 			break;
 		total += n;
 	}
-	pthread_mutex_unlock(&in->io_lock);
-	pthread_rwlock_unlock(&fs->data_lock);
+	lock_io_drop(in);
+	lock_drop(fs, LOCK_DATA);
 	return rc ? rc : total;
 }
 
@@ -1121,10 +1121,10 @@ int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen)
 		free(have);
 		return rc;
 	}
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	struct inode *root = inode_get(fs, FS_ROOT_INO);
 	int empty = root && root->nentries == 0;
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	if (!empty) {
 		snprintf(err, errlen, "--origin needs a new or empty store; this one "
 			 "has files and no origin");
@@ -1155,7 +1155,7 @@ int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen)
 	if (rc)
 		return rc;
 	/* the root takes the origin directory's attributes */
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	root = inode_get(fs, FS_ROOT_INO);
 	root->mode = st.st_mode;
 	root->uid = st.st_uid;
@@ -1163,7 +1163,7 @@ int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen)
 	root->atime = st.st_atim;
 	root->mtime = st.st_mtim;
 	inode_dirty(fs, root);
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	rc = fs_setxattr(fs, FS_ROOT_INO, ORIGIN_XATTR, dir, strlen(dir), 0);
 	if (!rc)
 		rc = journal_commit(fs);

@@ -84,7 +84,7 @@ int fs_status(struct fs *fs, struct cowfs_ioc_status *out)
 		free(origin);
 	}
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
 		out->inodes++;
 		if (S_ISREG(in->mode) && file_shares(fs, in))
@@ -107,7 +107,7 @@ int fs_status(struct fs *fs, struct cowfs_ioc_status *out)
 		}
 		ids[nids++] = o->id;
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	if (rc)
 		goto out;
 
