@@ -175,23 +175,37 @@ struct fs {
 	pthread_cond_t cond;		/* with lock */
 };
 
-/* fs.c */
+/* inode.c: the inode table, entries, xattrs; all under fs->lock */
 struct inode *inode_get(struct fs *fs, uint64_t ino);
+/* A new inode in the table (caller fills it); NULL: out of memory. */
 struct inode *inode_new(struct fs *fs, uint64_t ino);
-void inode_free(struct fs *fs, struct inode *in);
 void inode_dirty(struct fs *fs, struct inode *in);
+void inode_undirty(struct fs *fs, struct inode *in);
 void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st);
 void now_ts(struct timespec *ts);
 struct dirent_node *dir_find(struct inode *dir, const char *name);
+/* A detached entry (caller owns it until dir_insert() takes it). */
+struct dirent_node *dirent_new(const char *name, uint64_t ino,
+			       uint64_t cookie);
+int dir_insert(struct inode *dir, struct dirent_node *d);
 int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 	    uint64_t cookie);
 void dir_del(struct fs *fs, struct inode *dir, struct dirent_node *d);
+struct xattr **xattr_find(struct inode *in, const char *name);
 int xattr_set(struct inode *in, const char *name, const void *v, uint32_t len);
 int xattr_del(struct inode *in, const char *name);
 void inode_to_rec(const struct inode *in, struct rec *r);
-int apply_rec(struct fs *fs, const struct rec *r);
+
+/* fs.c: the namespace operations */
+/* Free an inode and everything it holds (drops its blocks' references). */
+void inode_free(struct fs *fs, struct inode *in);
 void inode_maybe_free(struct fs *fs, struct inode *in);
 int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want);
+
+/* replay.c */
+/* Apply one record read from the metadata file; -EINVAL: it does not fit
+ * the state (corruption). */
+int apply_rec(struct fs *fs, const struct rec *r);
 
 /* file.c */
 void file_retire_wobj(struct fs *fs, struct inode *in);
