@@ -1276,10 +1276,19 @@ static void test_clean_reopen(void)
 		open_fs();
 		if (round & 1)
 			OK(fs_start(fs));
-		/* opening a clean store writes nothing */
+		/* opening a clean store writes nothing but the mount mark;
+		 * the clean close had cleared it */
 		size_t mlen2;
 		unsigned char *m2 = slurp(metapath, &mlen2);
-		CHECK(mlen == mlen2 && memcmp(m, m2, mlen) == 0);
+		CHECK(mlen == mlen2 && memcmp(m + COWFS_HDR_SIZE,
+					      m2 + COWFS_HDR_SIZE,
+					      mlen - COWFS_HDR_SIZE) == 0);
+		struct disk_header h1, h2;
+		CHECK(format_header_decode(m, &h1) == NULL);
+		CHECK(format_header_decode(m2, &h2) == NULL);
+		CHECK(h1.flags == 0 && h2.flags == COWFS_HDR_MOUNTED);
+		CHECK(format_header_set_mounted(m2, 0) == 0);
+		CHECK(memcmp(m, m2, COWFS_HDR_SIZE) == 0);
 		free(m);
 		free(m2);
 		check_internal(0);
