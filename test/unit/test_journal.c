@@ -1975,6 +1975,154 @@ static void test_refused(void)
 	mb_commit(&jm, 1);
 	BUILD("committed removal of an absent xattr", "does not apply");
 
+	/* The loader trusts no length (issue 7).  A checksummed REC_REFCNT
+	 * claiming 2^40 blocks made the loader allocate until memory ran out;
+	 * a huge extent made reads loop forever. */
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	{
+		struct rec r = { .type = REC_REFCNT };
+		r.u.refcnt.obj = 1;
+		r.u.refcnt.pblk = 0;
+		r.u.refcnt.len = (uint64_t)1 << 40;
+		r.u.refcnt.count = 2;
+		mb_rec(&ckm, &r);
+	}
+	BUILD("REFCNT run of 2^40 blocks", "refcount run longer");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	{
+		struct rec r = { .type = REC_EXT_SET, .flags = EXT_NOREF };
+		r.u.ext.ino = 2;
+		r.u.ext.lblk = (uint64_t)1 << 60;	/* * 4096 > 2^62 */
+		r.u.ext.len = 1;
+		r.u.ext.obj = 1;
+		mb_rec(&ckm, &r);
+	}
+	BUILD("extent at block 2^60", "extent beyond");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	{
+		struct rec r = { .type = REC_EXT_SET, .flags = EXT_NOREF };
+		r.u.ext.ino = 2;
+		r.u.ext.lblk = 0;
+		r.u.ext.len = 1;
+		r.u.ext.obj = 1;
+		r.u.ext.pblk = UINT64_MAX - 7;
+		mb_rec(&ckm, &r);
+	}
+	BUILD("extent at object block 2^64-8", "corrupt checkpoint record");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	{
+		struct rec r = { .type = REC_EXT_SET, .flags = EXT_SHARE };
+		r.u.ext.ino = 2;
+		r.u.ext.lblk = 5;
+		r.u.ext.len = UINT64_MAX - 2;	/* lblk + len wraps */
+		r.u.ext.obj = 1;
+		mb_rec(&jm, &r);
+	}
+	mb_commit(&jm, 1);
+	BUILD("journal extent whose end wraps", "corrupt journal record");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	{
+		struct rec r = { .type = REC_INODE };
+		r.u.inode.ino = 2;
+		r.u.inode.mode = S_IFREG | 0644;
+		r.u.inode.nlink = 1;
+		r.u.inode.size = COWFS_MAX_FILE_SIZE + 1;
+		mb_rec(&ckm, &r);
+	}
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	BUILD("file size 2^62 + 1", "file size beyond");
+	/* the namespace must be a tree hanging from the root */
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	{
+		struct rec r = { .type = REC_INODE };
+		r.u.inode.mode = S_IFDIR | 0755;
+		r.u.inode.nlink = 3;
+		r.u.inode.ino = 2;
+		r.u.inode.parent = 3;
+		mb_rec(&ckm, &r);
+		r.u.inode.ino = 3;
+		r.u.inode.parent = 2;
+		mb_rec(&ckm, &r);
+	}
+	mb_dirent(&ckm, REC_DIRENT_ADD, 2, 3, "down", 3);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 3, 2, "up", 3);
+	BUILD("two directories naming each other", "does not reach the root");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFDIR | 0755);	/* parent 1 */
+	mb_inode(&ckm, 3, S_IFDIR | 0755);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "a", 3);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 3, "b", 4);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 3, 2, "again", 3);
+	BUILD("a directory with two parents", "two parents");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFDIR | 0755);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 2, 2, "self", 3);
+	BUILD("a directory naming itself", "corrupt namespace");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);	/* nlink 1, named nowhere */
+	BUILD("a linked inode in no directory", "in no directory");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	{
+		struct rec r = { .type = REC_INODE_DEL };
+		r.u.del.ino = 2;
+		mb_rec(&jm, &r);
+	}
+	mb_commit(&jm, 1);
+	BUILD("an entry naming a deleted inode", "names missing inode");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 1, "root", 3);
+	BUILD("the root named in a directory", "root");
+
+	/* A bad record in the middle of the journal, a valid COMMIT after:
+	 * corruption, with the offset, not a torn tail (issue 7). */
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&jm, 2, S_IFREG | 0640);
+	mb_dirent(&jm, REC_DIRENT_ADD, 1, 2, "one", 3);
+	mb_commit(&jm, 1);
+	size_t bad_at = jm.n;
+	mb_inode(&jm, 3, S_IFREG | 0640);
+	mb_dirent(&jm, REC_DIRENT_ADD, 1, 3, "two", 4);
+	mb_commit(&jm, 2);
+	jm.b[bad_at + COWFS_REC_HDR_SIZE + 3] ^= 0x20;
+	{
+		char sub[64];
+		snprintf(sub, sizeof(sub), "offset %zu is bad but 1 committed",
+			 COWFS_HDR_SIZE + ckm.n + bad_at);
+		BUILD("a bad record before a valid COMMIT", sub);
+	}
+
 	/* Accepted: the same bad record without its COMMIT is never applied */
 	RESET();
 	mb_super(&ckm);
