@@ -654,7 +654,9 @@ enum { TAG_NAMED = 0, TAG_REACHES_ROOT = 1 };
 /*
  * After load: the namespace must be a tree hanging from the root.  Every
  * entry names an existing inode; the root is named nowhere; a directory is
- * named exactly once, by the directory its parent field gives; every
+ * named exactly once, by the directory its parent field gives; no entry
+ * names an inode whose link count is 0 (it would be freed as an orphan,
+ * leaving the entry dangling); every
  * directory's parent chain reaches the root (no cycle); an inode that is
  * still linked (nlink > 0) is named somewhere.  0, or -EUCLEAN with a
  * message.
@@ -677,6 +679,13 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 			if (!ch) {
 				snprintf(err, errlen, "directory %llu entry '%s' "
 					 "names missing inode %llu",
+					 (unsigned long long)in->ino, d->name,
+					 (unsigned long long)d->ino);
+				goto bad;
+			}
+			if (ch->nlink == 0) {
+				snprintf(err, errlen, "directory %llu entry '%s' "
+					 "names inode %llu, whose link count is 0",
 					 (unsigned long long)in->ino, d->name,
 					 (unsigned long long)d->ino);
 				goto bad;

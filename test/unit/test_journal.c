@@ -2102,6 +2102,18 @@ static void test_refused(void)
 	mb_inode(&ckm, 1, S_IFDIR | 0755);
 	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 1, "root", 3);
 	BUILD("the root named in a directory", "root");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	{
+		struct rec r = { .type = REC_INODE };
+		r.u.inode.ino = 2;
+		r.u.inode.mode = S_IFREG | 0644;
+		r.u.inode.nlink = 0;	/* an orphan, yet named */
+		mb_rec(&ckm, &r);
+	}
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	BUILD("an entry naming an inode with nlink 0", "link count is 0");
 
 	/* A bad record in the middle of the journal, a valid COMMIT after:
 	 * corruption, with the offset, not a torn tail (issue 7). */
