@@ -167,7 +167,7 @@ int format_extent_ok(uint64_t lblk, uint64_t len, uint64_t pblk,
  *     journal lost committed batches in its middle, and a silent
  *     truncation would make the loss permanent.
  * bad is the offset of the first bad record; later_commits counts the
- * valid COMMIT records found after it, last_seq the highest of them.
+ * valid COMMIT records found after it, later_seq the highest of them.
  */
 enum jscan_result {
 	JSCAN_CLEAN = 0,
