@@ -494,13 +494,17 @@ def main():
     if own:
         args.workdir = tempfile.mkdtemp(prefix="cowfs-crashloop.")
     os.makedirs(args.workdir, exist_ok=True)
+    # a private copy: a rebuild during a long run must not swap the binary
+    private = os.path.join(args.workdir, "cowfs")
+    shutil.copy2(args.bin, private)
+    args.bin = private
     print(f"crashloop: seed {args.seed}, work directory {args.workdir}",
           flush=True)
     loop = Loop(args)
     status = 0
     try:
         loop.run()
-    except Failure as e:
+    except (Failure, OSError, subprocess.SubprocessError) as e:
         print(f"crashloop: FAILED in round {loop.rounds + 1} (seed "
               f"{args.seed}): {e}", file=sys.stderr, flush=True)
         status = 1
