@@ -79,12 +79,18 @@ class Loop:
         self.ops = 0
         self.n = 0
         self.owner = None       # a file with a write object at unmount
+        # sanitizer builds: reports go to files in the work directory
+        self.env = dict(os.environ)
+        for var, name in (("ASAN_OPTIONS", "asan"), ("UBSAN_OPTIONS",
+                                                     "ubsan")):
+            if var in self.env:
+                self.env[var] += f":log_path={self.work}/{name}"
 
     # ---- the daemon ----
 
     def cowfs(self, *a, check=True, timeout=300):
         p = subprocess.run([self.args.bin, *map(str, a)], capture_output=True,
-                           text=True, timeout=timeout)
+                           text=True, timeout=timeout, env=self.env)
         if check and p.returncode != 0:
             raise Failure(f"cowfs {' '.join(map(str, a))}: exit "
                           f"{p.returncode}: {p.stdout}{p.stderr}")
@@ -127,10 +133,15 @@ class Loop:
             with open(self.log, errors="replace") as f:
                 text = f.read()
         except FileNotFoundError:
-            return
+            text = ""
         for mark in SANITIZER_MARKS:
             if mark in text:
                 raise Failure(f"daemon log has a sanitizer report ({mark})")
+        for name in sorted(os.listdir(self.work)):
+            path = os.path.join(self.work, name)
+            if name.startswith(("asan.", "ubsan.")) and os.path.getsize(path):
+                with open(path, errors="replace") as f:
+                    raise Failure(f"sanitizer report {name}:\n{f.read()}")
 
     # ---- the workload ----
 
