@@ -274,6 +274,10 @@ long format_decode(const void *buf, size_t avail, struct rec *r)
 		r->u.ext.len = get64(&c);
 		r->u.ext.obj = get64(&c);
 		r->u.ext.pblk = get64(&c);
+		if (r->u.ext.len == 0 ||
+		    r->u.ext.lblk + r->u.ext.len < r->u.ext.lblk ||
+		    r->u.ext.pblk + r->u.ext.len < r->u.ext.pblk)
+			return -1;
 		break;
 	case REC_XATTR_SET:
 	case REC_XATTR_DEL:
@@ -284,6 +288,9 @@ long format_decode(const void *buf, size_t avail, struct rec *r)
 		r->u.refcnt.pblk = get64(&c);
 		r->u.refcnt.len = get64(&c);
 		r->u.refcnt.count = get32(&c);
+		if (r->u.refcnt.len == 0 ||
+		    r->u.refcnt.pblk + r->u.refcnt.len < r->u.refcnt.pblk)
+			return -1;
 		break;
 	case REC_COMMIT:
 		r->u.commit.seq = get64(&c);
@@ -337,13 +344,10 @@ void format_header_init(struct disk_header *h, unsigned block_shift)
 	h->block_shift = block_shift;
 }
 
-void format_header_encode(struct disk_header *h, const void *ckpt, size_t len,
-			  unsigned char out[COWFS_HDR_SIZE])
+static void header_put(struct disk_header *h, unsigned char out[COWFS_HDR_SIZE])
 {
 	unsigned char *p = out;
 
-	h->ckpt_len = len;
-	h->ckpt_csum = XXH3_64bits(ckpt, len);
 	memcpy(p, h->magic, 8);
 	p += 8;
 	put32(&p, h->version);
@@ -353,9 +357,32 @@ void format_header_encode(struct disk_header *h, const void *ckpt, size_t len,
 	put64(&p, h->ckpt_len);
 	put64(&p, h->ckpt_csum);
 	put64(&p, h->generation);
-	put64(&p, h->reserved);
+	put32(&p, h->flags);
+	put32(&p, h->reserved);
 	h->hdr_csum = XXH3_64bits(out, 56);
 	put64(&p, h->hdr_csum);
+}
+
+void format_header_encode(struct disk_header *h, const void *ckpt, size_t len,
+			  unsigned char out[COWFS_HDR_SIZE])
+{
+	h->ckpt_len = len;
+	h->ckpt_csum = XXH3_64bits(ckpt, len);
+	header_put(h, out);
+}
+
+int format_header_set_mounted(unsigned char img[COWFS_HDR_SIZE], int mounted)
+{
+	struct disk_header h;
+
+	if (format_header_decode(img, &h))
+		return -1;
+	if (mounted)
+		h.flags |= COWFS_HDR_MOUNTED;
+	else
+		h.flags &= ~COWFS_HDR_MOUNTED;
+	header_put(&h, img);
+	return 0;
 }
 
 const char *format_header_decode(const unsigned char in[COWFS_HDR_SIZE],
@@ -373,7 +400,8 @@ const char *format_header_decode(const unsigned char in[COWFS_HDR_SIZE],
 	h->ckpt_len = get64(&c);
 	h->ckpt_csum = get64(&c);
 	h->generation = get64(&c);
-	h->reserved = get64(&c);
+	h->flags = get32(&c);
+	h->reserved = get32(&c);
 	h->hdr_csum = get64(&c);
 	if (XXH3_64bits(in, 56) != h->hdr_csum)
 		return "metadata header checksum mismatch (corrupt header)";
@@ -384,4 +412,68 @@ const char *format_header_decode(const unsigned char in[COWFS_HDR_SIZE],
 	if (h->block_shift < 12 || h->block_shift > 20)
 		return "metadata header has an invalid block size";
 	return NULL;
+}
+
+int format_extent_ok(uint64_t lblk, uint64_t len, uint64_t pblk,
+		     unsigned block_shift)
+{
+	uint64_t max = COWFS_MAX_FILE_SIZE >> block_shift;
+
+	return len >= 1 && lblk <= max && len <= max - lblk &&
+	       pblk <= max && len <= max - pblk;
+}
+
+/* The fixed length of a COMMIT record, to find candidates quickly. */
+#define COMMIT_LEN (COWFS_REC_HDR_SIZE + 24u)
+
+enum jscan_result format_scan_journal(const void *buf, size_t len,
+				      size_t start, struct jscan *js)
+{
+	const unsigned char *p = buf;
+	size_t off = start;
+	struct rec r;
+
+	memset(js, 0, sizeof(*js));
+	js->good = start;
+	while (off < len) {
+		long n = format_decode(p + off, len - off, &r);
+		if (n < 0) {
+			js->bad = off;
+			return JSCAN_NONSENSE;
+		}
+		if (n == 0)
+			break;
+		off += (size_t)n;
+		if (r.type == REC_COMMIT) {
+			js->good = off;
+			js->good_seq = r.u.commit.seq;
+			js->batches++;
+		}
+	}
+	if (off >= len) {
+		/* whole records to the end: at most an unfinished batch */
+		js->bad = js->good;
+		return js->good == len ? JSCAN_CLEAN : JSCAN_TORN;
+	}
+	js->bad = off;
+	/*
+	 * A record fails at off.  If a COMMIT with a later sequence number
+	 * lies anywhere after it, batches were committed after the bad
+	 * bytes: that is corruption, not a torn tail.  Try every offset
+	 * (the bad record's length cannot be trusted); only offsets whose
+	 * header says "a COMMIT of the right length" are checksummed.
+	 */
+	for (size_t q = off + 1; q + COMMIT_LEN <= len; q++) {
+		const unsigned char *h = p + q;
+		if (h[0] != COMMIT_LEN || h[1] || h[2] || h[3] ||
+		    h[4] != REC_COMMIT || h[5])
+			continue;
+		if (format_decode(h, len - q, &r) != (long)COMMIT_LEN ||
+		    r.type != REC_COMMIT || r.u.commit.seq <= js->good_seq)
+			continue;
+		js->later_commits++;
+		if (r.u.commit.seq > js->later_seq)
+			js->later_seq = r.u.commit.seq;
+	}
+	return js->later_commits ? JSCAN_BAD_MIDDLE : JSCAN_TORN;
 }

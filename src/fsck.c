@@ -234,6 +234,65 @@ static void check_objects(struct fsck *k)
 	}
 }
 
+/*
+ * The journal before the load: a bad record with committed batches after
+ * it is corruption that fs_open() refuses.  With --repair (and only then)
+ * cut the journal at the end of the last whole batch before the bad
+ * record, say what that drops, and set the mount mark so the load that
+ * follows retires every write object (the dropped batches may have filled
+ * slots that no surviving record describes).  0, or -errno with err.
+ */
+static int fsck_journal(struct fsck *k, const char *path, char *err,
+			size_t errlen)
+{
+	struct store st;
+	struct disk_header h;
+	struct jscan js;
+	void *data = NULL;
+	size_t len = 0;
+	int rc;
+
+	rc = store_open(&st, path, !k->repair, err, errlen);
+	if (rc)
+		return rc;
+	rc = store_meta_read(&st, &data, &len);
+	if (rc || len < COWFS_HDR_SIZE || format_header_decode(data, &h) ||
+	    h.ckpt_len > len - COWFS_HDR_SIZE) {
+		rc = 0;		/* fs_open() says what is wrong */
+		goto out;
+	}
+	size_t end = COWFS_HDR_SIZE + (size_t)h.ckpt_len;
+	enum jscan_result res = format_scan_journal(data, len, end, &js);
+	if (res != JSCAN_BAD_MIDDLE && res != JSCAN_NONSENSE)
+		goto out;
+	fprintf(k->out, "%s: journal record at offset %zu is corrupt; %zu "
+		"byte(s) from offset %zu on hold %llu later committed batch(es)"
+		"%s\n", k->repair ? "repair" : "error", js.bad, len - js.good,
+		js.good, (unsigned long long)js.later_commits,
+		res == JSCAN_NONSENSE ? " (a record that checksums but makes no "
+		"sense)" : "");
+	if (!k->repair)
+		goto out;	/* fs_open() refuses with the same offset */
+	unsigned char hdr[COWFS_HDR_SIZE];
+	memcpy(hdr, data, sizeof(hdr));
+	format_header_set_mounted(hdr, 1);
+	rc = store_meta_cut(&st, hdr, sizeof(hdr), js.good);
+	if (rc) {
+		snprintf(err, errlen, "'%s/%s': cutting the journal: %s", path,
+			 STORE_META, strerror(-rc));
+		goto out;
+	}
+	fprintf(k->out, "repair: journal cut at offset %zu: dropped %zu "
+		"byte(s), the batches after seq %llu%s%llu\n", js.good,
+		len - js.good, (unsigned long long)js.good_seq,
+		js.later_seq ? " up to seq " : "",
+		(unsigned long long)js.later_seq);
+out:
+	free(data);
+	store_close(&st);
+	return rc;
+}
+
 int fs_fsck(const char *path, int repair, int verbose, void *outp, char *err,
 	    size_t errlen)
 {
@@ -242,6 +301,9 @@ int fs_fsck(const char *path, int repair, int verbose, void *outp, char *err,
 	struct fs *fs;
 	int oom = 0, rc;
 
+	rc = fsck_journal(&k, path, err, errlen);
+	if (rc)
+		return rc;
 	rc = fs_open(path, &opt, &fs, err, errlen);
 	if (rc)
 		return rc;
@@ -264,6 +326,11 @@ int fs_fsck(const char *path, int repair, int verbose, void *outp, char *err,
 		(k.leaked_objects || k.leaked_blocks) ? " (cowfs fsck --repair returns them)" : "");
 	refcount_release(&k.refs);
 	refcount_release(&k.links);
-	fs_close(fs);
+	rc = fs_close(fs);
+	if (rc && repair) {
+		snprintf(err, errlen, "'%s': writing the repaired metadata: %s",
+			 path, strerror(-rc));
+		return rc;
+	}
 	return k.errors ? 1 : 0;
 }

@@ -18,6 +18,18 @@
  *      journal starts empty after it.
  *  (5) A failed metadata write (ENOSPC, EIO) truncates the file back to its
  *      last good end and keeps the batch in memory for the next attempt.
+ *  (6) The mount mark (COWFS_HDR_MOUNTED in the header) is durable before a
+ *      read-write mount changes anything (journal_mark_mounted, from
+ *      fs_open), and only the checkpoint of a clean close clears it.  A
+ *      mark found at load means an unclean stop, whatever the journal
+ *      holds; then every write object is retired (fs_impl.h (4)).
+ *  (7) Only an incomplete last batch is a torn tail.  A bad record with a
+ *      valid later COMMIT is corruption: the mount is refused, and only
+ *      `cowfs fsck --repair` truncates there (format_scan_journal).
+ *  (8) A block is punched only when no read holds its object: a free whose
+ *      object is pinned waits in fs->frees for a later commit.
+ *  (9) Once fs->broken is set (memory and journal disagree), nothing is
+ *      committed or checkpointed again; fs_close() reports -EIO.
  *
  * States of a batch: logged (jbuf, fs->lock) -> taken (take_batch) ->
  * synced (sync_batch: data, then records) -> finished (finish_batch: frees)
@@ -239,6 +251,21 @@ static void restore_batch(struct fs *fs, struct batch *b)
 	memset(b, 0, sizeof(*b));
 }
 
+/* fs->lock held: keep a committed free for a later commit (invariant 8).
+ * Without memory, the blocks leak until fsck --repair: never wrong. */
+static void defer_free(struct fs *fs, const struct pending_free *f)
+{
+	if (fs->nfrees == fs->cap_frees) {
+		size_t cap = fs->cap_frees ? fs->cap_frees * 2 : 64;
+		struct pending_free *n = realloc(fs->frees, cap * sizeof(*n));
+		if (!n)
+			return;
+		fs->frees = n;
+		fs->cap_frees = cap;
+	}
+	fs->frees[fs->nfrees++] = *f;
+}
+
 /* Without fs->lock: the batch is durable; return freed space. */
 static void finish_batch(struct fs *fs, struct batch *b)
 {
@@ -246,7 +273,14 @@ static void finish_batch(struct fs *fs, struct batch *b)
 	for (size_t i = 0; i < b->nfrees; i++) {
 		struct pending_free *f = &b->frees[i];
 		struct object *o = obj_get(fs, f->obj);
-		if (!o || o->doomed || obj_pin(fs, o))
+		if (!o || o->doomed)
+			continue;
+		if (o->pins) {
+			/* a read may still be copying these blocks out */
+			defer_free(fs, f);
+			continue;
+		}
+		if (obj_pin(fs, o))
 			continue;
 		pthread_mutex_unlock(&fs->lock);
 		if (fallocate(o->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -318,6 +352,10 @@ static int commit_locked(struct fs *fs)
 	int rc;
 
 	pthread_mutex_lock(&fs->lock);
+	if (fs->broken) {
+		pthread_mutex_unlock(&fs->lock);
+		return -EIO;
+	}
 	journal_flush_dirty(fs);
 	if (!fs->jlen && !fs->dirty_objs && !fs->nfrees && !fs->nunlinks) {
 		pthread_mutex_unlock(&fs->lock);
@@ -480,6 +518,7 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 	}
 	format_header_init(&h, fs->block_shift);
 	h.generation = fs->generation + 1;
+	h.flags = fs->mounted ? COWFS_HDR_MOUNTED : 0;
 	format_header_encode(&h, im.buf + COWFS_HDR_SIZE, im.len - COWFS_HDR_SIZE,
 			     hdr);
 	memcpy(im.buf, hdr, COWFS_HDR_SIZE);
@@ -497,6 +536,10 @@ static int checkpoint_locked(struct fs *fs)
 	int rc, fd;
 
 	pthread_mutex_lock(&fs->lock);
+	if (fs->broken) {
+		pthread_mutex_unlock(&fs->lock);
+		return -EIO;
+	}
 	journal_flush_dirty(fs);
 	rc = journal_encode_checkpoint(fs, &img, &len);
 	if (!rc && (rc = take_batch(fs, &b, 1)))
@@ -537,6 +580,186 @@ int journal_checkpoint(struct fs *fs)
 
 /* ---- loading ---- */
 
+int journal_mark_mounted(struct fs *fs)
+{
+	unsigned char hdr[COWFS_HDR_SIZE];
+	ssize_t n;
+
+	do
+		n = pread(fs->metafd, hdr, sizeof(hdr), 0);
+	while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)sizeof(hdr))
+		return n < 0 ? -errno : -EIO;
+	if (format_header_set_mounted(hdr, 1))
+		return -EUCLEAN;
+	/* 64 bytes inside the first sector: written whole or not at all */
+	int rc = pwrite_full(fs->metafd, hdr, sizeof(hdr), 0);
+	if (!rc && fdatasync(fs->metafd) < 0)
+		rc = -errno;
+	if (!rc)
+		fs->mounted = 1;
+	return rc;
+}
+
+/*
+ * Limits no record may pass, whatever its checksum says: the loader trusts
+ * no length.  *blocks is what is left of the REC_REFCNT budget: all the
+ * runs of a checkpoint together cover at most as many blocks as the
+ * checkpoint has bytes (the writer uses one record per block).
+ */
+static const char *check_rec(struct fs *fs, const struct rec *r,
+			     uint64_t *blocks)
+{
+	switch (r->type) {
+	case REC_SUPER:
+		if (r->u.super.next_obj == 0)
+			return "bad object counter";
+		break;
+	case REC_INODE:
+		if (r->u.inode.ino == 0 || r->u.inode.ino == UINT64_MAX)
+			return "bad inode number";
+		if (r->u.inode.size > COWFS_MAX_FILE_SIZE)
+			return "file size beyond the store's limit";
+		break;
+	case REC_EXT_SET:
+		if (!format_extent_ok(r->u.ext.lblk, r->u.ext.len, r->u.ext.pblk,
+				      fs->block_shift))
+			return "extent beyond the store's limits";
+		break;
+	case REC_REFCNT:
+		if (!format_extent_ok(r->u.refcnt.pblk, r->u.refcnt.len,
+				      r->u.refcnt.pblk, fs->block_shift) ||
+		    r->u.refcnt.len > *blocks)
+			return "refcount run longer than the checkpoint";
+		*blocks -= r->u.refcnt.len;
+		break;
+	}
+	return NULL;
+}
+
+/* Set-like use of a refcount table: key (ino, tag) -> a small count. */
+static uint32_t tag_get(struct refcount *t, uint64_t ino, uint64_t tag)
+{
+	return refcount_get(t, ino, tag) - 1;	/* absent: 0 */
+}
+
+static int tag_add(struct refcount *t, uint64_t ino, uint64_t tag)
+{
+	uint32_t v = refcount_get(t, ino, tag);
+	return refcount_set(t, ino, tag, v < UINT32_MAX ? v + 1 : v);
+}
+
+enum { TAG_NAMED = 0, TAG_REACHES_ROOT = 1 };
+
+/*
+ * After load: the namespace must be a tree hanging from the root.  Every
+ * entry names an existing inode; the root is named nowhere; a directory is
+ * named exactly once, by the directory its parent field gives; no entry
+ * names an inode whose link count is 0 (it would be freed as an orphan,
+ * leaving the entry dangling); every
+ * directory's parent chain reaches the root (no cycle); an inode that is
+ * still linked (nlink > 0) is named somewhere.  0, or -EUCLEAN with a
+ * message.
+ */
+static int verify_graph(struct fs *fs, char *err, size_t errlen)
+{
+	struct refcount t;
+	struct inode *in;
+	uint64_t ndirs = 0;
+	int rc = -ENOMEM;
+
+	refcount_init(&t);
+	RB_FOREACH(in, inode_tree, &fs->inodes) {
+		struct dirent_node *d;
+		if (!S_ISDIR(in->mode))
+			continue;
+		ndirs++;
+		RB_FOREACH(d, dir_cookies, &in->cookies) {
+			struct inode *ch = inode_get(fs, d->ino);
+			if (!ch) {
+				snprintf(err, errlen, "directory %llu entry '%s' "
+					 "names missing inode %llu",
+					 (unsigned long long)in->ino, d->name,
+					 (unsigned long long)d->ino);
+				goto bad;
+			}
+			if (ch->nlink == 0) {
+				snprintf(err, errlen, "directory %llu entry '%s' "
+					 "names inode %llu, whose link count is 0",
+					 (unsigned long long)in->ino, d->name,
+					 (unsigned long long)d->ino);
+				goto bad;
+			}
+			if (ch->ino == FS_ROOT_INO) {
+				snprintf(err, errlen, "directory %llu names the "
+					 "root directory", (unsigned long long)in->ino);
+				goto bad;
+			}
+			if (S_ISDIR(ch->mode) && (tag_get(&t, ch->ino, TAG_NAMED) ||
+						  ch->parent != in->ino)) {
+				snprintf(err, errlen, "directory %llu has two "
+					 "parents (%llu and %llu)",
+					 (unsigned long long)ch->ino,
+					 (unsigned long long)ch->parent,
+					 (unsigned long long)in->ino);
+				goto bad;
+			}
+			if (tag_add(&t, ch->ino, TAG_NAMED))
+				goto out;
+		}
+	}
+	RB_FOREACH(in, inode_tree, &fs->inodes) {
+		if (in->ino == FS_ROOT_INO || tag_get(&t, in->ino, TAG_NAMED))
+			continue;
+		if (in->nlink) {	/* nlink 0: an orphan, freed at open */
+			snprintf(err, errlen, "%s %llu is in no directory",
+				 S_ISDIR(in->mode) ? "directory" : "inode",
+				 (unsigned long long)in->ino);
+			goto bad;
+		}
+	}
+	/* Walk each directory up; ndirs steps without the root is a cycle.
+	 * Directories found to reach the root are tagged: linear overall. */
+	RB_FOREACH(in, inode_tree, &fs->inodes) {
+		if (!S_ISDIR(in->mode) || in->ino == FS_ROOT_INO ||
+		    !tag_get(&t, in->ino, TAG_NAMED) ||
+		    tag_get(&t, in->ino, TAG_REACHES_ROOT))
+			continue;
+		struct inode *p = in;
+		uint64_t steps = 0;
+		while (p->ino != FS_ROOT_INO &&
+		       !tag_get(&t, p->ino, TAG_REACHES_ROOT)) {
+			if (++steps > ndirs || !(p = inode_get(fs, p->parent)) ||
+			    !S_ISDIR(p->mode) || (p->ino != FS_ROOT_INO &&
+						  !tag_get(&t, p->ino, TAG_NAMED))) {
+				snprintf(err, errlen, "directory %llu does not "
+					 "reach the root (a cycle or a lost parent)",
+					 (unsigned long long)in->ino);
+				goto bad;
+			}
+		}
+		for (p = in; p->ino != FS_ROOT_INO &&
+		     !tag_get(&t, p->ino, TAG_REACHES_ROOT);
+		     p = inode_get(fs, p->parent))
+			if (tag_add(&t, p->ino, TAG_REACHES_ROOT))
+				goto out;
+	}
+	rc = 0;
+	goto out;
+bad:
+	rc = -EUCLEAN;
+out:
+	if (rc == -ENOMEM)
+		snprintf(err, errlen, "out of memory checking the namespace");
+	refcount_release(&t);
+	return rc;
+}
+
+/*
+ * Load the checkpoint and replay the journal.  Returns 1 when the last
+ * stop was unclean (the mount mark was set, or the journal held records),
+ * 0 when clean, or -errno with a message in err.
+ */
 int journal_load(struct fs *fs, char *err, size_t errlen)
 {
 	void *data = NULL;
@@ -544,6 +767,8 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 	struct disk_header h;
 	const char *msg;
 	struct rec r;
+	struct jscan js;
+	char why[200];
 	int rc;
 	const unsigned char *p;
 
@@ -590,12 +815,15 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 	fs->replaying = 1;
 	fs->opath_load = NULL;
 	size_t off = COWFS_HDR_SIZE, end = COWFS_HDR_SIZE + h.ckpt_len;
+	uint64_t blocks = h.ckpt_len;
 	while (off < end) {
 		long n = format_decode(p + off, end - off, &r);
 		if (n <= 0 || (r.type == REC_EXT_SET && !(r.flags & EXT_NOREF)) ||
-		    r.type == REC_COMMIT || r.type == REC_CLONE) {
+		    r.type == REC_COMMIT || r.type == REC_CLONE ||
+		    (msg = check_rec(fs, &r, &blocks))) {
 			snprintf(err, errlen, "'%s/%s': corrupt checkpoint record at "
-				 "offset %zu", fs->store.path, STORE_META, off);
+				 "offset %zu%s%s", fs->store.path, STORE_META, off,
+				 n > 0 && msg ? ": " : "", n > 0 && msg ? msg : "");
 			rc = -EUCLEAN;
 			goto out;
 		}
@@ -618,24 +846,37 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 	file_compute_nlive(fs);
 
 	/* Journal: find the end of the last whole batch, then apply. */
-	size_t good = end, scan = end;
-	while (scan < len) {
-		long n = format_decode(p + scan, len - scan, &r);
-		if (n == 0)
-			break;	/* torn tail */
-		if (n < 0) {
-			snprintf(err, errlen, "'%s/%s': corrupt journal record at "
-				 "offset %zu", fs->store.path, STORE_META, scan);
-			rc = -EUCLEAN;
-			goto out;
-		}
-		scan += (size_t)n;
-		if (r.type == REC_COMMIT)
-			good = scan;
+	switch (format_scan_journal(p, len, end, &js)) {
+	case JSCAN_NONSENSE:
+		snprintf(err, errlen, "'%s/%s': corrupt journal record at "
+			 "offset %zu", fs->store.path, STORE_META, js.bad);
+		rc = -EUCLEAN;
+		goto out;
+	case JSCAN_BAD_MIDDLE:
+		snprintf(err, errlen, "'%s/%s': corrupt journal: the record at "
+			 "offset %zu is bad but %llu committed batch(es) follow it "
+			 "(up to seq %llu); 'cowfs fsck --repair' truncates the "
+			 "journal there and drops them", fs->store.path,
+			 STORE_META, js.bad, (unsigned long long)js.later_commits,
+			 (unsigned long long)js.later_seq);
+		rc = -EUCLEAN;
+		goto out;
+	case JSCAN_CLEAN:
+	case JSCAN_TORN:
+		break;
 	}
+	size_t good = js.good;
 	fs->opath_load = NULL;	/* the journal's first batch */
 	for (off = end; off < good;) {
 		long n = format_decode(p + off, good - off, &r);
+		msg = n > 0 ? check_rec(fs, &r, &blocks) : "bad record";
+		if (msg) {
+			snprintf(err, errlen, "'%s/%s': corrupt journal record at "
+				 "offset %zu: %s", fs->store.path, STORE_META, off,
+				 msg);
+			rc = -EUCLEAN;
+			goto out;
+		}
 		if ((rc = apply_rec(fs, &r))) {
 			snprintf(err, errlen, "'%s/%s': journal record at offset %zu "
 				 "(type %u) does not apply: %s", fs->store.path,
@@ -645,10 +886,16 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 		}
 		off += (size_t)n;
 	}
+	if ((rc = verify_graph(fs, why, sizeof(why)))) {
+		snprintf(err, errlen, "'%s/%s': corrupt namespace: %s",
+			 fs->store.path, STORE_META, why);
+		goto out;
+	}
 	if (len > good)
-		fs_log(fs, "journal: discarded a torn tail of %zu bytes", len - good);
+		fs_log(fs, "journal: discarded a torn tail of %zu bytes at offset "
+		       "%zu", len - good, good);
 	fs->meta_end = good;
-	rc = good > end || len > good;	/* 1: the last stop was unclean */
+	rc = (h.flags & COWFS_HDR_MOUNTED) || good > end || len > good;
 out:
 	fs->replaying = 0;
 	free(data);

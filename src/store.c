@@ -290,6 +290,21 @@ fail:
 	return rc;
 }
 
+int store_meta_cut(struct store *s, const void *hdr, size_t hlen,
+		   uint64_t len)
+{
+	int fd = openat(s->dirfd, STORE_META, O_RDWR | O_CLOEXEC);
+	int rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (pwrite(fd, hdr, hlen, 0) != (ssize_t)hlen ||
+	    ftruncate(fd, (off_t)len) < 0 || fsync(fd) < 0)
+		rc = errno ? -errno : -EIO;
+	close(fd);
+	return rc;
+}
+
 int store_meta_open(struct store *s)
 {
 	int fd = openat(s->dirfd, STORE_META,

@@ -152,6 +152,15 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 			fs_free(fs);
 			return rc;
 		}
+		/* Before anything can change: from here until the clean
+		 * close's checkpoint, a stop is an unclean stop. */
+		rc = journal_mark_mounted(fs);
+		if (rc) {
+			snprintf(err, errlen, "'%s/%s': setting the mount mark: %s",
+				 path, STORE_META, strerror(-rc));
+			fs_free(fs);
+			return rc;
+		}
 	}
 	/* Recovery: orphans (unlinked but open at the stop) go; write objects
 	 * are retired (invariant 4); objects nothing uses are unlinked. */
@@ -192,6 +201,12 @@ int fs_start(struct fs *fs)
 	return 0;
 }
 
+/*
+ * Returns 0 when everything is on disk (the final checkpoint, or at least a
+ * final commit, succeeded), or -errno when changes made since the last
+ * commit are lost: the final save failed, or the store was broken
+ * (fs->broken: nothing may be committed).  The failure is logged.
+ */
 int fs_close(struct fs *fs)
 {
 	int rc = 0;
@@ -202,18 +217,36 @@ int fs_close(struct fs *fs)
 		/* Files still open or looked up at unmount are forgotten now. */
 		struct inode *in, *t;
 		pthread_mutex_lock(&fs->lock);
-		RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
-			in->nlookup = 0;
-			in->nopen = 0;
-			inode_maybe_free(fs, in);
+		int broken = fs->broken;
+		if (!broken) {
+			RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
+				in->nlookup = 0;
+				in->nopen = 0;
+				inode_maybe_free(fs, in);
+			}
 		}
 		pthread_mutex_unlock(&fs->lock);
-		rc = journal_checkpoint(fs);
-		if (rc)
-			rc = journal_commit(fs);
-		if (rc)
-			fs_log(fs, "error: could not write metadata at unmount: %s",
-			       strerror(-rc));
+		if (broken) {
+			rc = -EIO;
+			fs_log(fs, "error: the store was marked broken: changes since "
+			       "the last commit are lost; the next mount recovers "
+			       "from the journal");
+		} else {
+			/* the checkpoint of a clean close clears the mount mark */
+			fs->mounted = 0;
+			rc = journal_checkpoint(fs);
+			if (rc) {
+				fs->mounted = 1;
+				fs_log(fs, "warning: final checkpoint failed (%s); "
+				       "committing the journal instead",
+				       strerror(-rc));
+				rc = journal_commit(fs);
+			}
+			if (rc)
+				fs_log(fs, "error: could not write metadata at "
+				       "unmount: %s; changes since the last commit "
+				       "are lost", strerror(-rc));
+		}
 	}
 	fs_free(fs);
 	return rc;

@@ -500,3 +500,99 @@ def test_version(tmp_path):
     assert p.returncode == 0
     assert any(ch.isdigit() for ch in p.stdout), p.stdout
     assert "0.1" in p.stdout
+
+
+# --------------------------------------------------------------------------
+# a bad record in the middle of the journal (issue 7): corruption, not a
+# torn tail; the mount is refused with the offset, fsck says so, and only
+# fsck --repair cuts the journal, saying what it drops
+
+def journal_records(meta):
+    """(offset, type, length) of every whole record after the checkpoint."""
+    ckpt_len = struct.unpack_from("<Q", meta, 24)[0]
+    off, out = HDR + ckpt_len, []
+    while off + 16 <= len(meta):
+        ln, typ = struct.unpack_from("<IH", meta, off)
+        if ln < 16 or off + ln > len(meta):
+            break
+        out.append((off, typ, ln))
+        off += ln
+    return out
+
+
+def kill_daemon(e):
+    pid = int((e.store / "lock").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    run(["fusermount3", "-u", "-z", e.mnt], check=False)
+    assert not is_mounted(e.mnt)
+
+
+def test_bad_record_in_the_middle_of_the_journal(env):
+    e = env
+    init_store(e)
+    assert_ok(mount(e, opts="commit=3600"))
+    for i in range(4):
+        with open(e.mnt / f"f{i}", "wb") as f:
+            f.write(os.urandom(5000))
+            f.flush()
+            os.fsync(f.fileno())
+    kill_daemon(e)              # the journal stays as it is on disk
+    meta = bytearray((e.store / "cowfs.meta").read_bytes())
+    recs = journal_records(meta)
+    commits = [i for i, r in enumerate(recs) if r[1] == 11]
+    assert len(commits) >= 4, recs
+    # the first record after the batch that holds f0 (inode 2) whole
+    whole = next(i for i, (off, typ, _) in enumerate(recs) if typ == 2 and
+                 struct.unpack_from("<QQ", meta, off + 16) == (2, 5000))
+    after = next(c for c in commits if c > whole)
+    bad = recs[after + 1][0]
+    later = sum(1 for c in commits if c > after)
+    meta[bad + 16 + 2] ^= 0x40
+    (e.store / "cowfs.meta").write_bytes(meta)
+
+    msg = refused_mount(e, words=(f"offset {bad}", "fsck --repair"))
+    assert f"{later} committed batch" in msg, msg
+    p = cowfs(e.base, "fsck", e.store)
+    assert p.returncode != 0 and f"offset {bad}" in p.stdout + p.stderr, \
+        p.stdout + p.stderr
+    assert (e.store / "cowfs.meta").read_bytes() == meta, "fsck changed it"
+
+    p = cowfs(e.base, "fsck", "--repair", e.store)
+    assert_ok(p)
+    assert "journal cut at offset" in p.stdout and "dropped" in p.stdout, \
+        p.stdout
+    assert_ok(cowfs(e.base, "fsck", e.store))
+    assert_ok(mount(e))
+    assert len((e.mnt / "f0").read_bytes()) == 5000
+    for i in (1, 2, 3):
+        assert not (e.mnt / f"f{i}").exists()
+    assert_ok(cowfs(e.base, "umount", e.mnt))
+
+
+def test_torn_tail_of_the_journal_still_mounts(env):
+    """The other side: an incomplete last batch is a torn tail, dropped
+    with a log line, and the mount goes on."""
+    e = env
+    init_store(e)
+    assert_ok(mount(e, opts="commit=3600"))
+    for i in range(2):
+        with open(e.mnt / f"f{i}", "wb") as f:
+            f.write(b"x" * 100)
+            f.flush()
+            os.fsync(f.fileno())
+    kill_daemon(e)
+    meta = bytearray((e.store / "cowfs.meta").read_bytes())
+    recs = journal_records(meta)
+    last = recs[-1]
+    assert last[1] == 11
+    (e.store / "cowfs.meta").write_bytes(meta[:last[0] + 7])  # cut COMMIT
+    assert_ok(mount(e))
+    assert (e.mnt / "f0").exists() and not (e.mnt / "f1").exists()
+    assert_ok(cowfs(e.base, "umount", e.mnt))
+    assert "torn tail" in e.log.read_text()

@@ -25,6 +25,15 @@
  * mount; unknown compat bits are ignored. */
 #define COWFS_INCOMPAT_KNOWN 0u
 
+/* Header state flags (disk_header.flags).  HDR_MOUNTED is set, durably,
+ * before a read-write mount changes anything, and cleared only by the
+ * checkpoint of a clean close: found set at load, it means the last stop
+ * was unclean (invariant 4 of fs_impl.h).  Unknown flags are ignored. */
+#define COWFS_HDR_MOUNTED 1u
+
+/* Store limits the loader enforces (the write path refuses more). */
+#define COWFS_MAX_FILE_SIZE ((uint64_t)1 << 62)
+
 struct disk_header {
 	char magic[8];
 	uint32_t version;
@@ -34,7 +43,8 @@ struct disk_header {
 	uint64_t ckpt_len;	/* bytes of checkpoint records after header */
 	uint64_t ckpt_csum;	/* xxh3-64 of those bytes */
 	uint64_t generation;	/* bumped by every checkpoint */
-	uint64_t reserved;
+	uint32_t flags;		/* COWFS_HDR_MOUNTED */
+	uint32_t reserved;
 	uint64_t hdr_csum;	/* xxh3-64 of the 56 bytes above */
 };
 _Static_assert(sizeof(struct disk_header) == COWFS_HDR_SIZE, "header size");
@@ -132,6 +142,48 @@ void format_header_encode(struct disk_header *h, const void *ckpt, size_t len,
  * is wrong (foreign file, unknown version, bad checksum...). */
 const char *format_header_decode(const unsigned char in[COWFS_HDR_SIZE],
 				 struct disk_header *h);
+/* Set or clear COWFS_HDR_MOUNTED in a valid 64-byte header image in
+ * place (rewrites hdr_csum).  Returns 0, or -1 if the image is not a valid
+ * header. */
+int format_header_set_mounted(unsigned char img[COWFS_HDR_SIZE], int mounted);
 uint64_t format_csum(const void *p, size_t len);
+
+/* Does an extent (lblk, len) -> (obj, pblk) stay within the store's
+ * limits for a block size of 1 << block_shift?  No overflow, len >= 1,
+ * both ends within COWFS_MAX_FILE_SIZE.  1 yes, 0 no. */
+int format_extent_ok(uint64_t lblk, uint64_t len, uint64_t pblk,
+		     unsigned block_shift);
+
+/*
+ * Scan the journal part of a metadata image, buf[start..len), for whole
+ * batches.  The journal is good up to the end of the last COMMIT that is
+ * reached by whole, checksummed records.  What follows is:
+ *   - nothing, or a torn tail: bytes that hold no valid COMMIT record with
+ *     a later sequence number anywhere (an incomplete last batch): result
+ *     JSCAN_TORN (or JSCAN_CLEAN when there is nothing);
+ *   - corruption: a record that checksums but does not decode
+ *     (JSCAN_NONSENSE), or a bad record followed somewhere by a valid
+ *     COMMIT record with a later sequence number (JSCAN_BAD_MIDDLE): the
+ *     journal lost committed batches in its middle, and a silent
+ *     truncation would make the loss permanent.
+ * bad is the offset of the first bad record; later_commits counts the
+ * valid COMMIT records found after it, later_seq the highest of them.
+ */
+enum jscan_result {
+	JSCAN_CLEAN = 0,
+	JSCAN_TORN = 1,
+	JSCAN_NONSENSE = 2,
+	JSCAN_BAD_MIDDLE = 3,
+};
+struct jscan {
+	size_t good;		/* end of the last whole batch */
+	size_t bad;		/* first byte that is not a whole record */
+	uint64_t good_seq;	/* seq of the last good COMMIT, 0: none */
+	uint64_t batches;	/* whole batches before good */
+	uint64_t later_commits;	/* valid COMMITs after bad */
+	uint64_t later_seq;	/* highest seq among them */
+};
+enum jscan_result format_scan_journal(const void *buf, size_t len,
+				      size_t start, struct jscan *js);
 
 #endif

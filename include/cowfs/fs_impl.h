@@ -158,6 +158,8 @@ struct fs {
 	uint64_t ckpt_len;
 	uint64_t generation;
 	uint64_t commit_seq;
+	int mounted;			/* the header's mount mark is set; the
+					 * checkpoint of a clean close clears it */
 
 	/* origin prefetch: paths whose data a listing suggests will be read
 	 * soon; protected by pf_lock (a leaf lock: take nothing under it) */
@@ -236,6 +238,8 @@ void origin_to_rec(const struct object *o, struct rec *r, char **prev);
 int journal_commit(struct fs *fs);
 int journal_checkpoint(struct fs *fs);
 int journal_load(struct fs *fs, char *err, size_t errlen);
+/* commit_lock or no thread: set the header's mount mark, durably. */
+int journal_mark_mounted(struct fs *fs);
 int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len);
 void journal_start_thread(struct fs *fs);
 void journal_stop_thread(struct fs *fs);

@@ -52,6 +52,10 @@ int store_meta_read(struct store *s, void **buf, size_t *len);
 int store_meta_replace(struct store *s, const void *buf, size_t len);
 /* Open the current metadata file for appending journal records. */
 int store_meta_open(struct store *s);
+/* Repair: overwrite the metadata file's first hlen bytes with hdr, cut it
+ * to len bytes, and fsync it.  0 or -errno. */
+int store_meta_cut(struct store *s, const void *hdr, size_t hlen,
+		   uint64_t len);
 
 /* The pid of the daemon holding a store's lock, or 0. */
 pid_t store_lock_owner(const char *path);

@@ -127,10 +127,11 @@ static void random_fields(struct rec *r, unsigned t)
 	case REC_EXT_SET:
 	case REC_EXT_PUNCH:
 		r->u.ext.ino = rnd();
-		r->u.ext.lblk = rnd();
-		r->u.ext.len = rnd();
+		/* the decoder refuses empty and overflowing runs */
+		r->u.ext.lblk = rnd() >> 2;
+		r->u.ext.len = 1 + (rnd() >> 2);
 		r->u.ext.obj = rnd();
-		r->u.ext.pblk = rnd();
+		r->u.ext.pblk = rnd() >> 2;
 		break;
 	case REC_XATTR_SET:
 	case REC_XATTR_DEL:
@@ -138,8 +139,8 @@ static void random_fields(struct rec *r, unsigned t)
 		break;
 	case REC_REFCNT:
 		r->u.refcnt.obj = rnd();
-		r->u.refcnt.pblk = rnd();
-		r->u.refcnt.len = rnd();
+		r->u.refcnt.pblk = rnd() >> 2;
+		r->u.refcnt.len = 1 + (rnd() >> 2);
 		r->u.refcnt.count = (uint32_t)rnd();
 		break;
 	case REC_COMMIT:
@@ -330,8 +331,17 @@ static void test_roundtrip(void)
 			r.name = "x";
 			r.name_len = 1;
 		}
+		if (t == REC_EXT_SET || t == REC_EXT_PUNCH)
+			r.u.ext.len = 1;	/* an empty run is refused */
+		if (t == REC_REFCNT)
+			r.u.refcnt.len = 1;
 		roundtrip(&r, buf);
 		memset(&r.u, 0xff, sizeof(r.u));
+		if (t == REC_EXT_SET || t == REC_EXT_PUNCH) {
+			r.u.ext.lblk = r.u.ext.pblk = 0;	/* no wrap */
+		}
+		if (t == REC_REFCNT)
+			r.u.refcnt.pblk = 0;
 		r.flags = 0xffff;
 		roundtrip(&r, buf);
 		count += 2;
@@ -620,9 +630,23 @@ static void test_checksummed_garbage(void)
 		       t, len, n);
 		if (!known)
 			CHECKF(n == -1, "unknown type %u accepted", t);
-		if (known && !mangled)
+		/* runs (extents, refcounts) must be non-empty and not wrap */
+		int bad_run = 0;
+		if (known && (t == REC_EXT_SET || t == REC_EXT_PUNCH ||
+			      t == REC_REFCNT)) {
+			const unsigned char *f = rec + COWFS_REC_HDR_SIZE;
+			uint64_t a = get_le(f + (t == REC_REFCNT ? 8 : 8), 8);
+			uint64_t l = get_le(f + 16, 8);
+			uint64_t pb = t == REC_REFCNT ? a : get_le(f + 32, 8);
+			bad_run = l == 0 || a + l < a || pb + l < pb;
+		}
+		if (known && !mangled && !bad_run)
 			CHECKF(n == (long)len, "well-formed type %u len %zu "
 			       "refused (%ld)", t, len, n);
+		if (known && !mangled && bad_run && len == COWFS_REC_HDR_SIZE +
+		    fixed)
+			CHECKF(n == -1, "type %u: empty or wrapping run accepted",
+			       t);
 		if (n > 0) {
 			CHECK(d.type == t && d.flags == flags);
 			CHECK(format_encode(&d, again) == len);
@@ -680,7 +704,161 @@ static void test_decode_refusals(void)
 	put_le(buf + 4, 0xffff, 2);
 	put_le(buf + 8, rec_csum(buf, (uint32_t)len), 8);
 	CHECK(format_decode(buf, len, &d) == -1);
+	/* Runs: empty, or wrapping around 2^64 (lblk or pblk), refused. */
+	static const uint64_t runs[][3] = {	/* lblk, len, pblk */
+		{ 0, 0, 0 }, { 5, 0, 7 }, { UINT64_MAX, 1, 0 },
+		{ 1, UINT64_MAX, 0 }, { 0, 2, UINT64_MAX },
+		{ (uint64_t)1 << 63, (uint64_t)1 << 63, 0 },
+	};
+	for (size_t i = 0; i < sizeof(runs) / sizeof(*runs); i++) {
+		for (unsigned t = REC_EXT_SET; t <= REC_EXT_PUNCH; t++) {
+			memset(&r, 0, sizeof(r));
+			r.type = (uint16_t)t;
+			r.u.ext.ino = 2;
+			r.u.ext.lblk = runs[i][0];
+			r.u.ext.len = runs[i][1];
+			r.u.ext.obj = 1;
+			r.u.ext.pblk = runs[i][2];
+			len = format_encode(&r, buf);
+			CHECKF(format_decode(buf, len, &d) == -1, "type %u run %zu",
+			       t, i);
+		}
+		if (runs[i][1] && runs[i][0] + runs[i][1] > runs[i][0])
+			continue;	/* only the pblk run wraps */
+		memset(&r, 0, sizeof(r));
+		r.type = REC_REFCNT;
+		r.u.refcnt.obj = 1;
+		r.u.refcnt.pblk = runs[i][0];
+		r.u.refcnt.len = runs[i][1];
+		r.u.refcnt.count = 2;
+		len = format_encode(&r, buf);
+		CHECKF(format_decode(buf, len, &d) == -1, "refcnt run %zu", i);
+	}
+	/* The store limit: extents must end within COWFS_MAX_FILE_SIZE. */
+	for (unsigned shift = 12; shift <= 20; shift++) {
+		uint64_t max = COWFS_MAX_FILE_SIZE >> shift;
+		CHECK(format_extent_ok(0, max, 0, shift));
+		CHECK(format_extent_ok(max - 1, 1, max - 1, shift));
+		CHECK(!format_extent_ok(max, 1, 0, shift));
+		CHECK(!format_extent_ok(0, 1, max, shift));
+		CHECK(!format_extent_ok(1, max, 0, shift));
+		CHECK(!format_extent_ok(0, 0, 0, shift));
+		CHECK(!format_extent_ok(UINT64_MAX, 2, 0, shift));
+		CHECK(!format_extent_ok(1, UINT64_MAX, 1, shift));
+	}
 	printf("  decode refusals ok\n");
+}
+
+/* ---- journal scan: torn tail or corruption ---- */
+
+static size_t put_commit(unsigned char *p, uint64_t seq)
+{
+	struct rec c = { .type = REC_COMMIT };
+	c.u.commit.seq = seq;
+	c.u.commit.next_ino = 100;
+	c.u.commit.next_obj = 100;
+	return format_encode(&c, p);
+}
+
+static size_t put_dirent(unsigned char *p, uint64_t ino)
+{
+	struct rec r = { .type = REC_DIRENT_ADD };
+	r.u.dirent.parent = 1;
+	r.u.dirent.ino = ino;
+	r.u.dirent.cookie = ino;
+	r.name = "name";
+	r.name_len = 4;
+	return format_encode(&r, p);
+}
+
+static void test_scan_journal(void)
+{
+	unsigned char *j = calloc(1, 1 << 16);
+	size_t off[32], n = 0, len = 0;
+	struct jscan js;
+
+	CHECK(j != NULL);
+	/* 5 batches of 3 records + COMMIT, after an 8-byte "checkpoint" */
+	len = 8;
+	for (uint64_t b = 1; b <= 5; b++) {
+		for (int k = 0; k < 3; k++) {
+			off[n++] = len;
+			len += put_dirent(j + len, 10 * b + (uint64_t)k);
+		}
+		off[n++] = len;
+		len += put_commit(j + len, b);
+	}
+	CHECK(format_scan_journal(j, len, 8, &js) == JSCAN_CLEAN);
+	CHECK(js.good == len && js.batches == 5 && js.good_seq == 5);
+	/* an empty journal */
+	CHECK(format_scan_journal(j, 8, 8, &js) == JSCAN_CLEAN);
+	CHECK(js.good == 8 && js.batches == 0);
+
+	/* a torn last batch: cut anywhere inside batch 5 */
+	for (size_t cut = off[16]; cut < len; cut++) {
+		enum jscan_result res = format_scan_journal(j, cut, 8, &js);
+		CHECKF(res == (cut == off[16] ? JSCAN_CLEAN : JSCAN_TORN),
+		       "cut at %zu: %d", cut, res);
+		CHECK(js.good == off[16] && js.good_seq == 4);
+	}
+	/* garbage after the last COMMIT */
+	for (int i = 0; i < 200; i++) {
+		unsigned char *g = malloc(len + 300);
+		CHECK(g != NULL);
+		memcpy(g, j, len);
+		size_t gl = 1 + rndn(300);
+		rnd_bytes(g + len, gl);
+		CHECK(format_scan_journal(g, len + gl, 8, &js) == JSCAN_TORN);
+		CHECK(js.good == len && js.bad == len);
+		free(g);
+	}
+	/* a bad byte in any record of batches 1..4, or the first record of
+	 * batch 5: later COMMITs exist, so it is corruption, with the
+	 * offset of the bad record */
+	for (size_t i = 0; i < 17; i++) {
+		unsigned char *c = malloc(len);
+		CHECK(c != NULL);
+		memcpy(c, j, len);
+		size_t rl = (i + 1 < n ? off[i + 1] : len) - off[i];
+		c[off[i] + COWFS_REC_HDR_SIZE + rndn(rl - COWFS_REC_HDR_SIZE)] ^= 0x10;
+		enum jscan_result res = format_scan_journal(c, len, 8, &js);
+		CHECKF(res == JSCAN_BAD_MIDDLE, "record %zu: %d", i, res);
+		CHECKF(js.bad == off[i], "record %zu: bad at %zu, want %zu", i,
+		       js.bad, off[i]);
+		CHECK(js.later_seq == 5);
+		CHECK(js.later_commits == 5 - i / 4 - (i % 4 == 3));
+		free(c);
+	}
+	/* the very last COMMIT damaged: nothing later, a torn tail */
+	{
+		unsigned char *c = malloc(len);
+		CHECK(c != NULL);
+		memcpy(c, j, len);
+		c[len - 1] ^= 1;
+		CHECK(format_scan_journal(c, len, 8, &js) == JSCAN_TORN);
+		CHECK(js.good == off[16] && js.good_seq == 4);
+		/* a zeroed page in the middle: corruption too */
+		memcpy(c, j, len);
+		memset(c + off[4], 0, off[8] - off[4]);
+		CHECK(format_scan_journal(c, len, 8, &js) == JSCAN_BAD_MIDDLE);
+		CHECK(js.bad == off[4]);
+		free(c);
+	}
+	/* a record that checksums but does not decode: corruption */
+	{
+		unsigned char *c = malloc(len + 64);
+		CHECK(c != NULL);
+		memcpy(c, j, len);
+		memset(c + len, 0, 40);
+		put_le(c + len, 40, 4);
+		put_le(c + len + 4, 0x7777, 2);
+		put_le(c + len + 8, rec_csum(c + len, 40), 8);
+		CHECK(format_scan_journal(c, len + 40, 8, &js) == JSCAN_NONSENSE);
+		CHECK(js.bad == len);
+		free(c);
+	}
+	free(j);
+	printf("  journal scan: torn tails and corruption ok\n");
 }
 
 /* ---- header ---- */
@@ -752,6 +930,20 @@ static void test_header(void)
 		hdr_roundtrip(s);
 	for (int i = 0; i < 50; i++)
 		hdr_roundtrip(12 + (unsigned)rndn(9));
+
+	/* The mount mark: set and cleared in place, nothing else changes. */
+	format_header_init(&h, 16);
+	h.generation = 77;
+	format_header_encode(&h, "abc", 3, out);
+	CHECK(format_header_set_mounted(out, 1) == 0);
+	CHECK(format_header_decode(out, &d) == NULL);
+	CHECK(d.flags == COWFS_HDR_MOUNTED && d.generation == 77 &&
+	      d.ckpt_len == 3 && d.ckpt_csum == h.ckpt_csum);
+	CHECK(get_le(out + 48, 4) == COWFS_HDR_MOUNTED);
+	CHECK(format_header_set_mounted(out, 0) == 0);
+	CHECK(format_header_decode(out, &d) == NULL && d.flags == 0);
+	out[3] ^= 1;
+	CHECK(format_header_set_mounted(out, 1) == -1);
 
 	/* Unknown compat bits and the reserved field are ignored. */
 	format_header_init(&h, 16);
@@ -846,6 +1038,7 @@ int main(void)
 	test_roundtrip();
 	test_stream();
 	test_decode_refusals();
+	test_scan_journal();
 	test_bitflips();
 	test_truncation();
 	test_garbage();

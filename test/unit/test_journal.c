@@ -1276,10 +1276,19 @@ static void test_clean_reopen(void)
 		open_fs();
 		if (round & 1)
 			OK(fs_start(fs));
-		/* opening a clean store writes nothing */
+		/* opening a clean store writes nothing but the mount mark;
+		 * the clean close had cleared it */
 		size_t mlen2;
 		unsigned char *m2 = slurp(metapath, &mlen2);
-		CHECK(mlen == mlen2 && memcmp(m, m2, mlen) == 0);
+		CHECK(mlen == mlen2 && memcmp(m + COWFS_HDR_SIZE,
+					      m2 + COWFS_HDR_SIZE,
+					      mlen - COWFS_HDR_SIZE) == 0);
+		struct disk_header h1, h2;
+		CHECK(format_header_decode(m, &h1) == NULL);
+		CHECK(format_header_decode(m2, &h2) == NULL);
+		CHECK(h1.flags == 0 && h2.flags == COWFS_HDR_MOUNTED);
+		CHECK(format_header_set_mounted(m2, 0) == 0);
+		CHECK(memcmp(m, m2, COWFS_HDR_SIZE) == 0);
 		free(m);
 		free(m2);
 		check_internal(0);
@@ -1966,6 +1975,166 @@ static void test_refused(void)
 	mb_commit(&jm, 1);
 	BUILD("committed removal of an absent xattr", "does not apply");
 
+	/* The loader trusts no length (issue 7).  A checksummed REC_REFCNT
+	 * claiming 2^40 blocks made the loader allocate until memory ran out;
+	 * a huge extent made reads loop forever. */
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	{
+		struct rec r = { .type = REC_REFCNT };
+		r.u.refcnt.obj = 1;
+		r.u.refcnt.pblk = 0;
+		r.u.refcnt.len = (uint64_t)1 << 40;
+		r.u.refcnt.count = 2;
+		mb_rec(&ckm, &r);
+	}
+	BUILD("REFCNT run of 2^40 blocks", "refcount run longer");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	{
+		struct rec r = { .type = REC_EXT_SET, .flags = EXT_NOREF };
+		r.u.ext.ino = 2;
+		r.u.ext.lblk = (uint64_t)1 << 60;	/* * 4096 > 2^62 */
+		r.u.ext.len = 1;
+		r.u.ext.obj = 1;
+		mb_rec(&ckm, &r);
+	}
+	BUILD("extent at block 2^60", "extent beyond");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	{
+		struct rec r = { .type = REC_EXT_SET, .flags = EXT_NOREF };
+		r.u.ext.ino = 2;
+		r.u.ext.lblk = 0;
+		r.u.ext.len = 1;
+		r.u.ext.obj = 1;
+		r.u.ext.pblk = UINT64_MAX - 7;
+		mb_rec(&ckm, &r);
+	}
+	BUILD("extent at object block 2^64-8", "corrupt checkpoint record");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	{
+		struct rec r = { .type = REC_EXT_SET, .flags = EXT_SHARE };
+		r.u.ext.ino = 2;
+		r.u.ext.lblk = 5;
+		r.u.ext.len = UINT64_MAX - 2;	/* lblk + len wraps */
+		r.u.ext.obj = 1;
+		mb_rec(&jm, &r);
+	}
+	mb_commit(&jm, 1);
+	BUILD("journal extent whose end wraps", "corrupt journal record");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	{
+		struct rec r = { .type = REC_INODE };
+		r.u.inode.ino = 2;
+		r.u.inode.mode = S_IFREG | 0644;
+		r.u.inode.nlink = 1;
+		r.u.inode.size = COWFS_MAX_FILE_SIZE + 1;
+		mb_rec(&ckm, &r);
+	}
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	BUILD("file size 2^62 + 1", "file size beyond");
+	/* the namespace must be a tree hanging from the root */
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	{
+		struct rec r = { .type = REC_INODE };
+		r.u.inode.mode = S_IFDIR | 0755;
+		r.u.inode.nlink = 3;
+		r.u.inode.ino = 2;
+		r.u.inode.parent = 3;
+		mb_rec(&ckm, &r);
+		r.u.inode.ino = 3;
+		r.u.inode.parent = 2;
+		mb_rec(&ckm, &r);
+	}
+	mb_dirent(&ckm, REC_DIRENT_ADD, 2, 3, "down", 3);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 3, 2, "up", 3);
+	BUILD("two directories naming each other", "does not reach the root");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFDIR | 0755);	/* parent 1 */
+	mb_inode(&ckm, 3, S_IFDIR | 0755);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "a", 3);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 3, "b", 4);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 3, 2, "again", 3);
+	BUILD("a directory with two parents", "two parents");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFDIR | 0755);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 2, 2, "self", 3);
+	BUILD("a directory naming itself", "corrupt namespace");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);	/* nlink 1, named nowhere */
+	BUILD("a linked inode in no directory", "in no directory");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	{
+		struct rec r = { .type = REC_INODE_DEL };
+		r.u.del.ino = 2;
+		mb_rec(&jm, &r);
+	}
+	mb_commit(&jm, 1);
+	BUILD("an entry naming a deleted inode", "names missing inode");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 1, "root", 3);
+	BUILD("the root named in a directory", "root");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	{
+		struct rec r = { .type = REC_INODE };
+		r.u.inode.ino = 2;
+		r.u.inode.mode = S_IFREG | 0644;
+		r.u.inode.nlink = 0;	/* an orphan, yet named */
+		mb_rec(&ckm, &r);
+	}
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 2, "f", 3);
+	BUILD("an entry naming an inode with nlink 0", "link count is 0");
+
+	/* A bad record in the middle of the journal, a valid COMMIT after:
+	 * corruption, with the offset, not a torn tail (issue 7). */
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&jm, 2, S_IFREG | 0640);
+	mb_dirent(&jm, REC_DIRENT_ADD, 1, 2, "one", 3);
+	mb_commit(&jm, 1);
+	size_t bad_at = jm.n;
+	mb_inode(&jm, 3, S_IFREG | 0640);
+	mb_dirent(&jm, REC_DIRENT_ADD, 1, 3, "two", 4);
+	mb_commit(&jm, 2);
+	jm.b[bad_at + COWFS_REC_HDR_SIZE + 3] ^= 0x20;
+	{
+		char sub[64];
+		snprintf(sub, sizeof(sub), "offset %zu is bad but 1 committed",
+			 COWFS_HDR_SIZE + ckm.n + bad_at);
+		BUILD("a bad record before a valid COMMIT", sub);
+	}
+
 	/* Accepted: the same bad record without its COMMIT is never applied */
 	RESET();
 	mb_super(&ckm);
@@ -2187,6 +2356,282 @@ static void test_failed_write(void)
 	printf("  (h) failed write: %s\n", ok ? "ok" : "FAILED");
 }
 
+
+/* ---- (i)..(m): issue 7 ---- */
+
+/*
+ * (i) A crash before the first commit after a mount is an unclean stop:
+ * the mount mark (set before anything changes) says so, though the
+ * journal is empty.  The write object is retired, so a partial write into
+ * a hole that the lost write had filled shows zeros, not pre-crash bytes.
+ */
+static void test_mount_mark(void)
+{
+	char img[192];
+	uint64_t B;
+
+	test_name = "(i) mount mark";
+	new_store("i", 12);
+	open_fs();
+	B = fs_block_size(fs);
+	world_free(&W);
+	struct mfile *f = op_create(&W, FS_ROOT_INO, 0);
+	uint64_t ino = f->ino;
+	op_write(&W, f, 0, (size_t)B);
+	close_fs();			/* clean: the mark is cleared */
+	struct metainfo mi;
+	parse_meta_file(&mi);
+	{
+		size_t l;
+		unsigned char *m = slurp(metapath, &l);
+		CHECK(le64(m + 48) == 0);	/* flags u32 + reserved u32 */
+		free(m);
+	}
+	open_fs();			/* clean stop: keeps its write object */
+	check_internal(0);
+	{
+		size_t l;
+		unsigned char *m = slurp(metapath, &l);
+		CHECK((le64(m + 48) & 0xffffffffu) == COWFS_HDR_MOUNTED);
+		CHECK(l == COWFS_HDR_SIZE + mi.ckpt_len);	/* no journal */
+		free(m);
+	}
+	CHECK(inode_get(fs, ino)->wobj != 0);
+	/* block 2 written in place into the write object; never committed */
+	unsigned char junk[4096];
+	memset(junk, 0xee, sizeof(junk));
+	struct fillbuf fb = { junk, (size_t)B, 0 };
+	CHECK(fs_write(fs, ino, (off_t)(2 * B), (size_t)B, fill_cb, &fb) ==
+	      (ssize_t)B);
+	snprintf(img, sizeof(img), "%s/i-crash", tmpdir);
+	copy_store(store, img);		/* the crash image: empty journal */
+	close_fs();
+	set_store("i-crash");
+	open_fs();
+	check_internal(1);		/* write objects retired */
+	unsigned char one = 1;
+	fb = (struct fillbuf){ &one, 1, 0 };
+	CHECK(fs_write(fs, ino, (off_t)(2 * B + 100), 1, fill_cb, &fb) == 1);
+	{
+		struct stat sx;
+		OK(fs_getattr(fs, ino, &sx));
+		CHECKF((uint64_t)sx.st_size == 2 * B + 101, "size %lld",
+		       (long long)sx.st_size);
+	}
+	int ok = zeros_between(ino, B, 2 * B + 100, "(i) hole after a crash");
+	{
+		struct stat sin, sx;
+		memset(&sin, 0, sizeof(sin));
+		sin.st_size = (off_t)(3 * B);
+		OK(fs_setattr(fs, &ctx, ino, &sin, FS_SET_SIZE, &sx));
+	}
+	ok &= zeros_between(ino, 2 * B + 101, 3 * B, "(i) block after a crash");
+	close_fs();
+	world_free(&W);
+	printf("  (i) crash before the first commit is unclean: %s\n",
+	       ok ? "ok" : "FAILED");
+}
+
+/*
+ * (j) A block is punched only when no read holds its object: a read that
+ * mapped blocks before a truncate freed them (and a commit made that
+ * durable) still reads their bytes; the punch happens at a later commit.
+ */
+static void test_punch_waits_for_reads(void)
+{
+	test_name = "(j) punch waits for reads";
+	new_store("j", 12);
+	open_fs();
+	world_free(&W);
+	uint64_t B = fs_block_size(fs);
+	struct mfile *f = op_create(&W, FS_ROOT_INO, 0);
+	uint64_t ino = f->ino;
+	unsigned char *data = malloc(4 * B), *got = malloc(2 * B);
+	CHECK(data && got);
+	memset(data, 0xab, 4 * B);
+	struct fillbuf fb = { data, (size_t)(4 * B), 0 };
+	CHECK(fs_write(fs, ino, 0, (size_t)(4 * B), fill_cb, &fb) ==
+	      (ssize_t)(4 * B));
+	OK(fs_fsync(fs, ino));
+	/* a read maps blocks 2 and 3 and holds their object */
+	struct fs_seg *segs;
+	int nseg;
+	OK(fs_read_map(fs, ino, (off_t)(2 * B), (size_t)(2 * B), &segs, &nseg));
+	CHECK(nseg == 1 && segs[0].fd >= 0);
+	/* meanwhile: truncate to 2 blocks, committed */
+	struct stat in, st;
+	memset(&in, 0, sizeof(in));
+	in.st_size = (off_t)(2 * B);
+	OK(fs_setattr(fs, &ctx, ino, &in, FS_SET_SIZE, &st));
+	OK(fs_fsync(fs, ino));
+	OK(fs_fsync(fs, FS_ROOT_INO));
+	CHECK(pread(segs[0].fd, got, (size_t)(2 * B), segs[0].pos) ==
+	      (ssize_t)(2 * B));
+	int ok = memcmp(got, data, (size_t)(2 * B)) == 0;
+	if (!ok) {
+		fprintf(stderr, "FAIL (j): a read holding the object read "
+			"punched blocks (zeros)\n");
+		soft_failures++;
+	}
+	uint64_t obj = segs[0].obj;
+	fs_read_done(fs, segs, nseg);
+	/* the next commit returns the space */
+	OK(fs_fsync(fs, FS_ROOT_INO));
+	char op[512];
+	snprintf(op, sizeof(op), "%s/objects/%02x/%016" PRIx64, store,
+		 (unsigned)(obj & 0xff), obj);
+	int fd = open(op, O_RDONLY | O_CLOEXEC);
+	CHECKF(fd >= 0, "%s: %s", op, strerror(errno));
+	off_t d = lseek(fd, (off_t)(2 * B), SEEK_DATA);
+	CHECKF(d < 0 && errno == ENXIO, "blocks 2..3 not punched after the "
+	       "read ended (data at %lld)", (long long)d);
+	close(fd);
+	close_fs();
+	free(data);
+	free(got);
+	world_free(&W);
+	printf("  (j) punch waits for reads: %s\n", ok ? "ok" : "FAILED");
+}
+
+/* (k) Once the store is broken, nothing is committed, and fs_close()
+ * says the changes are lost. */
+static void test_broken(void)
+{
+	struct stat st;
+
+	test_name = "(k) broken";
+	new_store("k", 12);
+	open_fs();
+	OK(fs_mknod(fs, &ctx, FS_ROOT_INO, "kept", S_IFREG | 0644, 0, &st));
+	OK(fs_fsync(fs, FS_ROOT_INO));
+	OK(fs_mknod(fs, &ctx, FS_ROOT_INO, "lost", S_IFREG | 0644, 0, &st));
+	pthread_mutex_lock(&fs->lock);
+	fs->broken = 1;
+	pthread_mutex_unlock(&fs->lock);
+	CHECK(fs_fsync(fs, FS_ROOT_INO) == -EIO);
+	CHECK(fs_close(fs) == -EIO);
+	fs = NULL;
+	open_fs();
+	CHECK(fs_lookup(fs, FS_ROOT_INO, "kept", &st) == 0);
+	CHECK(fs_lookup(fs, FS_ROOT_INO, "lost", &st) == -ENOENT);
+	close_fs();
+	size_t l;
+	char *log = (char *)slurp(logpath, &l);
+	log = realloc(log, l + 1);
+	log[l] = 0;
+	CHECK(strstr(log, "marked broken") != NULL);
+	free(log);
+	printf("  (k) broken store commits nothing: ok\n");
+}
+
+/*
+ * (l) fs_close() returns -errno when the final save fails (checkpoint and
+ * commit both refused), and logs it; the next open recovers what was
+ * committed and sees the stop as unclean.
+ */
+static void test_close_fails(void)
+{
+	struct stat st;
+
+	test_name = "(l) close fails";
+	new_store("l", 12);
+	open_fs();
+	OK(fs_mknod(fs, &ctx, FS_ROOT_INO, "kept", S_IFREG | 0644, 0, &st));
+	OK(fs_fsync(fs, FS_ROOT_INO));
+	OK(fs_mknod(fs, &ctx, FS_ROOT_INO, "lost", S_IFREG | 0644, 0, &st));
+	/* no more writes: the store directory and the metadata fd become a
+	 * read-only regular file */
+	int ro = open(metapath, O_RDONLY | O_CLOEXEC);
+	CHECK(ro >= 0);
+	CHECK(dup2(ro, fs->metafd) == fs->metafd);
+	CHECK(dup2(ro, fs->store.dirfd) == fs->store.dirfd);
+	close(ro);
+	int rc = fs_close(fs);
+	fs = NULL;
+	CHECKF(rc < 0, "fs_close returned %d after a failed final save", rc);
+	size_t l;
+	char *log = (char *)slurp(logpath, &l);
+	log = realloc(log, l + 1);
+	log[l] = 0;
+	CHECK(strstr(log, "could not write metadata at unmount") != NULL);
+	free(log);
+	open_fs();
+	check_internal(1);
+	CHECK(fs_lookup(fs, FS_ROOT_INO, "kept", &st) == 0);
+	CHECK(fs_lookup(fs, FS_ROOT_INO, "lost", &st) == -ENOENT);
+	close_fs();
+	printf("  (l) failed final save: fs_close %d (%s): ok\n", rc,
+	       strerror(-rc));
+}
+
+/*
+ * (m) A bad record in the middle of the journal: the mount is refused
+ * (the later committed batches are not dropped silently); fsck says
+ * where; fsck --repair cuts there, says what it drops, and the store then
+ * mounts with the batches before the bad record.
+ */
+static void test_bad_middle(void)
+{
+	struct stat st;
+	struct metainfo mi;
+	char err[1024], name[16];
+
+	test_name = "(m) bad record in the middle";
+	new_store("m", 12);
+	open_fs();
+	for (int i = 0; i < 4; i++) {
+		snprintf(name, sizeof(name), "f%d", i);
+		OK(fs_mknod(fs, &ctx, FS_ROOT_INO, name, S_IFREG | 0644, 0, &st));
+		OK(fs_fsync(fs, FS_ROOT_INO));
+	}
+	size_t len;
+	unsigned char *m = slurp(metapath, &len);
+	close_fs();
+	parse_meta(m, len, &mi);
+	CHECK(mi.commits == 4);
+	/* damage the first record of batch 2 (after the first COMMIT) */
+	size_t k = 0;
+	while (mi.rec_type[k] != REC_COMMIT)
+		k++;
+	size_t bad = mi.rec_off[k + 1];
+	m[bad + COWFS_REC_HDR_SIZE + 1] ^= 0x55;
+	spit(metapath, m, len);
+	snprintf(name, sizeof(name), "offset %zu", bad);
+	expect_refused("bad record in batch 2 of 4", name);
+	/* fsck without --repair: refuses too, says where, changes nothing */
+	FILE *out = tmpfile();
+	CHECK(out != NULL);
+	int rc = fs_fsck(store, 0, 0, out, err, sizeof(err));
+	CHECKF(rc < 0 && strstr(err, name), "fsck: %d %s", rc, err);
+	size_t l2;
+	unsigned char *m2 = slurp(metapath, &l2);
+	CHECK(l2 == len && memcmp(m, m2, len) == 0);
+	free(m2);
+	/* --repair: cut at the end of batch 1 */
+	rewind(out);
+	CHECK(ftruncate(fileno(out), 0) == 0);
+	rc = fs_fsck(store, 1, 0, out, err, sizeof(err));
+	CHECKF(rc == 0, "fsck --repair: %d %s", rc, err);
+	fflush(out);
+	rewind(out);
+	char text[4096] = "";
+	size_t tn = fread(text, 1, sizeof(text) - 1, out);
+	text[tn] = 0;
+	fclose(out);
+	CHECKF(strstr(text, "journal cut at offset") && strstr(text, "dropped"),
+	       "fsck --repair output: %s", text);
+	open_fs();
+	CHECK(fs_lookup(fs, FS_ROOT_INO, "f0", &st) == 0);
+	for (int i = 1; i < 4; i++) {
+		snprintf(name, sizeof(name), "f%d", i);
+		CHECK(fs_lookup(fs, FS_ROOT_INO, name, &st) == -ENOENT);
+	}
+	check_internal(1);
+	close_fs();
+	free(m);
+	printf("  (m) bad record in the middle refused, fsck --repair cuts: ok\n");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -2205,6 +2650,11 @@ int main(void)
 	test_busy();
 	test_uncommitted_append();
 	test_failed_write();
+	test_mount_mark();
+	test_punch_waits_for_reads();
+	test_broken();
+	test_close_fails();
+	test_bad_middle();
 
 	if (soft_failures) {
 		fprintf(stderr, "test_journal: %d FAILED check(s) (seed %" PRIu64
