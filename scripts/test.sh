@@ -35,6 +35,7 @@ run_suite() {
 	shift 2
 	echo "=== $name: build ($dir)"
 	cowfs_build "$dir" "$@" || return 1
+	scripts/check-layers.sh "$dir" || rc=1
 	echo "=== $name: unit tests"
 	meson test -C "$dir" --print-errorlogs || rc=1
 	echo "=== $name: integration tests"

@@ -760,7 +760,8 @@ out:
  * stop was unclean (the mount mark was set, or the journal held records),
  * 0 when clean, or -errno with a message in err.
  */
-int journal_load(struct fs *fs, char *err, size_t errlen)
+int journal_load(struct fs *fs, const struct journal_load_ops *ops,
+		 char *err, size_t errlen)
 {
 	void *data = NULL;
 	size_t len;
@@ -827,7 +828,7 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 			rc = -EUCLEAN;
 			goto out;
 		}
-		if ((rc = apply_rec(fs, &r))) {
+		if ((rc = ops->apply(fs, &r))) {
 			snprintf(err, errlen, "'%s/%s': inconsistent checkpoint record "
 				 "at offset %zu (type %u)", fs->store.path,
 				 STORE_META, off, r.type);
@@ -843,7 +844,7 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 		rc = -EUCLEAN;
 		goto out;
 	}
-	file_compute_nlive(fs);
+	ops->checkpoint_loaded(fs);
 
 	/* Journal: find the end of the last whole batch, then apply. */
 	switch (format_scan_journal(p, len, end, &js)) {
@@ -877,7 +878,7 @@ int journal_load(struct fs *fs, char *err, size_t errlen)
 			rc = -EUCLEAN;
 			goto out;
 		}
-		if ((rc = apply_rec(fs, &r))) {
+		if ((rc = ops->apply(fs, &r))) {
 			snprintf(err, errlen, "'%s/%s': journal record at offset %zu "
 				 "(type %u) does not apply: %s", fs->store.path,
 				 STORE_META, off, r.type, strerror(-rc));

@@ -395,3 +395,27 @@ void origin_prefetch(struct fs *fs, struct pf_item *items, size_t n)
 	for (; i < n; i++)
 		free(items[i].path);
 }
+
+/* The REC_ORIGIN record of an origin object; its path is stored as the
+ * prefix it shares with *prev (the previous REC_ORIGIN of the batch or
+ * checkpoint) plus a suffix.  *prev is set to this object's path. */
+void origin_to_rec(const struct object *o, struct rec *r, char **prev)
+{
+	size_t k = 0;
+
+	if (*prev)
+		while (k < 4095 && (*prev)[k] && (*prev)[k] == o->opath[k])
+			k++;
+	memset(r, 0, sizeof(*r));
+	r->type = REC_ORIGIN;
+	r->flags = (uint16_t)k;
+	r->u.origin.obj = o->id;
+	r->u.origin.dev = o->odev;
+	r->u.origin.ino = o->oino;
+	r->u.origin.size = o->osize;
+	r->u.origin.mtime_ns = o->omtime;
+	r->u.origin.ctime_ns = o->octime;
+	r->data = o->opath + k;
+	r->data_len = (uint32_t)strlen(o->opath + k);
+	*prev = o->opath;
+}

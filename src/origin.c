@@ -38,26 +38,6 @@ static int64_t ts_ns(const struct timespec *t)
 
 /* Fill r for o; its path is coded as the prefix shared with *prev (in
  * r->flags) and the rest.  *prev becomes o's path (not owned). */
-void origin_to_rec(const struct object *o, struct rec *r, char **prev)
-{
-	size_t k = 0;
-
-	if (*prev)
-		while (k < 4095 && (*prev)[k] && (*prev)[k] == o->opath[k])
-			k++;
-	memset(r, 0, sizeof(*r));
-	r->type = REC_ORIGIN;
-	r->flags = (uint16_t)k;
-	r->u.origin.obj = o->id;
-	r->u.origin.dev = o->odev;
-	r->u.origin.ino = o->oino;
-	r->u.origin.size = o->osize;
-	r->u.origin.mtime_ns = o->omtime;
-	r->u.origin.ctime_ns = o->octime;
-	r->data = o->opath + k;
-	r->data_len = (uint32_t)strlen(o->opath + k);
-	*prev = o->opath;
-}
 
 int origin_apply(struct fs *fs, const struct rec *r)
 {

@@ -138,7 +138,11 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 		fs_free(fs);
 		return rc;
 	}
-	unclean = journal_load(fs, err, errlen);
+	static const struct journal_load_ops load_ops = {
+		.apply = apply_rec,
+		.checkpoint_loaded = file_compute_nlive,
+	};
+	unclean = journal_load(fs, &load_ops, err, errlen);
 	if (unclean < 0) {
 		fs_free(fs);
 		return unclean;

@@ -1,17 +1,22 @@
 /*
- * fs_impl.h - the core's internal structures, shared by fs.c (namespace),
- * file.c (data path), object.c (objects, fd cache, origin files), journal.c
- * (metadata file), clone.c, origin.c and fsck.c.  Nothing outside the core
- * includes this header.
+ * fs_impl.h - the core's internal structures and the prototypes its
+ * modules share.  Nothing outside the core includes this header.
  *
- * Modules, each calling only the ones below it:
+ * Modules, each calling only the ones below it (scripts/check-layers.sh
+ * checks this on every test run, from the object files):
  *
- *   fs.c clone.c origin.c   namespace, clones, clones by reference
+ *   super.c fsck.c status.c open/close a store, offline check, figures
+ *   replay.c                applies records read back (journal_load's
+ *                           callback from super.c)
+ *   origin.c clone.c fs.c   clones by reference, clones, namespace ops
  *   file.c                  extent maps, refcounts, the cow read/write path
- *   journal.c               the metadata file (still called by all above)
+ *   journal.c               the metadata file: log, commit, checkpoint, load
  *   object.c                objects, fd cache, pins, origin open/check,
  *                           prefetch (object.h)
- *   store.c                 the store directory's syscalls (store.h)
+ *   inode.c                 the inode table, entries, xattrs, dirty list
+ *   format.c store.c        the record codec; the store directory's
+ *                           syscalls (store.h)
+ *   log.c lock.c extmap.c refcount.c   leaves
  *
  * LOCK ORDER (acquire top to bottom; never the other way).  The levels are
  * enum lock_level below; take them with lock_take()/lock_drop() (and
@@ -232,12 +237,19 @@ int clone_apply(struct fs *fs, const struct rec *r);
 
 /* origin.c */
 int origin_apply(struct fs *fs, const struct rec *r);
-void origin_to_rec(const struct object *o, struct rec *r, char **prev);
 
 /* journal.c, without fs->lock: commit everything logged so far; sync=1 for fsync. */
 int journal_commit(struct fs *fs);
 int journal_checkpoint(struct fs *fs);
-int journal_load(struct fs *fs, char *err, size_t errlen);
+/* What the loader calls back into (super.c passes replay.c's apply_rec
+ * and file.c's file_compute_nlive), so that the journal module never calls
+ * up into the modules that log to it. */
+struct journal_load_ops {
+	int (*apply)(struct fs *fs, const struct rec *r);
+	void (*checkpoint_loaded)(struct fs *fs);
+};
+int journal_load(struct fs *fs, const struct journal_load_ops *ops,
+		 char *err, size_t errlen);
 /* commit_lock or no thread: set the header's mount mark, durably. */
 int journal_mark_mounted(struct fs *fs);
 int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len);

@@ -129,6 +129,10 @@ void obj_free_all(struct fs *fs);
  * object.
  */
 int origin_open(struct fs *fs, struct object *o);
+/* An origin object's REC_ORIGIN record, its path prefix-coded against
+ * *prev (the previous REC_ORIGIN of the batch or checkpoint; NULL at its
+ * start); sets *prev to o's path.  r points into o: no copy. */
+void origin_to_rec(const struct object *o, struct rec *r, char **prev);
 /* 0 when fd is still the file that was cloned; -EIO (logged once).
  * fstat()s fd: fs->lock not held. */
 int origin_check(struct fs *fs, struct object *o, int fd);
