@@ -178,9 +178,9 @@ static int sync_data(struct fs *fs, struct batch *b)
 	}
 	for (size_t i = 0; i < b->nobjs; i++) {
 		struct object *o = b->objs[i];
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		int rc = obj_pin(fs, o);
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		if (rc)
 			return rc;	/* obj_pin() logged it */
 		if (fdatasync(o->fd) < 0) {
@@ -188,9 +188,9 @@ static int sync_data(struct fs *fs, struct batch *b)
 			fs_log(fs, "error: object %016llx: fdatasync: %s",
 			       (unsigned long long)o->id, strerror(-rc));
 		}
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		obj_unpin(fs, o);
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		if (rc)
 			return rc;
 	}
@@ -269,7 +269,7 @@ static void defer_free(struct fs *fs, const struct pending_free *f)
 /* Without fs->lock: the batch is durable; return freed space. */
 static void finish_batch(struct fs *fs, struct batch *b)
 {
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	for (size_t i = 0; i < b->nfrees; i++) {
 		struct pending_free *f = &b->frees[i];
 		struct object *o = obj_get(fs, f->obj);
@@ -282,13 +282,13 @@ static void finish_batch(struct fs *fs, struct batch *b)
 		}
 		if (obj_pin(fs, o))
 			continue;
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		if (fallocate(o->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			      (off_t)(f->pblk << fs->block_shift),
 			      (off_t)(f->len << fs->block_shift)) < 0)
 			fs_log(fs, "warning: object %016llx: punch: %s",
 			       (unsigned long long)o->id, strerror(errno));
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		obj_unpin(fs, o);
 	}
 	for (size_t i = 0; i < b->nunlinks; i++) {
@@ -319,7 +319,7 @@ static void finish_batch(struct fs *fs, struct batch *b)
 			fs_log(fs, "warning: object %016llx: unlink: %s",
 			       (unsigned long long)id, strerror(-rc));
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	free(b->buf);
 	free(b->objs);
 	free(b->frees);
@@ -351,14 +351,14 @@ static int commit_locked(struct fs *fs)
 	struct batch b;
 	int rc;
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	if (fs->broken) {
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		return -EIO;
 	}
 	journal_flush_dirty(fs);
 	if (!fs->jlen && !fs->dirty_objs && !fs->nfrees && !fs->nunlinks) {
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		return 0;
 	}
 	if (fs->jlen) {
@@ -367,12 +367,12 @@ static int commit_locked(struct fs *fs)
 		r.u.commit.next_ino = fs->next_ino;
 		r.u.commit.next_obj = fs->next_obj;
 		if ((rc = journal_log(fs, &r))) {
-			pthread_mutex_unlock(&fs->lock);
+			lock_drop(fs, LOCK_FS);
 			return rc;
 		}
 	}
 	rc = take_batch(fs, &b, 1);
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	if (rc)
 		return rc;
 
@@ -388,9 +388,9 @@ static int commit_locked(struct fs *fs)
 		}
 	}
 	if (rc) {
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		restore_batch(fs, &b);
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		return rc;
 	}
 	fs->meta_end += b.len;
@@ -407,9 +407,9 @@ int journal_commit(struct fs *fs)
 	int rc;
 	if (fs->opt.ro)
 		return 0;
-	pthread_mutex_lock(&fs->commit_lock);
+	lock_take(fs, LOCK_COMMIT);
 	rc = commit_locked(fs);
-	pthread_mutex_unlock(&fs->commit_lock);
+	lock_drop(fs, LOCK_COMMIT);
 	return rc;
 }
 
@@ -535,16 +535,16 @@ static int checkpoint_locked(struct fs *fs)
 	size_t len;
 	int rc, fd;
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	if (fs->broken) {
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		return -EIO;
 	}
 	journal_flush_dirty(fs);
 	rc = journal_encode_checkpoint(fs, &img, &len);
 	if (!rc && (rc = take_batch(fs, &b, 1)))
 		free(img);
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	if (rc)
 		return rc;
 	rc = sync_data(fs, &b);
@@ -552,9 +552,9 @@ static int checkpoint_locked(struct fs *fs)
 	if (fd < 0) {
 		fs_log(fs, "error: checkpoint: %s", strerror(-fd));
 		free(img);
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		restore_batch(fs, &b);
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		return fd;
 	}
 	free(img);
@@ -572,9 +572,9 @@ int journal_checkpoint(struct fs *fs)
 	int rc;
 	if (fs->opt.ro)
 		return 0;
-	pthread_mutex_lock(&fs->commit_lock);
+	lock_take(fs, LOCK_COMMIT);
 	rc = checkpoint_locked(fs);
-	pthread_mutex_unlock(&fs->commit_lock);
+	lock_drop(fs, LOCK_COMMIT);
 	return rc;
 }
 
@@ -910,18 +910,18 @@ static void *commit_thread(void *arg)
 	struct fs *fs = arg;
 	struct timespec ts;
 
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	while (!fs->stopping) {
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += fs->opt.commit_secs;
 		pthread_cond_timedwait(&fs->cond, &fs->lock, &ts);
 		if (fs->stopping)
 			break;
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		journal_commit(fs);
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 	}
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	return NULL;
 }
 
@@ -937,10 +937,10 @@ void journal_stop_thread(struct fs *fs)
 {
 	if (!fs->thread_started)
 		return;
-	pthread_mutex_lock(&fs->lock);
+	lock_take(fs, LOCK_FS);
 	fs->stopping = true;
 	pthread_cond_signal(&fs->cond);
-	pthread_mutex_unlock(&fs->lock);
+	lock_drop(fs, LOCK_FS);
 	pthread_join(fs->thread, NULL);
 	fs->thread_started = false;
 }

@@ -220,7 +220,7 @@ int fs_close(struct fs *fs)
 	if (!fs->opt.ro) {
 		/* Files still open or looked up at unmount are forgotten now. */
 		struct inode *in, *t;
-		pthread_mutex_lock(&fs->lock);
+		lock_take(fs, LOCK_FS);
 		int broken = fs->broken;
 		if (!broken) {
 			RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
@@ -229,7 +229,7 @@ int fs_close(struct fs *fs)
 				inode_maybe_free(fs, in);
 			}
 		}
-		pthread_mutex_unlock(&fs->lock);
+		lock_drop(fs, LOCK_FS);
 		if (broken) {
 			rc = -EIO;
 			fs_log(fs, "error: the store was marked broken: changes since "
