@@ -428,8 +428,10 @@ static int open_in_mount(const char *cmd, const char *path)
 		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, strerror(errno));
 		return -1;
 	}
+	errno = 0;
 	if (!on_fuse(fd)) {
-		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path, NOT_COWFS);
+		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path,
+			errno ? strerror(errno) : NOT_COWFS);
 		close(fd);
 		return -1;
 	}

@@ -25,7 +25,14 @@ struct fsck {
 	uint64_t errors, leaked_blocks, leaked_objects;
 	struct refcount refs;	/* block -> references + 1 */
 	struct refcount links;	/* ino -> dirents naming it + 1 */
+	struct fsck_progress *prog;	/* NULL: nobody watches */
 };
+
+static void tick(struct fsck *k)
+{
+	if (k->prog)
+		k->prog->done++;
+}
 
 static void problem(struct fsck *k, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -62,6 +69,7 @@ static void check_namespace(struct fsck *k, int *oom)
 
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
 		struct dirent_node *d;
+		tick(k);
 		if (!S_ISDIR(in->mode))
 			continue;
 		uint64_t subdirs = 0;
@@ -112,6 +120,7 @@ static void check_blocks(struct fsck *k, int *oom)
 	uint32_t v;
 
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
+		tick(k);
 		for (size_t i = 0; i < in->map.n; i++) {
 			struct extent *e = &in->map.v[i];
 			struct object *o = obj_get(fs, e->obj);
@@ -159,6 +168,7 @@ static void check_objects(struct fsck *k)
 		while (d && (de = readdir(d))) {
 			if (de->d_name[0] == '.')
 				continue;
+			tick(k);
 			char *end;
 			uint64_t id = strtoull(de->d_name, &end, 16);
 			if (*end || id == 0) {
@@ -296,8 +306,15 @@ out:
 int fs_fsck(const char *path, int repair, int verbose, void *outp, char *err,
 	    size_t errlen)
 {
+	return fs_fsck_ex(path, repair, verbose, outp, NULL, err, errlen);
+}
+
+int fs_fsck_ex(const char *path, int repair, int verbose, void *outp,
+	       struct fsck_progress *prog, char *err, size_t errlen)
+{
 	struct fs_options opt = { .ro = !repair };
-	struct fsck k = { .out = outp, .verbose = verbose, .repair = repair };
+	struct fsck k = { .out = outp, .verbose = verbose, .repair = repair,
+			  .prog = prog };
 	struct fs *fs;
 	int oom = 0, rc;
 
@@ -308,6 +325,13 @@ int fs_fsck(const char *path, int repair, int verbose, void *outp, char *err,
 	if (rc)
 		return rc;
 	k.fs = fs;
+	if (prog) {
+		uint64_t nobj = 0;
+		struct object *o;
+		RB_FOREACH(o, object_tree, &fs->objects)
+			nobj += !o->opath;
+		prog->total = 2 * fs->ninodes + nobj;
+	}
 	refcount_init(&k.refs);
 	refcount_init(&k.links);
 	check_namespace(&k, &oom);

@@ -387,6 +387,8 @@ struct fsck_ticker {
 	const char *store;
 	int shown;
 	uint64_t meta_bytes, objects, object_bytes;	/* the totals */
+	struct fsck_progress prog;	/* filled by the check */
+	double check_start;	/* when the first unit was done */
 };
 
 /* The store's size as fsck will see it: the metadata file, and the
@@ -437,14 +439,30 @@ static void *fsck_tick(void *p)
 			break;
 		double el = now_secs() - k->start;
 		if (el >= 0.5) {
-			char m[32], o[32];
+			char m[32], o[32], eta[64] = "";
+			uint64_t done = k->prog.done, total = k->prog.total;
 			k->shown = 1;
 			fmt_size(m, sizeof(m), k->meta_bytes, 0);
 			fmt_size(o, sizeof(o), k->object_bytes, 0);
+			if (!total) {
+				snprintf(eta, sizeof(eta), ", loading metadata");
+			} else if (done) {
+				char e[32];
+				double left;
+				if (done > total)
+					done = total;
+				if (!k->check_start)
+					k->check_start = el;
+				left = (el - k->check_start) *
+				       (double)(total - done) / (double)done;
+				fmt_eta(e, sizeof(e), left);
+				snprintf(eta, sizeof(eta), ", %d%%, ETA %s",
+					 (int)(100 * done / total), e);
+			}
 			fprintf(stderr, "\rfsck: checking '%s' (metadata %s, %llu "
-				"objects, %s): %d:%02d elapsed\033[K", k->store, m,
-				(unsigned long long)k->objects, o, (int)el / 60,
-				(int)el % 60);
+				"objects, %s): %d:%02d elapsed%s\033[K", k->store,
+				m, (unsigned long long)k->objects, o, (int)el / 60,
+				(int)el % 60, eta);
 		}
 	}
 	pthread_mutex_unlock(&k->lock);
@@ -492,7 +510,8 @@ static int cmd_fsck(int argc, char **argv)
 		k.store = argv[optind];
 		ticking = pthread_create(&k.t, NULL, fsck_tick, &k) == 0;
 	}
-	rc = fs_fsck(argv[optind], repair, verbose, stdout, errbuf, sizeof(errbuf));
+	rc = fs_fsck_ex(argv[optind], repair, verbose, stdout, &k.prog, errbuf,
+			sizeof(errbuf));
 	if (ticking) {
 		pthread_mutex_lock(&k.lock);
 		k.stop = 1;

@@ -7,6 +7,7 @@ mount right after an unmount, a failed final save)."""
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -304,6 +305,8 @@ def test_fsck_progress_on_a_terminal(mount):
     assert rc == 0, out
     assert f"fsck: checking '{mount.store}' (metadata " in out, out
     assert "objects" in out and "elapsed" in out
+    # the phase: still loading, or how far the check is and its ETA
+    assert "loading metadata" in out or re.search(r"\d+%, ETA \d", out), out
     p = mount.cowfs("fsck", mount.store)
     assert p.returncode == 0 and p.stderr == "", p.stderr
     rc, out = on_pty(f"{shlex.quote(mount.bin)} fsck -q {mount.store}")

@@ -199,4 +199,15 @@ int fs_df(struct fs *fs, struct fs_usage *u);
 int fs_fsck(const char *path, int repair, int verbose, void *out, char *err,
 	    size_t errlen);
 
+/* How far fs_fsck_ex() is, for a progress display in another thread:
+ * work units (an inode's namespace check, its blocks' check, an object
+ * file) done out of total; total is 0 while the metadata is loading. */
+struct fsck_progress {
+	_Atomic uint64_t done;
+	_Atomic uint64_t total;
+};
+/* fs_fsck() that reports its progress in *prog (NULL: none). */
+int fs_fsck_ex(const char *path, int repair, int verbose, void *out,
+	       struct fsck_progress *prog, char *err, size_t errlen);
+
 #endif
