@@ -16,11 +16,8 @@ secs=${1:-60}
 [ $# -gt 0 ] && shift
 dir=build-fuzz
 
-# -Wno-implicit-fallthrough: clang does not take /* fall through */
-# comments as annotations; the gcc builds check fall-throughs.
 if [ ! -f "$dir/build.ninja" ]; then
-	CC=${FUZZ_CC:-clang} \
-	CFLAGS="-fsanitize=fuzzer-no-link -Wno-implicit-fallthrough" \
+	CC=${FUZZ_CC:-clang} CFLAGS="-fsanitize=fuzzer-no-link" \
 		meson setup "$dir" -Dfuzz=true -Db_sanitize=address,undefined \
 		-Db_lundef=false -Dbuildtype=debugoptimized >/dev/null
 fi

@@ -9,6 +9,8 @@
 #   COWFS_QUICK=1      normal build only
 #   COWFS_SANITIZE=1   sanitizer build only
 #   COWFS_BUILD=DIR    build directory of the normal build (default build)
+#   COWFS_FUZZ_SECONDS=N  how long the loader is fuzzed at the end (60;
+#                      0: not at all; never with COWFS_QUICK=1)
 # Everything the suite mounts is unmounted on any exit; exits nonzero on any
 # failure.
 set -euo pipefail
@@ -64,6 +66,17 @@ if [ "$quick" != 1 ] || [ "$sanitize" = 1 ]; then
 	export COWFS_MODEL_EXAMPLES=${COWFS_MODEL_EXAMPLES_ASAN:-15}
 	run_suite sanitize build-asan \
 		-Db_sanitize=address,undefined -Db_lundef=false || status=1
+fi
+# The metadata loader under libFuzzer (clang, ASan+UBSan) for a short
+# while; scripts/fuzz.sh SECONDS runs it for longer by hand.
+if [ "$quick" != 1 ] && [ "${COWFS_FUZZ_SECONDS:-60}" -gt 0 ]; then
+	echo "=== fuzz: the metadata loader, ${COWFS_FUZZ_SECONDS:-60} s"
+	scripts/fuzz.sh "${COWFS_FUZZ_SECONDS:-60}" >"$work/fuzz.log" 2>&1 || {
+		tail -n 40 "$work/fuzz.log" >&2
+		echo "fuzz: FAILED (reproducer in build-fuzz/)" >&2
+		status=1
+	}
+	grep -E '^(Done|stat::number_of_executed_units)' "$work/fuzz.log" || true
 fi
 if [ "$status" -ne 0 ]; then
 	echo "scripts/test.sh: FAILED" >&2

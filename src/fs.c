@@ -119,7 +119,7 @@ static int acl_permits(const struct fs_ctx *c, const struct inode *in,
 			break;
 		case ACL_GROUP_OBJ:
 			id = in->gid;
-			/* fall through */
+			__attribute__((fallthrough));
 		case ACL_GROUP:
 			group_all &= perm;
 			if (in_group(c, id)) {
