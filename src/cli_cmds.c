@@ -6,7 +6,7 @@
 #include <err.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
+#include <fts.h>
 #include <libgen.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -49,16 +49,42 @@ static int parse_quiet(const char *cmd, int argc, char **argv, int *quiet)
 	return -1;
 }
 
+/*
+ * Walk the tree at root without recursion (fts(3) keeps its own stack on
+ * the heap and descends with fchdir, so no depth or PATH_MAX limit) and
+ * call cb for every entry: path is for messages, acc opens the entry
+ * from the current directory.  xdev: stay on root's filesystem.
+ */
+static void walk_tree(const char *root, int xdev,
+		      void (*cb)(const char *path, const char *acc,
+				 const struct stat *st))
+{
+	char *paths[] = { (char *)root, NULL };
+	FTS *f = fts_open(paths, FTS_PHYSICAL | (xdev ? FTS_XDEV : 0), NULL);
+	FTSENT *e;
+
+	if (!f)
+		return;
+	while ((e = fts_read(f))) {
+		if (e->fts_info == FTS_DP)	/* a directory, on the way up */
+			continue;
+		if (e->fts_info == FTS_NS || e->fts_info == FTS_NSOK ||
+		    e->fts_info == FTS_ERR || e->fts_info == FTS_DNR)
+			continue;
+		cb(e->fts_path, e->fts_accpath, e->fts_statp);
+	}
+	fts_close(f);
+}
+
 /* --- clone ----------------------------------------------------------- */
 
 static struct progress scan_prog;
 
-static int scan_one(const char *path, const struct stat *st, int type,
-		    struct FTW *ftw)
+static void scan_one(const char *path, const char *acc, const struct stat *st)
 {
 	(void)path;
-	(void)ftw;
-	if (type == FTW_F && S_ISREG(st->st_mode)) {
+	(void)acc;
+	if (S_ISREG(st->st_mode)) {
 		scan_prog.total_files++;
 		scan_prog.total_bytes += (uint64_t)st->st_size;
 	}
@@ -72,7 +98,6 @@ static int scan_one(const char *path, const struct stat *st, int type,
 			(unsigned long long)scan_prog.total_files, b);
 		scan_prog.shown = 1;
 	}
-	return 0;
 }
 
 struct host_call {
@@ -117,7 +142,7 @@ static int clone_ioctl_progress(int fd, struct cowfs_ioc_clone_host *a,
 	progress_init(&scan_prog, "clone", quiet);
 	if (!scan_prog.on)
 		return ioctl(fd, COWFS_IOC_CLONE_HOST, a) < 0 ? errno : 0;
-	nftw(src, scan_one, 64, FTW_PHYS);
+	walk_tree(src, 0, scan_one);
 	scan_secs = now_secs() - scan_prog.start;
 	fmt_size(b, sizeof(b), scan_prog.total_bytes, 0);
 	if (pthread_create(&t, NULL, host_clone_thread, &h)) {
@@ -744,17 +769,16 @@ static struct progress dprog;
 static uint64_t detach_copied;
 static int detach_status;
 
-static int detach_one(const char *path, const struct stat *st, int type,
-		      struct FTW *ftw)
+static void detach_one(const char *path, const char *acc,
+		       const struct stat *st)
 {
 	struct cowfs_ioc_detach d;
-	(void)ftw;
-	if (type != FTW_F || !S_ISREG(st->st_mode))
-		return 0;
+	if (!S_ISREG(st->st_mode))
+		return;
 	if (st->st_nlink > 1 && st->st_size == 0)
-		return 0;
+		return;
 	/* a FIFO swapped in since the walk saw a file must not block */
-	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+	int fd = open(acc, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
 			    O_CLOEXEC);
 	memset(&d, 0, sizeof(d));
 	if (fd < 0 || ioctl(fd, COWFS_IOC_DETACH, &d) < 0) {
@@ -771,19 +795,17 @@ static int detach_one(const char *path, const struct stat *st, int type,
 	dprog.files++;
 	dprog.bytes += (uint64_t)st->st_size;
 	progress_update(&dprog, 0);
-	return 0;
 }
 
-static int count_one(const char *path, const struct stat *st, int type,
-		     struct FTW *ftw)
+static void count_one(const char *path, const char *acc,
+		      const struct stat *st)
 {
 	(void)path;
-	(void)ftw;
-	if (type == FTW_F && S_ISREG(st->st_mode)) {
+	(void)acc;
+	if (S_ISREG(st->st_mode)) {
 		dprog.total_files++;
 		dprog.total_bytes += (uint64_t)st->st_size;
 	}
-	return 0;
 }
 
 int cmd_detach(int argc, char **argv)
@@ -819,8 +841,8 @@ int cmd_detach(int argc, char **argv)
 		}
 		close(fd);
 		if (dprog.on)
-			nftw(argv[i], count_one, 64, FTW_PHYS | FTW_MOUNT);
-		nftw(argv[i], detach_one, 64, FTW_PHYS | FTW_MOUNT);
+			walk_tree(argv[i], 1, count_one);
+		walk_tree(argv[i], 1, detach_one);
 	}
 	if (dprog.on && dprog.total_files)
 		progress_done(&dprog);
