@@ -405,7 +405,8 @@ static int clone_locked(struct fs *fs, const struct fs_ctx *c,
 	if (c->uid != 0) {
 		r.u.clone.flags = 1;
 		r.u.clone.uid = c->uid;
-		r.u.clone.gid = c->gid;
+		/* a setgid directory gives new entries its group */
+		r.u.clone.gid = dir->mode & S_ISGID ? dir->gid : c->gid;
 	}
 	r.name = name;
 	r.name_len = (uint32_t)strlen(name);

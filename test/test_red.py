@@ -340,3 +340,25 @@ def test_df_and_status_of_any_path_in_the_mount(mount):
         p = m.cowfs("status", "--json", m.p(name), timeout=30)
         assert p.returncode == 0, (name, p.stderr)
         assert json.loads(p.stdout)["store"] == str(m.store.resolve())
+
+
+def test_user_clone_into_setgid_dir_takes_its_group(shared, users):
+    """A new entry in a setgid directory belongs to the directory's group,
+    whoever makes it (as mkdir/creat do there)."""
+    m = shared
+    a, b = users
+    os.mkdir(m.p("team"))
+    os.chown(m.p("team"), 0, b.group)
+    os.chmod(m.p("team"), 0o2777)
+    m.p("f").write_bytes(b"f")
+    os.chmod(m.p("f"), 0o644)
+    p = a.run([m.bin, "clone", m.p("f"), m.p("team", "f")])
+    assert p.returncode == 0, p.stderr
+    st = os.lstat(m.p("team", "f"))
+    assert (st.st_uid, st.st_gid) == (a.uid, b.group)
+    # and outside it, the caller's own group
+    p = a.run([m.bin, "clone", m.p("f"), m.p("g")])
+    assert p.returncode == 0, p.stderr
+    assert os.lstat(m.p("g")).st_gid == a.gid
+    m.remount()         # replayed the same way
+    assert os.lstat(m.p("team", "f")).st_gid == b.group
