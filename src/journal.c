@@ -293,35 +293,47 @@ static void finish_batch(struct fs *fs, struct batch *b)
 		lock_take(fs, LOCK_FS);
 		obj_unpin(fs, o);
 	}
+	/* dead objects leave memory under the lock; their fds are closed
+	 * and their files unlinked after it (no host syscall under it) */
+	int *fds = b->nunlinks ? calloc(b->nunlinks, sizeof(*fds)) : NULL;
+	uint64_t *ids = b->nunlinks ? calloc(b->nunlinks, sizeof(*ids)) : NULL;
+	size_t nfds = 0, nids = 0;
 	for (size_t i = 0; i < b->nunlinks; i++) {
 		struct object *o = b->unlinks[i];
 		if (o->nlive || o->owner) {	/* revived during replay */
 			o->doomed = false;
 			continue;
 		}
-		if (o->pins) {			/* a read still uses it */
+		if (o->pins || !fds || !ids) {	/* a read still uses it, or
+						 * no memory: try again later */
 			o->doomed = false;
 			obj_maybe_doom(fs, o);
 			continue;
 		}
 		if (o->fd >= 0) {
 			TAILQ_REMOVE(&fs->lru, o, lru);
-			close(o->fd);
+			fds[nfds++] = o->fd;
 			fs->nfds--;
 		}
 		RB_REMOVE(object_tree, &fs->objects, o);
-		uint64_t id = o->id;
-		int origin = o->opath != NULL;
+		if (!o->opath)			/* an origin's host file is
+						 * not ours */
+			ids[nids++] = o->id;
 		free(o->opath);
 		free(o);
-		if (origin)
-			continue;	/* the host file is not ours */
-		int rc = store_obj_unlink(&fs->store, id);
-		if (rc)
-			fs_log(fs, "warning: object %016llx: unlink: %s",
-			       (unsigned long long)id, strerror(-rc));
 	}
 	lock_drop(fs, LOCK_FS);
+	LOCK_ASSERT_UNLOCKED_FS();
+	for (size_t i = 0; i < nfds; i++)
+		close(fds[i]);
+	for (size_t i = 0; i < nids; i++) {
+		int rc = store_obj_unlink(&fs->store, ids[i]);
+		if (rc)
+			fs_log(fs, "warning: object %016llx: unlink: %s",
+			       (unsigned long long)ids[i], strerror(-rc));
+	}
+	free(fds);
+	free(ids);
 	free(b->buf);
 	free(b->objs);
 	free(b->frees);
