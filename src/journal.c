@@ -41,6 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <linux/falloc.h>
 
 #include "cowfs/fs_impl.h"
@@ -291,35 +293,47 @@ static void finish_batch(struct fs *fs, struct batch *b)
 		lock_take(fs, LOCK_FS);
 		obj_unpin(fs, o);
 	}
+	/* dead objects leave memory under the lock; their fds are closed
+	 * and their files unlinked after it (no host syscall under it) */
+	int *fds = b->nunlinks ? calloc(b->nunlinks, sizeof(*fds)) : NULL;
+	uint64_t *ids = b->nunlinks ? calloc(b->nunlinks, sizeof(*ids)) : NULL;
+	size_t nfds = 0, nids = 0;
 	for (size_t i = 0; i < b->nunlinks; i++) {
 		struct object *o = b->unlinks[i];
 		if (o->nlive || o->owner) {	/* revived during replay */
 			o->doomed = false;
 			continue;
 		}
-		if (o->pins) {			/* a read still uses it */
+		if (o->pins || !fds || !ids) {	/* a read still uses it, or
+						 * no memory: try again later */
 			o->doomed = false;
 			obj_maybe_doom(fs, o);
 			continue;
 		}
 		if (o->fd >= 0) {
 			TAILQ_REMOVE(&fs->lru, o, lru);
-			close(o->fd);
+			fds[nfds++] = o->fd;
 			fs->nfds--;
 		}
 		RB_REMOVE(object_tree, &fs->objects, o);
-		uint64_t id = o->id;
-		int origin = o->opath != NULL;
+		if (!o->opath)			/* an origin's host file is
+						 * not ours */
+			ids[nids++] = o->id;
 		free(o->opath);
 		free(o);
-		if (origin)
-			continue;	/* the host file is not ours */
-		int rc = store_obj_unlink(&fs->store, id);
-		if (rc)
-			fs_log(fs, "warning: object %016llx: unlink: %s",
-			       (unsigned long long)id, strerror(-rc));
 	}
 	lock_drop(fs, LOCK_FS);
+	LOCK_ASSERT_UNLOCKED_FS();
+	for (size_t i = 0; i < nfds; i++)
+		close(fds[i]);
+	for (size_t i = 0; i < nids; i++) {
+		int rc = store_obj_unlink(&fs->store, ids[i]);
+		if (rc)
+			fs_log(fs, "warning: object %016llx: unlink: %s",
+			       (unsigned long long)ids[i], strerror(-rc));
+	}
+	free(fds);
+	free(ids);
 	free(b->buf);
 	free(b->objs);
 	free(b->frees);
@@ -344,6 +358,7 @@ static int pwrite_full(int fd, const void *buf, size_t len, off_t pos)
 }
 
 static int checkpoint_locked(struct fs *fs);
+static int checkpoint_forked(struct fs *fs);
 
 /* commit_lock held. */
 static int commit_locked(struct fs *fs)
@@ -397,7 +412,8 @@ static int commit_locked(struct fs *fs)
 	finish_batch(fs, &b);
 
 	uint64_t jbytes = fs->meta_end - COWFS_HDR_SIZE - fs->ckpt_len;
-	if (jbytes > CKPT_MIN_JOURNAL && jbytes > 2 * fs->ckpt_len)
+	if (jbytes > CKPT_MIN_JOURNAL && jbytes > 2 * fs->ckpt_len &&
+	    checkpoint_forked(fs) == -EAGAIN)
 		checkpoint_locked(fs);
 	return 0;
 }
@@ -528,6 +544,117 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 }
 
 /* commit_lock held. */
+/*
+ * A checkpoint written while serving stalls this long, in ms, after
+ * encoding (COWFS_TEST_CKPT_STALL_MS, debug builds only): the tests show
+ * with it that requests are served meanwhile.
+ */
+static unsigned test_stall_ms(void)
+{
+#ifndef NDEBUG
+	const char *v = getenv("COWFS_TEST_CKPT_STALL_MS");
+	return v ? (unsigned)strtoul(v, NULL, 10) : 0;
+#else
+	return 0;
+#endif
+}
+
+/*
+ * In a child forked under fs->lock: the child's memory is a frozen,
+ * copy-on-write image of the state at the fork, so it encodes and writes
+ * the checkpoint while the daemon goes on serving.  Only the forking
+ * thread exists in the child: it takes no lock, logs nothing, and leaves
+ * with _exit().  Returns the exit status: 0, or an errno value.
+ */
+static int checkpoint_child(struct fs *fs)
+{
+	unsigned char *img;
+	size_t len;
+	int rc = journal_encode_checkpoint(fs, &img, &len), fd;
+	unsigned ms = test_stall_ms();
+
+	if (rc)
+		return -rc;
+	if (ms)
+		usleep(ms * 1000u);
+	fd = store_meta_write_tmp(&fs->store, img, len);
+	if (fd < 0)
+		return -fd;
+	close(fd);
+	return 0;
+}
+
+/* Install the new metadata file (the temporary holds len bytes). */
+static int checkpoint_install(struct fs *fs, int fd, size_t len,
+			      struct batch *b)
+{
+	close(fs->metafd);
+	fs->metafd = fd;
+	fs->meta_end = len;
+	fs->ckpt_len = len - COWFS_HDR_SIZE;
+	fs->generation++;
+	finish_batch(fs, b);
+	return 0;
+}
+
+/* A checkpoint written by a child process, for the commit path while
+ * serving: fs->lock is held only to take the batch and fork.  -EAGAIN
+ * when fork() failed, with nothing done.  commit_lock held. */
+static int checkpoint_forked(struct fs *fs)
+{
+	struct batch b;
+	struct stat st;
+	int rc, status, fd;
+	pid_t pid;
+
+	lock_take(fs, LOCK_FS);
+	if (fs->broken) {
+		lock_drop(fs, LOCK_FS);
+		return -EIO;
+	}
+	journal_flush_dirty(fs);
+	if ((rc = take_batch(fs, &b, 1))) {
+		lock_drop(fs, LOCK_FS);
+		return rc;
+	}
+	pid = fork();
+	if (pid == 0)
+		_exit(checkpoint_child(fs));
+	if (pid < 0) {
+		restore_batch(fs, &b);
+		lock_drop(fs, LOCK_FS);
+		return -EAGAIN;
+	}
+	lock_drop(fs, LOCK_FS);
+
+	rc = sync_data(fs, &b);		/* data before the metadata */
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR) {
+			status = EIO << 8;
+			break;
+		}
+	}
+	if (!rc && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+		rc = WIFEXITED(status) && WEXITSTATUS(status) ?
+		     -WEXITSTATUS(status) : -EIO;
+	if (!rc)
+		rc = store_meta_install_tmp(&fs->store);
+	fd = rc ? rc : store_meta_open(&fs->store);
+	if (fd >= 0 && fstat(fd, &st) < 0) {
+		close(fd);
+		fd = -errno;
+	}
+	if (fd < 0) {
+		fs_log(fs, "error: checkpoint: %s", strerror(-fd));
+		store_meta_drop_tmp(&fs->store);
+		lock_take(fs, LOCK_FS);
+		restore_batch(fs, &b);
+		lock_drop(fs, LOCK_FS);
+		return fd;
+	}
+	return checkpoint_install(fs, fd, (size_t)st.st_size, &b);
+}
+
 static int checkpoint_locked(struct fs *fs)
 {
 	struct batch b;
@@ -549,22 +676,15 @@ static int checkpoint_locked(struct fs *fs)
 		return rc;
 	rc = sync_data(fs, &b);
 	fd = rc ? rc : store_meta_replace(&fs->store, img, len);
+	free(img);
 	if (fd < 0) {
 		fs_log(fs, "error: checkpoint: %s", strerror(-fd));
-		free(img);
 		lock_take(fs, LOCK_FS);
 		restore_batch(fs, &b);
 		lock_drop(fs, LOCK_FS);
 		return fd;
 	}
-	free(img);
-	close(fs->metafd);
-	fs->metafd = fd;
-	fs->meta_end = len;
-	fs->ckpt_len = len - COWFS_HDR_SIZE;
-	fs->generation++;
-	finish_batch(fs, &b);
-	return 0;
+	return checkpoint_install(fs, fd, len, &b);
 }
 
 int journal_checkpoint(struct fs *fs)

@@ -267,7 +267,7 @@ out:
 	return rc;
 }
 
-int store_meta_replace(struct store *s, const void *buf, size_t len)
+int store_meta_write_tmp(struct store *s, const void *buf, size_t len)
 {
 	int fd, rc;
 
@@ -277,9 +277,7 @@ int store_meta_replace(struct store *s, const void *buf, size_t len)
 		return -errno;
 	if ((rc = write_all(fd, buf, len)) < 0)
 		goto fail;
-	if (fsync(fd) < 0 ||
-	    renameat(s->dirfd, STORE_META ".tmp", s->dirfd, STORE_META) < 0 ||
-	    fsync(s->dirfd) < 0) {
+	if (fsync(fd) < 0) {
 		rc = -errno;
 		goto fail;
 	}
@@ -288,6 +286,33 @@ fail:
 	close(fd);
 	unlinkat(s->dirfd, STORE_META ".tmp", 0);
 	return rc;
+}
+
+int store_meta_install_tmp(struct store *s)
+{
+	if (renameat(s->dirfd, STORE_META ".tmp", s->dirfd, STORE_META) < 0 ||
+	    fsync(s->dirfd) < 0)
+		return -errno;
+	return 0;
+}
+
+void store_meta_drop_tmp(struct store *s)
+{
+	unlinkat(s->dirfd, STORE_META ".tmp", 0);
+}
+
+int store_meta_replace(struct store *s, const void *buf, size_t len)
+{
+	int fd = store_meta_write_tmp(s, buf, len), rc;
+
+	if (fd < 0)
+		return fd;
+	if ((rc = store_meta_install_tmp(s))) {
+		close(fd);
+		store_meta_drop_tmp(s);
+		return rc;
+	}
+	return fd;
 }
 
 int store_meta_cut(struct store *s, const void *hdr, size_t hlen,

@@ -141,7 +141,8 @@ while time.time() < end:
     op = random.random()
     try:
         if op < 0.4 or not names:
-            n = os.path.join(root, f"f{{i}}")
+            # names unique across rounds: files of earlier rounds survive
+            n = os.path.join(root, f"s{seed}f{{i}}")
             with open(n, "wb") as f:
                 f.write(os.urandom(random.randrange(0, 200000)))
                 if random.random() < 0.3:

@@ -50,6 +50,13 @@ int store_meta_read(struct store *s, void **buf, size_t *len);
 /* Replace the metadata file atomically: temp, fsync, rename, fsync dir.
  * Returns an fd open on the new file for appending, or -errno. */
 int store_meta_replace(struct store *s, const void *buf, size_t len);
+/* The two halves of store_meta_replace(), for a checkpoint written by a
+ * child process: write and fsync STORE/metadata.tmp (returns its fd,
+ * caller closes), then rename it over the metadata file and fsync the
+ * directory (0 or -errno).  drop_tmp removes a temporary left behind. */
+int store_meta_write_tmp(struct store *s, const void *buf, size_t len);
+int store_meta_install_tmp(struct store *s);
+void store_meta_drop_tmp(struct store *s);
 /* Open the current metadata file for appending journal records. */
 int store_meta_open(struct store *s);
 /* Repair: overwrite the metadata file's first hlen bytes with hdr, cut it

@@ -1,0 +1,102 @@
+"""Checkpoints written while the daemon serves.
+
+A checkpoint of the whole state is encoded and written by a child process
+forked under the metadata lock: the child's memory is a frozen image of
+the state, so the daemon goes on serving requests meanwhile (issue 7: no
+long work under fs->lock).  COWFS_TEST_CKPT_STALL_MS makes the child stall
+after encoding (debug builds), long enough to be seen."""
+
+import os
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.needs_store
+
+STALL_MS = 4000
+
+
+def children_of(pid):
+    out = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+@pytest.mark.mount_opts("commit=3600")
+def test_requests_served_during_a_checkpoint(mount):
+    mount.env["COWFS_TEST_CKPT_STALL_MS"] = str(STALL_MS)
+    mount.remount()
+    pid = mount.daemon_pid()
+    mount.p("d").mkdir()
+    mount.p("d", "f").write_bytes(b"before")
+    big = mount.p("big")
+    big.write_bytes(b"x")
+    # more than 32 MiB of journal: the next commit writes a checkpoint
+    value = os.urandom(60000)
+    for i in range(600):
+        os.setxattr(big, "user.v", value[i:] + value[:i])
+    meta = mount.store / "cowfs.meta"
+
+    done = {}
+
+    def commit():
+        fd = os.open(big, os.O_RDONLY)
+        try:
+            os.fsync(fd)        # commits, then checkpoints (in a child)
+        finally:
+            os.close(fd)
+        done["at"] = time.monotonic()
+
+    t = threading.Thread(target=commit)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not children_of(pid):
+        assert time.monotonic() < deadline, "no checkpoint child appeared"
+        assert t.is_alive() or children_of(pid), \
+            "the commit ended without a checkpoint child"
+        time.sleep(0.02)
+    child_seen = time.monotonic()
+    # while the child writes the checkpoint, the mount keeps serving
+    os.stat(mount.p("d", "f"))
+    assert sorted(os.listdir(mount.p("d"))) == ["f"]
+    assert mount.p("d", "f").read_bytes() == b"before"
+    mount.p("d", "g").write_bytes(b"during")
+    mount.p("d", "sub").mkdir()
+    os.rename(mount.p("d", "f"), mount.p("d", "f2"))
+    served = time.monotonic()
+    assert children_of(pid), "the checkpoint child ended before the requests"
+    assert served - child_seen < STALL_MS / 1000 / 2, \
+        f"requests took {served - child_seen:.2f} s during the checkpoint"
+    t.join(60)
+    assert not t.is_alive()
+    assert done["at"] - child_seen > STALL_MS / 1000 / 2, \
+        "the fsync did not wait for its checkpoint"
+    assert meta.stat().st_size < 1 << 20, "no checkpoint was written"
+    # the changes made during the checkpoint go in the journal after it
+    fd = os.open(mount.p("d", "g"), os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    mount.env.pop("COWFS_TEST_CKPT_STALL_MS")
+    pid = mount.daemon_pid()
+    os.kill(pid, 9)
+    from conftest import run, is_mounted
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    run(["fusermount3", "-u", "-z", mount.mnt], check=False)
+    assert not is_mounted(mount.mnt)
+    p = mount.cowfs("fsck", mount.store)
+    assert p.returncode == 0, p.stdout + p.stderr
+    mount.mount()
+    assert sorted(os.listdir(mount.p("d"))) == ["f2", "g", "sub"]
+    assert mount.p("d", "f2").read_bytes() == b"before"
+    assert os.getxattr(big, "user.v") == value[599:] + value[:599]
