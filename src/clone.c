@@ -365,18 +365,8 @@ static int clone_check(struct fs *fs, const struct fs_ctx *c,
 
 	if (!src || !dir || src->nlink == 0)
 		return -ENOENT;
-	if (!S_ISDIR(dir->mode))
-		return -ENOTDIR;
-	if (dir->nlink == 0)
-		return -ENOENT;
-	/* permissions first: what a directory holds is no answer to whom
-	 * may not search it */
-	if ((rc = fs_may_reach(fs, c, dir)))
+	if ((rc = fs_may_create_in(fs, c, dir, name)))
 		return rc;
-	if (!inode_may(c, dir, MAY_W | MAY_X))
-		return -EACCES;
-	if (dir_find(dir, name))
-		return -EEXIST;
 	return may_read_tree(fs, c, src, 1);
 }
 

@@ -199,6 +199,28 @@ int fs_may_reach(struct fs *fs, const struct fs_ctx *c, struct inode *dir)
 	}
 }
 
+int fs_may_create_in(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
+		     const char *name)
+{
+	int rc;
+
+	if (!dir)
+		return -ENOENT;
+	if (!S_ISDIR(dir->mode))
+		return -ENOTDIR;
+	if (dir->nlink == 0)
+		return -ENOENT;
+	/* permissions first: what a directory holds is no answer to whom
+	 * may not search it */
+	if ((rc = fs_may_reach(fs, c, dir)))
+		return rc;
+	if (!inode_may(c, dir, MAY_W | MAY_X))
+		return -EACCES;
+	if (name && dir_find(dir, name))
+		return -EEXIST;
+	return 0;
+}
+
 /* ---- operations ---- */
 
 static int check_name(const char *name)

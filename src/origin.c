@@ -919,20 +919,8 @@ static int clone_host_locked(struct fs *fs, const struct fs_ctx *c,
 	struct jmark m;
 	int rc;
 
-	if (!dir)
-		return -ENOENT;
-	if (!S_ISDIR(dir->mode))
-		return -ENOTDIR;
-	if (dir->nlink == 0)
-		return -ENOENT;
-	/* search up to the root, write and search in DST's parent; then
-	 * (not before: no probing of names) the name */
-	if ((rc = fs_may_reach(fs, c, dir)))
+	if ((rc = fs_may_create_in(fs, c, dir, name)))
 		return rc;
-	if (!inode_may(c, dir, MAY_W | MAY_X))
-		return -EACCES;
-	if (name && dir_find(dir, name))
-		return -EEXIST;
 	uint32_t nlink = dir->nlink;
 	jmark_save(fs, &m);
 	rc = materialize(fs, c, w, dir, name);

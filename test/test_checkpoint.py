@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from test_crash import crash
+
 pytestmark = pytest.mark.needs_store
 
 STALL_MS = 4000
@@ -83,17 +85,7 @@ def test_requests_served_during_a_checkpoint(mount):
     os.fsync(fd)
     os.close(fd)
     mount.env.pop("COWFS_TEST_CKPT_STALL_MS")
-    pid = mount.daemon_pid()
-    os.kill(pid, 9)
-    from conftest import run, is_mounted
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    run(["fusermount3", "-u", "-z", mount.mnt], check=False)
-    assert not is_mounted(mount.mnt)
+    crash(mount)
     p = mount.cowfs("fsck", mount.store)
     assert p.returncode == 0, p.stdout + p.stderr
     mount.mount()

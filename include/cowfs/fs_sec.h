@@ -23,6 +23,12 @@ enum fs_may {
  * to the root, through the parent pointers.  -EACCES when not, -ENOENT
  * when the chain is broken (an unlinked directory), -EIO when it loops. */
 int fs_may_reach(struct fs *fs, const struct fs_ctx *c, struct inode *dir);
+/* fs.c, fs->lock held.  0 when the caller may make an entry name (NULL:
+ * any) in dir: a live directory it can reach, with write and search
+ * permission on it, and no entry of that name yet.  -ENOENT, -ENOTDIR,
+ * -EACCES or -EEXIST, permissions before the name (no probing). */
+int fs_may_create_in(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
+		     const char *name);
 
 /*
  * Host filesystems a clone by reference refuses (origin.c): 0 when the
