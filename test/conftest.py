@@ -31,6 +31,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -431,6 +432,23 @@ def user():
 
 # --------------------------------------------------------------------------
 # comparing trees
+
+
+def kill_daemon(store, mnt):
+    """A real crash: kill -9 the daemon serving store (pid from
+    STORE/lock), wait until it is gone, and detach its dead mount."""
+    txt = (Path(store) / "lock").read_text().split()
+    assert txt, "no daemon pid in STORE/lock"
+    pid = int(txt[0])
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    run(["fusermount3", "-u", "-z", mnt], check=False)
+    assert not is_mounted(mnt)
 
 
 def tree_snapshot(root, times=False, inodes=False, dir_sizes=False):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import conftest
 from conftest import (cowfs_binary, is_mounted, make_mount_dir, run,
                       sanitizer_env, sanitizer_reports)
 
@@ -521,16 +522,7 @@ def journal_records(meta):
 
 
 def kill_daemon(e):
-    pid = int((e.store / "lock").read_text().split()[0])
-    os.kill(pid, signal.SIGKILL)
-    for _ in range(200):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    run(["fusermount3", "-u", "-z", e.mnt], check=False)
-    assert not is_mounted(e.mnt)
+    conftest.kill_daemon(e.store, e.mnt)
 
 
 def test_bad_record_in_the_middle_of_the_journal(env):

@@ -6,7 +6,6 @@ and --repair returns it)."""
 
 import os
 import random
-import signal
 import struct
 import subprocess
 import sys
@@ -15,23 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, tree_snapshot, is_mounted
+from conftest import kill_daemon, tree_snapshot
 
 pytestmark = pytest.mark.needs_store
 
 
 def crash(m):
-    pid = m.daemon_pid()
-    assert pid, "no daemon pid in the store's lock file"
-    os.kill(pid, signal.SIGKILL)
-    for _ in range(200):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    run(["fusermount3", "-u", "-z", m.mnt], check=False)
-    assert not is_mounted(m.mnt)
+    kill_daemon(m.store, m.mnt)
 
 
 def fsck_ok(m):

@@ -266,49 +266,54 @@ def store_on_slow_fs(mount_factory):
     return slow, m
 
 
+def blocked_while_others_served(slow, m, op, what, name):
+    """Freeze the store's filesystem, run op in a thread: it must block
+    on the frozen store while the mount still serves a listing and a
+    read of a hole (names: what the listing holds besides probe); then
+    thaw, and op must finish without error."""
+    pid = frozen(slow)
+    try:
+        t, box = in_thread(op)
+        time.sleep(1)
+        assert t.is_alive(), f"{what} did not reach the frozen store"
+        serves(m.mnt, m.p("probe"), bytes(5000), name)
+    finally:
+        thaw(pid)
+    t.join(QUICK)
+    assert not t.is_alive() and "err" not in box, box
+
+
+def store_with_probe(mount_factory):
+    slow, m = store_on_slow_fs(mount_factory)
+    m.p("probe").touch()
+    os.truncate(m.p("probe"), 5000)    # a hole: read with no object I/O
+    return slow, m
+
+
 @pytest.mark.timeout(180)
 def test_store_create_object_unlocked(mount_factory):
     """The first write to a file creates its object file (openat O_CREAT)
     without the metadata lock held."""
-    slow, m = store_on_slow_fs(mount_factory)
-    m.p("probe").touch()
-    os.truncate(m.p("probe"), 5000)    # a hole: read with no object I/O
-    pid = frozen(slow)
-    try:
-        writer, box = in_thread(m.p("new").write_bytes, b"x" * 100_000)
-        time.sleep(1)
-        assert writer.is_alive(), "the write did not reach the frozen store"
-        serves(m.mnt, m.p("probe"), bytes(5000), "new")
-    finally:
-        thaw(pid)
-    writer.join(QUICK)
-    assert not writer.is_alive() and "err" not in box, box
+    slow, m = store_with_probe(mount_factory)
+    blocked_while_others_served(
+        slow, m, lambda: m.p("new").write_bytes(b"x" * 100_000),
+        "the write", "new")
     assert m.p("new").read_bytes() == b"x" * 100_000
 
 
 @pytest.mark.timeout(180)
 def test_store_fallocate_unlocked(mount_factory):
     """fallocate of a file's write object runs without the metadata lock."""
-    slow, m = store_on_slow_fs(mount_factory)
-    m.p("probe").touch()
-    os.truncate(m.p("probe"), 5000)    # a hole: read with no object I/O
+    slow, m = store_with_probe(mount_factory)
     m.p("f").write_bytes(b"head")
-    pid = frozen(slow)
-    try:
-        def alloc():
-            fd = os.open(m.p("f"), os.O_RDWR)
-            try:
-                os.posix_fallocate(fd, 0, 8 << 20)
-            finally:
-                os.close(fd)
-        t, box = in_thread(alloc)
-        time.sleep(1)
-        assert t.is_alive(), "fallocate did not reach the frozen store"
-        serves(m.mnt, m.p("probe"), bytes(5000), "f")
-    finally:
-        thaw(pid)
-    t.join(QUICK)
-    assert not t.is_alive() and "err" not in box, box
+
+    def alloc():
+        fd = os.open(m.p("f"), os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, 8 << 20)
+        finally:
+            os.close(fd)
+    blocked_while_others_served(slow, m, alloc, "fallocate", "f")
     assert os.stat(m.p("f")).st_size == 8 << 20
     assert m.p("f").read_bytes()[:4] == b"head"
 

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+import conftest
 from conftest import run, sha256_file, tree_snapshot
 
 KiB = 1024
@@ -1588,16 +1589,7 @@ def test_concurrent_writers(mount):
 
 
 def kill_daemon(mount):
-    pid = mount.daemon_pid()
-    assert pid, "no daemon pid in STORE/lock"
-    os.kill(pid, 9)
-    for _ in range(200):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    run(["fusermount3", "-u", "-z", mount.mnt], check=False)
+    conftest.kill_daemon(mount.store, mount.mnt)
 
 
 def mixed_metadata_workload(root):
