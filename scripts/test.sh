@@ -11,6 +11,10 @@
 #   COWFS_BUILD=DIR    build directory of the normal build (default build)
 #   COWFS_FUZZ_SECONDS=N  how long the loader is fuzzed at the end (60;
 #                      0: not at all; never with COWFS_QUICK=1)
+#   COWFS_MODEL_EXAMPLES, COWFS_CRASHLOOP_ROUNDS, COWFS_KILL_ROUNDS
+#                      random rounds of the model and crash tests (25/40,
+#                      20, 6); the sanitizer pass uses the *_ASAN variants
+#                      (10, 8, 3): it is 3-4x slower per round
 # Everything the suite mounts is unmounted on any exit; exits nonzero on any
 # failure.
 set -euo pipefail
@@ -63,7 +67,11 @@ if [ "$quick" != 1 ] || [ "$sanitize" = 1 ]; then
 	export ASAN_OPTIONS="halt_on_error=1:abort_on_error=0:detect_leaks=1:strict_string_checks=1:check_initialization_order=1"
 	export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 	# The sanitizer build is slower: fewer random examples.
-	export COWFS_MODEL_EXAMPLES=${COWFS_MODEL_EXAMPLES_ASAN:-15}
+	# the sanitizer pass runs every test, with fewer random rounds: the
+	# normal pass covers the long random runs, this one the memory checks
+	export COWFS_MODEL_EXAMPLES=${COWFS_MODEL_EXAMPLES_ASAN:-10}
+	export COWFS_CRASHLOOP_ROUNDS=${COWFS_CRASHLOOP_ROUNDS_ASAN:-8}
+	export COWFS_KILL_ROUNDS=${COWFS_KILL_ROUNDS_ASAN:-3}
 	run_suite sanitize build-asan \
 		-Db_sanitize=address,undefined -Db_lundef=false || status=1
 fi

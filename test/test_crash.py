@@ -182,7 +182,8 @@ def test_kill_loop_random_workload(mount):
     seed = int(os.environ.get("TEST_SEED", random.randrange(1 << 30)))
     print("seed", seed)
     rounds = 0
-    for k in range(6):
+    want = int(os.environ.get("COWFS_KILL_ROUNDS") or 6)
+    for k in range(want):
         proc = random_workload(mount, 5, seed + k)
         time.sleep(random.uniform(0.3, 2.5))
         early = proc.poll()
@@ -201,7 +202,7 @@ def test_kill_loop_random_workload(mount):
                 assert len(p.read_bytes()) == os.stat(p).st_size
         print(f"round {k}: {out.strip()}")
         rounds += 1
-    assert rounds == 6
+    assert rounds == want
 
 
 # ---- issue 7 ----
@@ -261,7 +262,8 @@ def test_crashloop(tmp_path, cowfs_bin):
     at random moments, fsynced bytes and names verified, fsck clean."""
     seed = int(os.environ.get("TEST_SEED", random.randrange(1 << 30)))
     top = Path(__file__).resolve().parent.parent
-    p = subprocess.run([str(top / "scripts" / "crashloop.sh"), "20",
+    n = int(os.environ.get("COWFS_CRASHLOOP_ROUNDS") or 20)
+    p = subprocess.run([str(top / "scripts" / "crashloop.sh"), str(n),
                         "--seed", str(seed), "--workdir",
                         str(tmp_path / "loop")],
                        capture_output=True, text=True, timeout=1200,
@@ -269,6 +271,6 @@ def test_crashloop(tmp_path, cowfs_bin):
     print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
     assert p.returncode == 0, p.stdout + p.stderr
     last = p.stdout.strip().splitlines()[-1]
-    assert last.startswith("crashloop: 20 rounds,"), last
+    assert last.startswith(f"crashloop: {n} rounds,"), last
     verified = int(last.split(",")[1].split()[0])
     assert verified > 0, last
