@@ -792,7 +792,8 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 		uint64_t B = fs->block_size;
 		uint64_t keep = (size + B - 1) >> fs->block_shift;
 		uint64_t base = size & ~(B - 1);
-		/* zeros up to the old EOF: past it the slot is not read */
+		/* zeros up to the old EOF only: past it nothing is read, and
+		 * zero_gap() zeros it again whenever the file grows */
 		uint64_t to = in->size - base < B ? in->size - base : B;
 		if (size & (B - 1))
 			rc = zero_partial(fs, in, size >> fs->block_shift,
