@@ -643,7 +643,7 @@ int cmd_df(int argc, char **argv)
 	       (unsigned long long)u.dirs, u.dirs == 1 ? "y" : "ies");
 	printf("physical:        %s in the store (%llu object%s, blocks of %s)\n",
 	       b, (unsigned long long)u.objects, u.objects == 1 ? "" : "s", bs);
-	printf("host usage:      %s taken on the host by the object files\n", h);
+	printf("on the host:     %s taken by the object files\n", h);
 	printf("shared:          %s in blocks used more than once\n", c);
 	if (u.origin) {
 		char e[32];

@@ -104,7 +104,7 @@ def check_host_figures(m, *paths):
     d = df(m)
     assert abs(d["host"] - real) <= max(real // 50, 65536), (d, real)
     text = m.cowfs("df", "--bytes", m.mnt, check=True).stdout
-    assert f"host usage:      {d['host']} bytes" in text, text
+    assert f"on the host:     {d['host']} bytes" in text, text
     whole = du(m, m.mnt)[0]
     assert abs(whole["host"] - d["host"]) <= max(real // 50, 65536), \
         (whole, d)
