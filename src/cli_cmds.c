@@ -569,7 +569,8 @@ int cmd_du(int argc, char **argv)
 	if (json)
 		printf("[");
 	else
-		printf("%12s %12s %12s  %s\n", "Logical", "Shared", "Exclusive", "Path");
+		printf("%12s %12s %12s %12s  %s\n", "Logical", "Shared",
+		       "Exclusive", "Host", "Path");
 	for (int i = optind; i < argc; i++) {
 		struct cowfs_ioc_usage u;
 		if (usage_ioctl("du", argv[i], COWFS_IOC_DU, &u)) {
@@ -580,17 +581,18 @@ int cmd_du(int argc, char **argv)
 			printf("%s\n  {\"path\": ", first ? "" : ",");
 			json_str(stdout, argv[i]);
 			printf(", \"logical\": %llu, \"shared\": %llu, \"exclusive\": %llu, "
-			       "\"files\": %llu, \"dirs\": %llu}",
+			       "\"host\": %llu, \"files\": %llu, \"dirs\": %llu}",
 			       (unsigned long long)u.logical, (unsigned long long)u.shared,
-			       (unsigned long long)u.exclusive, (unsigned long long)u.files,
-			       (unsigned long long)u.dirs);
+			       (unsigned long long)u.exclusive, (unsigned long long)u.host,
+			       (unsigned long long)u.files, (unsigned long long)u.dirs);
 			first = 0;
 		} else {
-			char a[32], b[32], c[32];
+			char a[32], b[32], c[32], h[32];
 			col_size(a, sizeof(a), u.logical, exact);
 			col_size(b, sizeof(b), u.shared, exact);
 			col_size(c, sizeof(c), u.exclusive, exact);
-			printf("%12s %12s %12s  %s\n", a, b, c, argv[i]);
+			col_size(h, sizeof(h), u.host, exact);
+			printf("%12s %12s %12s %12s  %s\n", a, b, c, h, argv[i]);
 		}
 	}
 	if (json)
@@ -620,17 +622,19 @@ int cmd_df(int argc, char **argv)
 		printf(", \"logical\": %llu, \"physical\": %llu, \"shared\": %llu, "
 		       "\"ratio\": %.3f, \"metadata\": %llu, \"files\": %llu, "
 		       "\"dirs\": %llu, \"objects\": %llu, \"block_size\": %llu, "
-		       "\"origin\": %llu}\n",
+		       "\"origin\": %llu, \"host\": %llu}\n",
 		       (unsigned long long)u.logical, (unsigned long long)u.exclusive,
 		       (unsigned long long)u.shared, ratio,
 		       (unsigned long long)u.meta_bytes, (unsigned long long)u.files,
 		       (unsigned long long)u.dirs, (unsigned long long)u.objects,
-		       (unsigned long long)u.block_size, (unsigned long long)u.origin);
+		       (unsigned long long)u.block_size, (unsigned long long)u.origin,
+		       (unsigned long long)u.host);
 		return 0;
 	}
-	char a[32], b[32], c[32], d[32], bs[32];
+	char a[32], b[32], c[32], d[32], bs[32], h[32];
 	fmt_size(a, sizeof(a), u.logical, exact);
 	fmt_size(b, sizeof(b), u.exclusive, exact);
+	fmt_size(h, sizeof(h), u.host, exact);
 	fmt_size(c, sizeof(c), u.shared, exact);
 	fmt_size(d, sizeof(d), u.meta_bytes, exact);
 	fmt_size(bs, sizeof(bs), u.block_size, 0);
@@ -639,6 +643,7 @@ int cmd_df(int argc, char **argv)
 	       (unsigned long long)u.dirs, u.dirs == 1 ? "y" : "ies");
 	printf("physical:        %s in the store (%llu object%s, blocks of %s)\n",
 	       b, (unsigned long long)u.objects, u.objects == 1 ? "" : "s", bs);
+	printf("on the host:     %s taken by the object files\n", h);
 	printf("shared:          %s in blocks used more than once\n", c);
 	if (u.origin) {
 		char e[32];

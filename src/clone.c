@@ -11,6 +11,9 @@
  * entries keep their source's cookies.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -562,10 +565,107 @@ static int du_visit(void *ctx, struct inode *in)
 	return err;
 }
 
+/*
+ * Host bytes: what the store's object files really take on the host,
+ * st_blocks * 512, which holes (never written parts of slots, punched
+ * blocks) keep below the block figures, and leaked or partly written
+ * slots above them.  The ids are collected under fs->lock and the files
+ * statted after it is dropped; an object unlinked meanwhile counts 0.
+ */
+struct host_obj {
+	uint64_t id;
+	uint64_t k;	/* du: blocks of it that PATH references */
+	uint64_t nlive;	/* its referenced blocks (at collection) */
+};
+
+struct host_objs {
+	struct host_obj *v;
+	size_t n, cap;
+};
+
+/* fs->lock held. */
+static int host_add(struct host_objs *h, uint64_t id, uint64_t k,
+		    uint64_t nlive)
+{
+	if (h->n == h->cap) {
+		size_t cap = h->cap ? h->cap * 2 : 256;
+		struct host_obj *v = realloc(h->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		h->v = v;
+		h->cap = cap;
+	}
+	h->v[h->n++] = (struct host_obj){ id, k, nlive };
+	return 0;
+}
+
+/* st_blocks * 512 of object id, or 0 when it is gone.  Without fs->lock. */
+static uint64_t host_bytes_of(struct fs *fs, uint64_t id)
+{
+	char name[40];
+	struct stat st;
+
+	LOCK_ASSERT_UNLOCKED_FS();
+	snprintf(name, sizeof(name), "%02x/%016" PRIx64,
+		 (unsigned)(id & 0xff), id);
+	if (fstatat(fs->store.objfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	return (uint64_t)st.st_blocks * 512;
+}
+
+/*
+ * du: each object's host bytes spread evenly over its referenced blocks,
+ * times the blocks PATH references in it.  An object that PATH alone uses
+ * counts whole; a block PATH shares with outside counts in full, as it
+ * does in shared + exclusive, so host can be read beside that sum.
+ */
+static uint64_t host_share(struct fs *fs, const struct host_objs *h)
+{
+	uint64_t sum = 0;
+
+	for (size_t i = 0; i < h->n; i++) {
+		const struct host_obj *x = &h->v[i];
+		uint64_t b = host_bytes_of(fs, x->id);
+		if (x->k >= x->nlive)
+			sum += b;
+		else
+			sum += (uint64_t)((unsigned __int128)b * x->k / x->nlive);
+	}
+	return sum;
+}
+
+/* du: the store objects PATH's blocks (the keys of local) live in, with
+ * how many of their blocks PATH references.  fs->lock held. */
+static int du_host_objs(struct fs *fs, const struct refcount *local,
+			struct host_objs *h)
+{
+	struct refcount per;	/* (obj, 0) -> blocks in PATH, plus 1 */
+	size_t it = 0;
+	uint64_t obj, pblk;
+	uint32_t v;
+	int rc = 0;
+
+	refcount_init(&per);
+	while (!rc && refcount_next(local, &it, &obj, &pblk, &v)) {
+		struct object *o = obj_get(fs, obj);
+		if (!o || o->opath)	/* origins are host files, not the store's */
+			continue;
+		rc = refcount_set(&per, obj, 0, refcount_get(&per, obj, 0) + 1);
+	}
+	it = 0;
+	while (!rc && refcount_next(&per, &it, &obj, &pblk, &v)) {
+		struct object *o = obj_get(fs, obj);
+		rc = host_add(h, obj, v - 1, o ? o->nlive : 0);
+	}
+	refcount_release(&per);
+	return rc;
+}
+
 int fs_du(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	  struct fs_usage *u)
 {
 	struct du_ctx dc = { .fs = fs, .c = c, .u = u };
+	struct host_objs h = { 0 };
 	struct inode *in;
 	size_t it = 0;
 	uint64_t obj, pblk;
@@ -596,11 +696,15 @@ int fs_du(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 		else
 			u->exclusive += bytes;
 	}
+	rc = du_host_objs(fs, &dc.local, &h);
 out:
 	lock_drop(fs, LOCK_FS);
 	refcount_release(&dc.local);
 	refcount_release(&dc.seen);
 	refcount_release(&dc.tails);
+	if (!rc)
+		u->host = host_share(fs, &h);
+	free(h.v);
 	if (rc)
 		memset(u, 0, sizeof(*u));
 	return rc;
@@ -611,6 +715,7 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 	struct inode *in;
 	struct object *o;
 	struct stat st;
+	struct host_objs h = { 0 };
 	size_t it = 0;
 	uint64_t obj, pblk;
 	uint32_t v;
@@ -640,6 +745,8 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 		}
 		u->objects++;
 		u->exclusive += o->nlive * fs->block_size;
+		if (!err)
+			err = host_add(&h, o->id, 0, 0);
 	}
 	while (refcount_next(&fs->rc, &it, &obj, &pblk, &v))
 		u->shared += block_bytes(fs, &tails, obj, pblk);
@@ -651,6 +758,10 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 	}
 	lock_drop(fs, LOCK_FS);
 	refcount_release(&tails);
+	/* every object file, retired ones not yet unlinked included */
+	for (size_t i = 0; !err && i < h.n; i++)
+		u->host += host_bytes_of(fs, h.v[i].id);
+	free(h.v);
 	if (err)
 		return err;
 	if (fstatat(fs->store.dirfd, STORE_META, &st, 0) == 0)

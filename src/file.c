@@ -302,24 +302,24 @@ static int map_to_wobj(struct fs *fs, struct inode *in, uint64_t first,
 	return 0;
 }
 
-static int pread_all(int fd, void *buf, size_t len, off_t pos)
+/* Read up to len bytes; fewer only at the end of the file.  Returns the
+ * count read or -errno. */
+static ssize_t pread_all(int fd, void *buf, size_t len, off_t pos)
 {
 	char *p = buf;
-	while (len) {
-		ssize_t n = pread(fd, p, len, pos);
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, p + done, len - done, pos + (off_t)done);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
 			return -errno;
-		if (n == 0) {	/* past the object's end: zeros */
-			memset(p, 0, len);
-			return 0;
-		}
-		p += n;
-		len -= (size_t)n;
-		pos += n;
+		if (n == 0)
+			break;
+		done += (size_t)n;
 	}
-	return 0;
+	return (ssize_t)done;
 }
 
 static int pwrite_all(int fd, const void *buf, size_t len, off_t pos)
@@ -338,16 +338,29 @@ static int pwrite_all(int fd, const void *buf, size_t len, off_t pos)
 	return 0;
 }
 
-/* Copy bytes [from, to) of a block from src position to dst position. */
-static int copy_bytes(int sfd, off_t spos, int dfd, off_t dpos, size_t len)
+/*
+ * Copy len bytes from src position to dst position.  Past the source's
+ * end the bytes are zeros: written when the destination may hold older
+ * bytes there, left alone when it is a fresh hole (to_hole), which reads
+ * zeros and so costs no host space.
+ */
+static int copy_bytes(int sfd, off_t spos, int dfd, off_t dpos, size_t len,
+		      bool to_hole)
 {
 	char buf[65536];
 	while (len) {
 		size_t n = len < sizeof(buf) ? len : sizeof(buf);
-		int rc = pread_all(sfd, buf, n, spos);
-		if (!rc)
-			rc = pwrite_all(dfd, buf, n, dpos);
-		if (rc)
+		ssize_t got = pread_all(sfd, buf, n, spos);
+		int rc;
+		if (got < 0)
+			return (int)got;
+		if ((size_t)got < n && to_hole)
+			n = (size_t)got;
+		else if ((size_t)got < n)
+			memset(buf + got, 0, n - (size_t)got);
+		if (n == 0)
+			return 0;
+		if ((rc = pwrite_all(dfd, buf, n, dpos)))
 			return rc;
 		len -= n;
 		spos += (off_t)n;
@@ -366,15 +379,24 @@ struct cow_plan {
 	bool ready;		/* obj_hold() said no obj_ready() is needed */
 	uint64_t spblk;
 	uint32_t keep_lo_end;	/* copy [0, keep_lo_end) */
-	uint32_t keep_hi_start;	/* copy [keep_hi_start, B) */
+	uint32_t keep_hi_start;	/* copy [keep_hi_start, keep_hi_end) */
+	uint32_t keep_hi_end;
 };
 
-/* Plan a partial-block copy-on-write of lblk where [lo, hi) (block-relative)
- * will be overwritten; the source object is pinned (obj_hold).  fs->lock
- * held.  Returns 1 if planned, 0 if nothing to copy, -1 (*rc) on error. */
+/*
+ * Plan a partial-block copy-on-write of lblk where [lo, hi) (block-relative)
+ * will be overwritten; the source object is pinned (obj_hold).  Only bytes
+ * below size (the file's size before the write) are kept: the rest of the
+ * fresh slot stays a hole, which reads zeros and takes no host space, so
+ * the last block of a file costs its bytes, not B.  fs->lock held.
+ * Returns 1 if planned, 0 if nothing to copy, -1 (*rc) on error.
+ */
 static int plan_cow(struct fs *fs, struct inode *in, uint64_t lblk,
-		    uint32_t lo, uint32_t hi, struct cow_plan *p, int *rc)
+		    uint32_t lo, uint32_t hi, uint64_t size, struct cow_plan *p,
+		    int *rc)
 {
+	uint64_t base = lblk << fs->block_shift;
+	uint32_t avail;
 	struct extent e;
 
 	if (!extmap_lookup(&in->map, lblk, &e))
@@ -383,6 +405,14 @@ static int plan_cow(struct fs *fs, struct inode *in, uint64_t lblk,
 		return 0;	/* in place */
 	if (lo == 0 && hi == fs->block_size)
 		return 0;	/* fully overwritten */
+	avail = size <= base ? 0 : size - base >= fs->block_size ?
+		(uint32_t)fs->block_size : (uint32_t)(size - base);
+	if (lo > avail)
+		lo = avail;	/* [avail, lo) is past EOF: zeros */
+	if (hi > avail)
+		hi = avail;
+	if (lo == 0 && hi == avail)
+		return 0;	/* nothing below EOF is kept */
 	p->src = obj_get(fs, e.obj);
 	if (!p->src) {
 		*rc = -EIO;
@@ -394,10 +424,12 @@ static int plan_cow(struct fs *fs, struct inode *in, uint64_t lblk,
 	p->spblk = e.pblk;
 	p->keep_lo_end = lo;
 	p->keep_hi_start = hi;
+	p->keep_hi_end = avail;
 	return 1;
 }
 
-/* Without fs->lock. */
+/* Without fs->lock.  The destination slot is a fresh hole (invariant 2):
+ * what is not copied reads zeros. */
 static int run_cow(struct fs *fs, struct cow_plan *p, int dfd)
 {
 	off_t s = (off_t)(p->spblk << fs->block_shift);
@@ -407,11 +439,11 @@ static int run_cow(struct fs *fs, struct cow_plan *p, int dfd)
 	if (!p->ready && (p->sfd = obj_ready(fs, p->src)) < 0)
 		return p->sfd;
 	if (p->keep_lo_end)
-		rc = copy_bytes(p->sfd, s, dfd, d, p->keep_lo_end);
-	if (!rc && p->keep_hi_start < fs->block_size)
+		rc = copy_bytes(p->sfd, s, dfd, d, p->keep_lo_end, true);
+	if (!rc && p->keep_hi_start < p->keep_hi_end)
 		rc = copy_bytes(p->sfd, s + p->keep_hi_start, dfd,
 				d + p->keep_hi_start,
-				fs->block_size - p->keep_hi_start);
+				p->keep_hi_end - p->keep_hi_start, true);
 	return rc;
 }
 
@@ -452,13 +484,13 @@ ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
 		goto out_unlock;
 	uint32_t lo = (uint32_t)((uint64_t)off & (B - 1));
 	uint32_t hi = first == last ? lo + (uint32_t)len : (uint32_t)B;
-	int r = plan_cow(fs, in, first, lo, hi, &plan[nplan], &rc);
+	int r = plan_cow(fs, in, first, lo, hi, in->size, &plan[nplan], &rc);
 	if (r < 0)
 		goto out_unlock;
 	nplan += r;
 	if (last != first) {
 		hi = (uint32_t)(((uint64_t)off + len - 1) & (B - 1)) + 1;
-		r = plan_cow(fs, in, last, 0, hi, &plan[nplan], &rc);
+		r = plan_cow(fs, in, last, 0, hi, in->size, &plan[nplan], &rc);
 		if (r < 0)
 			goto out_unpin_plans;
 		nplan += r;
@@ -670,18 +702,39 @@ void fs_read_done(struct fs *fs, struct fs_seg *segs, int nseg)
 
 /* ---- truncate, zeroing, fallocate ---- */
 
+/*
+ * Make [pos, pos+len) of an object read zeros: punch what the object
+ * holds there (the host frees the whole pages) and extend the object to
+ * cover the range, which past its end reads zeros and takes no space.
+ * Zeros are written only where the host cannot punch.
+ */
 static ssize_t fill_zero(void *ctx, int fd, off_t pos, size_t len)
 {
 	static const char zeros[65536];
-	size_t done = 0;
+	off_t end = pos + (off_t)len;
+	struct stat st;
 	(void)ctx;
-	while (done < len) {
-		size_t n = len - done < sizeof(zeros) ? len - done : sizeof(zeros);
-		int rc = pwrite_all(fd, zeros, n, pos + (off_t)done);
-		if (rc)
-			return rc;
-		done += n;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (pos < st.st_size) {
+		off_t n = (end < st.st_size ? end : st.st_size) - pos;
+		if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      pos, n) < 0) {
+			if (errno != EOPNOTSUPP)
+				return -errno;
+			for (off_t done = 0; done < n;) {
+				size_t k = n - done < (off_t)sizeof(zeros) ?
+					   (size_t)(n - done) : sizeof(zeros);
+				int rc = pwrite_all(fd, zeros, k, pos + done);
+				if (rc)
+					return rc;
+				done += (off_t)k;
+			}
+		}
 	}
+	if (end > st.st_size && ftruncate(fd, end) < 0)
+		return -errno;
 	return (ssize_t)len;
 }
 
@@ -738,9 +791,13 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 	if (size < in->size) {
 		uint64_t B = fs->block_size;
 		uint64_t keep = (size + B - 1) >> fs->block_shift;
+		uint64_t base = size & ~(B - 1);
+		/* zeros up to the old EOF only: past it nothing is read, and
+		 * zero_gap() zeros it again whenever the file grows */
+		uint64_t to = in->size - base < B ? in->size - base : B;
 		if (size & (B - 1))
 			rc = zero_partial(fs, in, size >> fs->block_shift,
-					  (uint32_t)(size & (B - 1)), (uint32_t)B);
+					  (uint32_t)(size & (B - 1)), (uint32_t)to);
 		if (!rc)
 			rc = punch_and_log(fs, in, keep, UINT64_MAX - keep);
 	}
@@ -967,7 +1024,8 @@ static ssize_t fill_from_segs(void *ctx, int fd, off_t pos, size_t len)
 		if (s->fd < 0)
 			rc = (int)fill_zero(NULL, fd, pos + (off_t)done, s->len);
 		else
-			rc = copy_bytes(s->fd, s->pos, fd, pos + (off_t)done, s->len);
+			rc = copy_bytes(s->fd, s->pos, fd, pos + (off_t)done,
+					s->len, false);
 		if (rc < 0)
 			return rc;
 		done += s->len;

@@ -648,6 +648,7 @@ static void usage_to_ioc(const struct fs_usage *u, struct cowfs_ioc_usage *o)
 	o->block_size = u->block_size;
 	o->objects = u->objects;
 	o->origin = u->origin;
+	o->host = u->host;
 }
 
 /* Is the string field s of n bytes NUL-terminated inside it? */

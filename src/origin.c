@@ -964,11 +964,25 @@ struct copy_src {
 	off_t pos;
 };
 
+static bool page_is_zero(const char *p, size_t n)
+{
+	return n == 0 || (p[0] == 0 && !memcmp(p, p + 1, n - 1));
+}
+
+/*
+ * Copy origin bytes into the write object.  Every block detach writes is
+ * mapped to the origin, so its slot is a fresh hole (invariant 2): a 4 KiB
+ * page of zeros (a hole of a sparse origin file, most often) is skipped
+ * rather than written, and the object is extended to cover the range, as
+ * cp(1) keeps a sparse file sparse.
+ */
 static ssize_t fill_copy(void *ctx, int fd, off_t pos, size_t len)
 {
 	struct copy_src *s = ctx;
 	char buf[65536];
 	size_t done = 0;
+	bool skipped = false;
+	struct stat st;
 
 	while (done < len) {
 		size_t n = len - done < sizeof(buf) ? len - done : sizeof(buf);
@@ -977,10 +991,31 @@ static ssize_t fill_copy(void *ctx, int fd, off_t pos, size_t len)
 			return -errno;
 		if (got < (ssize_t)n)
 			memset(buf + got, 0, n - (size_t)got);
-		ssize_t put = pwrite(fd, buf, n, pos + (off_t)done);
-		if (put < 0)
+		for (size_t i = 0; i < n;) {
+			/* pages of the file (and of the object: same offsets) */
+			off_t at = pos + (off_t)(done + i);
+			size_t k = 4096 - (size_t)(at & 4095);
+			if (k > n - i)
+				k = n - i;
+			if (page_is_zero(buf + i, k)) {
+				skipped = true;
+			} else {
+				ssize_t put = pwrite(fd, buf + i, k, at);
+				if (put < 0)
+					return -errno;
+				if (put != (ssize_t)k)	/* a regular file: full */
+					return -ENOSPC;
+			}
+			i += k;
+		}
+		done += n;
+	}
+	if (skipped) {
+		off_t end = pos + (off_t)len;
+		if (fstat(fd, &st) < 0)
 			return -errno;
-		done += (size_t)put;
+		if (st.st_size < end && ftruncate(fd, end) < 0)
+			return -errno;
 	}
 	return (ssize_t)done;
 }

@@ -52,8 +52,6 @@ int fs_status(struct fs *fs, struct cowfs_ioc_status *out)
 	struct timespec now;
 	struct inode *in;
 	struct object *o;
-	uint64_t *ids = NULL;
-	size_t nids = 0, cap = 0;
 	char *origin = NULL;
 	struct stat st;
 	int rc;
@@ -84,46 +82,20 @@ int fs_status(struct fs *fs, struct cowfs_ioc_status *out)
 		free(origin);
 	}
 
+	out->objects = u.objects;
+	out->host_bytes = u.host;	/* statted by fs_df() outside the lock */
 	lock_take(fs, LOCK_FS);
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
 		out->inodes++;
 		if (S_ISREG(in->mode) && file_shares(fs, in))
 			out->shared_files++;
 	}
-	RB_FOREACH(o, object_tree, &fs->objects) {
-		if (o->opath) {
+	RB_FOREACH(o, object_tree, &fs->objects)
+		if (o->opath)
 			out->origin_files++;
-			continue;
-		}
-		if (nids == cap) {
-			size_t ncap = cap ? cap * 2 : 256;
-			uint64_t *n = realloc(ids, ncap * sizeof(*ids));
-			if (!n) {
-				rc = -ENOMEM;
-				break;
-			}
-			ids = n;
-			cap = ncap;
-		}
-		ids[nids++] = o->id;
-	}
 	lock_drop(fs, LOCK_FS);
-	if (rc)
-		goto out;
 
-	/* the host's view, outside the lock: an object may go meanwhile */
-	for (size_t i = 0; i < nids; i++) {
-		char name[40];
-		snprintf(name, sizeof(name), "%02x/%016" PRIx64,
-			 (unsigned)(ids[i] & 0xff), ids[i]);
-		if (fstatat(fs->store.objfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-			out->objects++;
-			out->host_bytes += (uint64_t)st.st_blocks * 512;
-		}
-	}
 	if (fstatat(fs->store.dirfd, STORE_META, &st, 0) == 0)
 		out->meta_bytes = (uint64_t)st.st_size;
-out:
-	free(ids);
-	return rc;
+	return 0;
 }

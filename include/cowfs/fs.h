@@ -186,6 +186,8 @@ struct fs_usage {
 	uint64_t block_size;
 	uint64_t objects;	/* df: object files */
 	uint64_t origin;	/* df: bytes read in place from host origins */
+	uint64_t host;		/* host bytes of store objects (st_blocks):
+				 * df all, du the share of PATH's blocks */
 };
 /* du of ino: a directory needs search permission on it and its
  * ancestors, and read and search on every directory under it. */

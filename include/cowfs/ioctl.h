@@ -44,7 +44,10 @@ struct cowfs_ioc_usage {
 	uint64_t block_size;	/* out */
 	uint64_t objects;	/* out: object files (df) */
 	uint64_t origin;	/* out: bytes read in place from origins (df) */
-	uint64_t reserved[24];
+	uint64_t host;		/* out: bytes the store's object files take
+				 * on the host (st_blocks * 512): all of
+				 * them (df), PATH's blocks' share (du) */
+	uint64_t reserved[23];
 };
 
 /* Clone by reference: issued on the destination's parent directory. */
