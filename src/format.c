@@ -531,7 +531,8 @@ enum {
 
 enum { T_A, T_M, T_C, T_B };	/* pack_state.sec[] */
 
-static uint64_t zz(uint64_t d)		/* d: a wrapped signed difference */
+/* Zigzag of d, a signed difference computed with wrap-around. */
+static uint64_t zz(uint64_t d)
 {
 	return (d << 1) ^ (0 - (d >> 63));
 }
@@ -693,8 +694,11 @@ static void pack_inode(unsigned char **p, struct pack_state *st,
 {
 	const int64_t sec[4] = { r->u.inode.atime_sec, r->u.inode.mtime_sec,
 				 r->u.inode.ctime_sec, r->u.inode.btime_sec };
-	const uint32_t nsec[4] = { r->u.inode.atime_nsec, r->u.inode.mtime_nsec,
-				   r->u.inode.ctime_nsec, r->u.inode.btime_nsec };
+	const uint32_t nsec[4] = {
+		r->u.inode.atime_nsec, r->u.inode.mtime_nsec,
+		r->u.inode.ctime_nsec, r->u.inode.btime_nsec
+	};
+	static const unsigned bit[4] = { PI_ATIME, 0, PI_CTIME, PI_BTIME };
 	unsigned m = 0;
 
 	m |= r->u.inode.size ? PI_SIZE : 0;
@@ -717,7 +721,6 @@ static void pack_inode(unsigned char **p, struct pack_state *st,
 	st->ino = r->u.inode.ino;
 	put_time(p, sec[T_M], nsec[T_M], st->sec[T_M], st->nsec[T_M]);
 	for (int t = 0; t < 4; t++) {
-		static const unsigned bit[4] = { PI_ATIME, 0, PI_CTIME, PI_BTIME };
 		if (m & bit[t])
 			put_time(p, sec[t], nsec[t], st->sec[t], st->nsec[t]);
 		st->sec[t] = sec[t];
@@ -789,12 +792,14 @@ static void pack_ext(unsigned char **p, struct pack_state *st,
 	st->e_pend = r->u.ext.pblk + r->u.ext.len;
 }
 
+/* The tag: the type, and in the high nibble the header flags (15: a
+ * varint with the flags follows). */
 static void pack_one(unsigned char **p, struct pack_state *st,
 		     const struct rec *r)
 {
-	/* tag: the type, and in the high nibble the header flags (15: a
-	 * varint with the flags follows) */
-	*(*p)++ = (unsigned char)(r->type | (r->flags < 15 ? r->flags : 15) << 4);
+	unsigned f = r->flags < 15 ? r->flags : 15;
+
+	*(*p)++ = (unsigned char)(r->type | f << 4);
 	if (r->flags >= 15)
 		putv(p, r->flags);
 	switch (r->type) {
@@ -832,7 +837,8 @@ static void pack_one(unsigned char **p, struct pack_state *st,
 		putv(p, r->u.origin.dev);
 		putv(p, r->u.origin.ino);
 		putv(p, r->u.origin.size);
-		putv(p, zz((uint64_t)r->u.origin.mtime_ns - (uint64_t)st->o_mtime));
+		putv(p, zz((uint64_t)r->u.origin.mtime_ns -
+			   (uint64_t)st->o_mtime));
 		putv(p, zz((uint64_t)r->u.origin.ctime_ns -
 			   (uint64_t)r->u.origin.mtime_ns));
 		st->o_obj = r->u.origin.obj;

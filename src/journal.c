@@ -767,7 +767,7 @@ static const char *check_rec(struct fs *fs, const struct rec *r,
 			     uint64_t *blocks)
 {
 	switch (r->type) {
-	case REC_PACK:		/* only the checkpoint's top level has packs */
+	case REC_PACK:		/* only at the checkpoint's top level */
 		return "a packed record outside the checkpoint";
 	case REC_SUPER:
 		if (r->u.super.next_obj == 0)
@@ -964,9 +964,9 @@ static int load_pack(struct fs *fs, const struct journal_load_ops *ops,
 		if (k == 0)
 			return 0;
 		if (k < 0) {
-			snprintf(err, errlen, "'%s/%s': corrupt checkpoint record "
-				 "at offset %zu: a packed sub-record that does "
-				 "not decode", fs->store.path, STORE_META, at);
+			snprintf(err, errlen, "'%s/%s': corrupt checkpoint "
+				 "record at offset %zu: a packed sub-record that "
+				 "does not decode", fs->store.path, STORE_META, at);
 			return -EUCLEAN;
 		}
 		if ((rc = load_ckpt_rec(fs, ops, &r, at, blocks, err, errlen)))
@@ -1039,7 +1039,8 @@ int journal_load(struct fs *fs, const struct journal_load_ops *ops,
 	while (off < end) {
 		long n = format_decode(p + off, end - off, &r);
 		if (n > 0 && r.type == REC_PACK)
-			rc = load_pack(fs, ops, &r, &h, off, &blocks, err, errlen);
+			rc = load_pack(fs, ops, &r, &h, off, &blocks, err,
+				       errlen);
 		else
 			rc = load_ckpt_rec(fs, ops, n > 0 ? &r : NULL, off,
 					   &blocks, err, errlen);
