@@ -5,7 +5,8 @@
  * The metadata file is a header, a checkpoint (a run of records whose
  * length and checksum are in the header) and a journal (records appended
  * after the checkpoint, committed in batches that end in a COMMIT record).
- * All integers are little-endian and fixed-width.
+ * All integers are little-endian and fixed-width, except inside the
+ * checkpoint's packed records (REC_PACK), which hold varints.
  */
 #ifndef COWFS_FORMAT_H
 #define COWFS_FORMAT_H
