@@ -435,25 +435,59 @@ struct img {
 	unsigned char *buf;
 	size_t len, cap;
 	int err;
+	int packing;		/* pw is filling a pack at buf + len */
+	struct pack_writer pw;
 };
 
+/* Room for one more record of any size at im->len. */
+static int img_reserve(struct img *im)
+{
+	if (im->len + COWFS_REC_MAX <= im->cap)
+		return 0;
+	size_t cap = im->cap ? im->cap * 2 : (1u << 20);
+	while (cap < im->len + COWFS_REC_MAX)
+		cap *= 2;
+	unsigned char *b = realloc(im->buf, cap);
+	if (!b)
+		return im->err = -ENOMEM;
+	im->buf = b;
+	im->cap = cap;
+	return 0;
+}
+
+/* Close the pack being filled. */
+static void img_seal(struct img *im)
+{
+	if (im->packing)
+		im->len += format_pack_finish(&im->pw);
+	im->packing = 0;
+}
+
+/*
+ * Records go into packs (REC_PACK, docs/format.md): a pack grows in place
+ * at the end of the image, which has room for the largest record when
+ * the pack starts.  A record that cannot be packed goes plain between
+ * two packs.
+ */
 static void img_add(struct img *im, const struct rec *r)
 {
-	if (im->err)
-		return;
-	if (im->len + COWFS_REC_MAX > im->cap) {
-		size_t cap = im->cap ? im->cap * 2 : (1u << 20);
-		while (cap < im->len + COWFS_REC_MAX)
-			cap *= 2;
-		unsigned char *b = realloc(im->buf, cap);
-		if (!b) {
-			im->err = -ENOMEM;
+	while (!im->err) {
+		if (!im->packing) {
+			if (img_reserve(im))
+				return;
+			format_pack_start(&im->pw, im->buf + im->len);
+			im->packing = 1;
+		}
+		int rc = format_pack_add(&im->pw, r);
+		if (rc > 0)
+			return;
+		img_seal(im);
+		if (rc < 0) {
+			if (!img_reserve(im))
+				im->len += format_encode(r, im->buf + im->len);
 			return;
 		}
-		im->buf = b;
-		im->cap = cap;
 	}
-	im->len += format_encode(r, im->buf + im->len);
 }
 
 /* fs->lock held.  Encodes the whole state, header first.  Caller owns
@@ -528,11 +562,13 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 		r.u.refcnt.count = count;
 		img_add(&im, &r);
 	}
+	img_seal(&im);
 	if (im.err) {
 		free(im.buf);
 		return im.err;
 	}
 	format_header_init(&h, fs->block_shift);
+	h.incompat |= COWFS_INCOMPAT_PACKED;
 	h.generation = fs->generation + 1;
 	h.flags = fs->mounted ? COWFS_HDR_MOUNTED : 0;
 	format_header_encode(&h, im.buf + COWFS_HDR_SIZE, im.len - COWFS_HDR_SIZE,
@@ -731,6 +767,8 @@ static const char *check_rec(struct fs *fs, const struct rec *r,
 			     uint64_t *blocks)
 {
 	switch (r->type) {
+	case REC_PACK:		/* only at the checkpoint's top level */
+		return "a packed record outside the checkpoint";
 	case REC_SUPER:
 		if (r->u.super.next_obj == 0)
 			return "bad object counter";
@@ -876,6 +914,67 @@ out:
 }
 
 /*
+ * Check and apply one checkpoint record, r (NULL: it did not decode), at
+ * byte off of the file.  0, or -EUCLEAN with a message.
+ */
+static int load_ckpt_rec(struct fs *fs, const struct journal_load_ops *ops,
+			 const struct rec *r, size_t off, uint64_t *blocks,
+			 char *err, size_t errlen)
+{
+	const char *msg = NULL;
+
+	if (!r || (r->type == REC_EXT_SET && !(r->flags & EXT_NOREF)) ||
+	    r->type == REC_COMMIT || r->type == REC_CLONE ||
+	    (msg = check_rec(fs, r, blocks))) {
+		snprintf(err, errlen, "'%s/%s': corrupt checkpoint record at "
+			 "offset %zu%s%s", fs->store.path, STORE_META, off,
+			 msg ? ": " : "", msg ? msg : "");
+		return -EUCLEAN;
+	}
+	if (ops->apply(fs, r)) {
+		snprintf(err, errlen, "'%s/%s': inconsistent checkpoint record "
+			 "at offset %zu (type %u)", fs->store.path,
+			 STORE_META, off, r->type);
+		return -EUCLEAN;
+	}
+	return 0;
+}
+
+/* The sub-records of a REC_PACK at byte off, one by one as if each were
+ * a record of its own at its own offset. */
+static int load_pack(struct fs *fs, const struct journal_load_ops *ops,
+		     const struct rec *pack, const struct disk_header *h,
+		     size_t off, uint64_t *blocks, char *err, size_t errlen)
+{
+	struct pack_reader rd;
+	struct rec r;
+	int rc;
+
+	if (!(h->incompat & COWFS_INCOMPAT_PACKED)) {
+		snprintf(err, errlen, "'%s/%s': corrupt checkpoint record at "
+			 "offset %zu: a packed record, but the header does not "
+			 "say the checkpoint is packed", fs->store.path,
+			 STORE_META, off);
+		return -EUCLEAN;
+	}
+	format_pack_open(&rd, pack);
+	for (;;) {
+		size_t at = off + COWFS_REC_HDR_SIZE + format_pack_offset(&rd);
+		int k = format_pack_next(&rd, &r);
+		if (k == 0)
+			return 0;
+		if (k < 0) {
+			snprintf(err, errlen, "'%s/%s': corrupt checkpoint "
+				 "record at offset %zu: a packed sub-record that "
+				 "does not decode", fs->store.path, STORE_META, at);
+			return -EUCLEAN;
+		}
+		if ((rc = load_ckpt_rec(fs, ops, &r, at, blocks, err, errlen)))
+			return rc;
+	}
+}
+
+/*
  * Load the checkpoint and replay the journal.  Returns 1 when the last
  * stop was unclean (the mount mark was set, or the journal held records),
  * 0 when clean, or -errno with a message in err.
@@ -939,22 +1038,14 @@ int journal_load(struct fs *fs, const struct journal_load_ops *ops,
 	uint64_t blocks = h.ckpt_len;
 	while (off < end) {
 		long n = format_decode(p + off, end - off, &r);
-		if (n <= 0 || (r.type == REC_EXT_SET && !(r.flags & EXT_NOREF)) ||
-		    r.type == REC_COMMIT || r.type == REC_CLONE ||
-		    (msg = check_rec(fs, &r, &blocks))) {
-			snprintf(err, errlen, "'%s/%s': corrupt checkpoint record at "
-				 "offset %zu%s%s", fs->store.path, STORE_META, off,
-				 n > 0 && msg ? ": " : "", n > 0 && msg ? msg : "");
-			rc = -EUCLEAN;
+		if (n > 0 && r.type == REC_PACK)
+			rc = load_pack(fs, ops, &r, &h, off, &blocks, err,
+				       errlen);
+		else
+			rc = load_ckpt_rec(fs, ops, n > 0 ? &r : NULL, off,
+					   &blocks, err, errlen);
+		if (rc)
 			goto out;
-		}
-		if ((rc = ops->apply(fs, &r))) {
-			snprintf(err, errlen, "'%s/%s': inconsistent checkpoint record "
-				 "at offset %zu (type %u)", fs->store.path,
-				 STORE_META, off, r.type);
-			rc = -EUCLEAN;
-			goto out;
-		}
 		off += (size_t)n;
 	}
 	struct inode *root = inode_get(fs, FS_ROOT_INO);

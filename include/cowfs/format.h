@@ -5,7 +5,8 @@
  * The metadata file is a header, a checkpoint (a run of records whose
  * length and checksum are in the header) and a journal (records appended
  * after the checkpoint, committed in batches that end in a COMMIT record).
- * All integers are little-endian and fixed-width.
+ * All integers are little-endian and fixed-width, except inside the
+ * checkpoint's packed records (REC_PACK), which hold varints.
  */
 #ifndef COWFS_FORMAT_H
 #define COWFS_FORMAT_H
@@ -21,9 +22,12 @@
 #define COWFS_XATTR_MAX    65536u
 #define COWFS_REC_MAX      (COWFS_REC_HDR_SIZE + 64u + 2u * COWFS_XATTR_MAX)
 
-/* Feature bits: none defined yet.  An unknown incompat bit refuses the
- * mount; unknown compat bits are ignored. */
-#define COWFS_INCOMPAT_KNOWN 0u
+/* Feature bits.  An unknown incompat bit refuses the mount; unknown
+ * compat bits are ignored.  COWFS_INCOMPAT_PACKED: the checkpoint holds
+ * REC_PACK records (a cowfs that predates them says "metadata uses unknown
+ * incompatible features" instead of misreading them). */
+#define COWFS_INCOMPAT_PACKED 1u
+#define COWFS_INCOMPAT_KNOWN  COWFS_INCOMPAT_PACKED
 
 /* Header state flags (disk_header.flags).  HDR_MOUNTED is set, durably,
  * before a read-write mount changes anything, and cleared only by the
@@ -63,6 +67,7 @@ enum rec_type {
 	REC_COMMIT = 11,	/* journal only: end of an atomic batch */
 	REC_CLONE = 12,		/* a whole clone, replayed deterministically */
 	REC_ORIGIN = 13,	/* an origin file's identity */
+	REC_PACK = 14,		/* checkpoint only: packed sub-records */
 };
 
 /* REC_EXT_SET flags */
@@ -132,6 +137,62 @@ size_t format_encode(const struct rec *r, void *buf);
  * record checksums fine but makes no sense (corruption).
  */
 long format_decode(const void *buf, size_t avail, struct rec *r);
+
+/*
+ * Packed records (REC_PACK): one checksummed record whose payload is a run
+ * of sub-records in a compact varint encoding, each coded as a delta
+ * against the sub-records before it in the same pack (docs/format.md,
+ * "Packed records").  A sub-record decodes into the same struct rec as
+ * the record of its type.  Only the checkpoint types are packed: SUPER,
+ * INODE, DIRENT_ADD, EXT_SET, XATTR_SET, REFCNT, ORIGIN.
+ */
+#define COWFS_PACK_TARGET (64u << 10)	/* the writer seals a pack here */
+
+/* What a pack's earlier sub-records leave for the next one.  All zero at
+ * the start of a pack: a pack decodes without the packs before it. */
+struct pack_state {
+	uint64_t ino, parent;			/* INODE */
+	uint32_t mode, uid, gid, nlink, iflags;
+	int64_t sec[4];				/* a, m, c, btime */
+	uint32_t nsec[4];
+	uint64_t d_parent, d_ino, d_cookie;	/* DIRENT_ADD */
+	uint32_t name_len;
+	uint64_t e_ino, e_lend, e_obj, e_pend;	/* EXT_SET */
+	uint64_t r_obj, r_pend;			/* REFCNT */
+	uint64_t o_obj;				/* ORIGIN */
+	int64_t o_mtime;
+	char name[COWFS_NAME_MAX];		/* the last entry name */
+};
+
+struct pack_writer {
+	unsigned char *rec;	/* the REC_PACK record being filled */
+	size_t len;		/* payload bytes so far */
+	struct pack_state st;
+};
+
+struct pack_reader {
+	const unsigned char *start, *p, *end;	/* the pack's payload */
+	struct pack_state st;
+};
+
+/* Start a pack at buf, which has room for COWFS_REC_MAX bytes. */
+void format_pack_start(struct pack_writer *w, void *buf);
+/* Append r: 1 done, 0 the pack is full (finish it, start another and
+ * add r there), -1 r cannot be packed (its type, or a name or data
+ * beyond the packed limits): encode it as a plain record. */
+int format_pack_add(struct pack_writer *w, const struct rec *r);
+/* Seal the pack (header, checksum); returns its length, 0 if empty. */
+size_t format_pack_finish(struct pack_writer *w);
+
+/* Read the sub-records of pack, a REC_PACK that format_decode() returned
+ * (its data is the payload). */
+void format_pack_open(struct pack_reader *rd, const struct rec *pack);
+/* The next sub-record into r: 1, 0 at the end, -1 when it does not
+ * decode (corruption).  r's name may point into rd: valid until the next
+ * call. */
+int format_pack_next(struct pack_reader *rd, struct rec *r);
+/* Offset of the next sub-record in the pack's payload. */
+size_t format_pack_offset(const struct pack_reader *rd);
 
 void format_header_init(struct disk_header *h, unsigned block_shift);
 /* Fill ckpt_len/ckpt_csum from the checkpoint bytes and write the 64-byte

@@ -4,7 +4,8 @@
  * the parser, to:
  *
  *  1. the decoder: format_header_decode(), then format_decode() over
- *     every offset of the rest, and format_scan_journal();
+ *     every offset of the rest (and format_pack_next() over the
+ *     sub-records of every REC_PACK found), and format_scan_journal();
  *  2. the loader and replay, read-only, and fsck's checks: fs_fsck()
  *     on a store whose cowfs.meta is the input;
  *  3. a read-write open and clean close (recovery, retiring, the final
@@ -94,7 +95,15 @@ static void put_meta(const uint8_t *data, size_t size)
 
 #define FUZZ_MAX_BLOCKS ((uint64_t)1 << 22)
 
-/* Returns the blocks that the records at record boundaries map. */
+static uint64_t rec_blocks(const struct rec *r)
+{
+	uint64_t len = r->type == REC_EXT_SET ? r->u.ext.len :
+		       r->type == REC_REFCNT ? r->u.refcnt.len : 0;
+	return len > FUZZ_MAX_BLOCKS ? FUZZ_MAX_BLOCKS + 1 : len;
+}
+
+/* Returns the blocks that the records at record boundaries map (packed
+ * sub-records included). */
 static uint64_t decode_all(const uint8_t *data, size_t size)
 {
 	struct disk_header h;
@@ -109,14 +118,20 @@ static uint64_t decode_all(const uint8_t *data, size_t size)
 		long n = format_decode(data + off, size - off, &r);
 		if (n > 0 && (size_t)n > size - off)
 			abort();	/* a record longer than the bytes */
-		if (n > 0 && r.type == REC_EXT_SET)
-			blocks += r.u.ext.len > FUZZ_MAX_BLOCKS ?
-				  FUZZ_MAX_BLOCKS + 1 : r.u.ext.len;
+		if (n > 0 && r.type == REC_PACK) {
+			struct pack_reader rd;
+			struct rec s;
+			format_pack_open(&rd, &r);
+			while (format_pack_next(&rd, &s) == 1) {
+				if (format_pack_offset(&rd) > r.data_len)
+					abort();	/* read past the pack */
+				blocks += rec_blocks(&s);
+			}
+		} else if (n > 0) {
+			blocks += rec_blocks(&r);
+		}
 		if (n > 0 && r.type == REC_CLONE)
 			clones++;
-		if (n > 0 && r.type == REC_REFCNT)
-			blocks += r.u.refcnt.len > FUZZ_MAX_BLOCKS ?
-				  FUZZ_MAX_BLOCKS + 1 : r.u.refcnt.len;
 	}
 	(void)format_scan_journal(data, size, COWFS_HDR_SIZE, &js);
 	if (js.good > size || js.bad > size)

@@ -628,8 +628,16 @@ static void test_checksummed_garbage(void)
 		long n = format_decode(e, len, &d);
 		CHECKF(n == -1 || n == (long)len, "type %u len %zu: decode %ld",
 		       t, len, n);
-		if (!known)
+		if (!known && t != REC_PACK)
 			CHECKF(n == -1, "unknown type %u accepted", t);
+		/* a pack: any payload but an empty one, flags 0 */
+		if (t == REC_PACK)
+			CHECKF(n == (flags || len == COWFS_REC_HDR_SIZE ? -1 :
+				     (long)len), "pack len %zu flags %u: %ld",
+			       len, flags, n);
+		if (t == REC_PACK && n > 0)
+			CHECK(d.data == e + COWFS_REC_HDR_SIZE &&
+			      d.data_len == len - COWFS_REC_HDR_SIZE);
 		/* runs (extents, refcounts) must be non-empty and not wrap */
 		int bad_run = 0;
 		if (known && (t == REC_EXT_SET || t == REC_EXT_PUNCH ||
@@ -692,7 +700,7 @@ static void test_decode_refusals(void)
 	CHECK(format_decode(buf, len, &d) == -1);
 
 	for (unsigned t = 0; t < 40; t++) {
-		if (t >= REC_SUPER && t <= REC_ORIGIN)
+		if (t >= REC_SUPER && t <= REC_PACK)
 			continue;
 		memset(buf, 0, sizeof(buf));
 		len = COWFS_REC_HDR_SIZE + 24;
@@ -966,8 +974,15 @@ static void test_header(void)
 	msg = hdr_refused(&h);
 	CHECKF(strstr(msg, "version") != NULL, "message: %s", msg);
 
-	/* Every unknown incompat bit. */
+	/* Every unknown incompat bit; the known one (PACKED) is read. */
+	format_header_init(&h, 12);
+	h.incompat = COWFS_INCOMPAT_PACKED;
+	format_header_encode(&h, "x", 1, out);
+	CHECK(format_header_decode(out, &d) == NULL &&
+	      d.incompat == COWFS_INCOMPAT_PACKED);
 	for (int b = 0; b < 32; b++) {
+		if ((1u << b) & COWFS_INCOMPAT_KNOWN)
+			continue;
 		format_header_init(&h, 12);
 		h.incompat = 1u << b;
 		msg = hdr_refused(&h);
@@ -1031,6 +1046,700 @@ static void test_header(void)
 	printf("  header ok\n");
 }
 
+/* ---- packed records (REC_PACK) ---- */
+
+static const unsigned pack_types[] = { REC_SUPER, REC_INODE, REC_DIRENT_ADD,
+				       REC_EXT_SET, REC_XATTR_SET, REC_REFCNT,
+				       REC_ORIGIN };
+#define NPACK_TYPES (sizeof(pack_types) / sizeof(*pack_types))
+
+/* A record the pack decoder gave, with its name and data copied out. */
+struct held {
+	struct rec r;
+	unsigned char *name, *data;
+};
+
+static void hold(struct held *h, const struct rec *r)
+{
+	h->r = *r;
+	h->name = malloc(r->name_len + 1u);
+	h->data = malloc(r->data_len + 1u);
+	CHECK(h->name && h->data);
+	if (r->name_len)
+		memcpy(h->name, r->name, r->name_len);
+	if (r->data_len)
+		memcpy(h->data, r->data, r->data_len);
+	h->r.name = (const char *)h->name;
+	h->r.data = h->data;
+}
+
+static void unhold(struct held *h)
+{
+	free(h->name);
+	free(h->data);
+}
+
+/* Decode a whole pack record (exact buffer) and compare its sub-records
+ * with want[0..n). */
+static void pack_check(const unsigned char *rec, size_t len,
+		       const struct rec *want, size_t n)
+{
+	unsigned char *e = exact_copy(rec, len);
+	struct pack_reader rd;
+	struct rec p, d;
+
+	CHECK(len <= COWFS_REC_MAX);
+	CHECK(get_le(e, 4) == len && get_le(e + 4, 2) == REC_PACK &&
+	      get_le(e + 6, 2) == 0);
+	CHECK(get_le(e + 8, 8) == rec_csum(e, (uint32_t)len));
+	CHECK(format_decode(e, len, &p) == (long)len);
+	CHECK(p.type == REC_PACK);
+	format_pack_open(&rd, &p);
+	for (size_t i = 0; i < n; i++) {
+		memset(&d, 0xa5, sizeof(d));
+		int k = format_pack_next(&rd, &d);
+		CHECKF(k == 1, "sub-record %zu of %zu (type %u): %d", i, n,
+		       want[i].type, k);
+		check_same(&want[i], &d);
+	}
+	CHECK(format_pack_next(&rd, &d) == 0);
+	CHECK(format_pack_next(&rd, &d) == 0);
+	free(e);
+}
+
+/* Pack recs[0..n) into as many packs as it takes, check each; returns
+ * the bytes of all the packs. */
+static size_t pack_roundtrip(const struct rec *recs, size_t n)
+{
+	unsigned char *buf = malloc(COWFS_REC_MAX);
+	struct pack_writer w;
+	size_t total = 0, first = 0;
+
+	CHECK(buf != NULL);
+	format_pack_start(&w, buf);
+	for (size_t i = 0; i <= n; i++) {
+		int k = i < n ? format_pack_add(&w, &recs[i]) : 0;
+		if (k == 1)
+			continue;
+		CHECKF(k == 0, "record %zu (type %u) cannot be packed", i,
+		       recs[i].type);
+		size_t len = format_pack_finish(&w);
+		CHECK(len > 0 || i == first);
+		if (len) {
+			pack_check(buf, len, recs + first, i - first);
+			total += len;
+		}
+		if (i == n)
+			break;
+		first = i;
+		format_pack_start(&w, buf);
+		CHECK(format_pack_add(&w, &recs[i]) == 1);
+	}
+	free(buf);
+	return total;
+}
+
+static const uint64_t x64[] = { 0, 1, 2, 127, 128, (uint64_t)1 << 62,
+				((uint64_t)1 << 62) - 1, INT64_MAX,
+				(uint64_t)INT64_MAX + 1, UINT64_MAX - 1,
+				UINT64_MAX };
+static const uint32_t x32[] = { 0, 1, 999999999, 1000000000, UINT32_MAX };
+static const int64_t xsec[] = { 0, -1, 1, INT64_MIN, INT64_MAX,
+				INT64_MIN + 1, INT64_MAX - 1,
+				(int64_t)1 << 32, -((int64_t)1 << 32),
+				((int64_t)1 << 32) - 1, 1764892800 };
+
+static uint64_t pick64(void)
+{
+	return rndn(2) ? x64[rndn(sizeof(x64) / sizeof(*x64))] : rnd() >> rndn(64);
+}
+
+static uint32_t pick32(void)
+{
+	return rndn(2) ? x32[rndn(sizeof(x32) / sizeof(*x32))] :
+	       (uint32_t)(rnd() >> rndn(64));
+}
+
+static int64_t picksec(int64_t near)
+{
+	switch (rndn(4)) {
+	case 0:
+		return xsec[rndn(sizeof(xsec) / sizeof(*xsec))];
+	case 1:
+		return (int64_t)rnd();
+	default:
+		return (int64_t)((uint64_t)near + rndn(200) - 100);
+	}
+}
+
+static uint32_t picknsec(void)
+{
+	return rndn(4) ? (uint32_t)rndn(1000000000) : pick32();
+}
+
+/* A run [a, a + len) that the decoder accepts: len >= 1, no wrap. */
+static void pick_run(uint64_t *a, uint64_t *len, uint64_t *b)
+{
+	do {
+		*a = pick64();
+		*len = pick64();
+		*b = pick64();
+	} while (!*len || *a + *len < *a || *b + *len < *b);
+}
+
+static unsigned char names[COWFS_XATTR_MAX], values[COWFS_XATTR_MAX];
+
+/* A record of a packed type with extreme or random fields; prev: the one
+ * before it, for names that share a prefix and times close together. */
+static void pack_random(struct rec *r, unsigned t, const struct rec *prev)
+{
+	random_fields(r, t);
+	switch (rndn(4)) {
+	case 0:
+		r->flags = 0;
+		break;
+	case 1:
+		r->flags = (uint16_t)rndn(16);
+		break;
+	}
+	switch (t) {
+	case REC_SUPER:
+		r->u.super.next_ino = pick64();
+		r->u.super.next_obj = pick64();
+		r->u.super.root_ino = pick64();
+		break;
+	case REC_INODE: {
+		int64_t near = prev && prev->type == REC_INODE ?
+			       prev->u.inode.mtime_sec : 1764892800;
+		r->u.inode.ino = rndn(2) && prev ? prev->u.inode.ino + 1 : pick64();
+		r->u.inode.size = pick64();
+		r->u.inode.wobj = rndn(2) ? 0 : pick64();
+		r->u.inode.rdev = rndn(2) ? 0 : pick64();
+		r->u.inode.next_cookie = rndn(2) ? 0 : pick64();
+		r->u.inode.parent = rndn(2) ? 0 : pick64();
+		r->u.inode.mode = rndn(2) ? 0100644 : pick32();
+		r->u.inode.uid = rndn(2) ? 1000 : pick32();
+		r->u.inode.gid = pick32();
+		r->u.inode.nlink = rndn(2) ? 1 : pick32();
+		r->u.inode.flags = rndn(2) ? 0 : pick32();
+		r->u.inode.mtime_sec = picksec(near);
+		r->u.inode.mtime_nsec = picknsec();
+		r->u.inode.atime_sec = rndn(2) ? r->u.inode.mtime_sec : picksec(near);
+		r->u.inode.atime_nsec = rndn(2) ? r->u.inode.mtime_nsec : picknsec();
+		r->u.inode.ctime_sec = rndn(2) ? r->u.inode.mtime_sec : picksec(near);
+		r->u.inode.ctime_nsec = rndn(2) ? r->u.inode.mtime_nsec : picknsec();
+		r->u.inode.btime_sec = rndn(2) ? r->u.inode.ctime_sec : picksec(near);
+		r->u.inode.btime_nsec = rndn(2) ? r->u.inode.ctime_nsec : picknsec();
+		r->data_len = rndn(3) ? 0 : (uint32_t)rndn(5000);
+		if (!rndn(50))
+			r->data_len = COWFS_XATTR_MAX;
+		r->data = values;
+		break;
+	}
+	case REC_DIRENT_ADD:
+		r->u.dirent.parent = rndn(2) && prev ? prev->u.dirent.parent : pick64();
+		r->u.dirent.ino = pick64();
+		r->u.dirent.cookie = rndn(2) && prev ? prev->u.dirent.cookie + 1 :
+				     pick64();
+		r->name_len = 1 + (uint32_t)rndn(COWFS_NAME_MAX);
+		if (!rndn(8))
+			r->name_len = COWFS_NAME_MAX;
+		/* names differ only near their end: long shared prefixes */
+		r->name = (const char *)names + (rndn(2) ? 0 : rndn(4));
+		break;
+	case REC_EXT_SET:
+		r->u.ext.ino = prev && rndn(2) ? prev->u.ext.ino : pick64();
+		pick_run(&r->u.ext.lblk, &r->u.ext.len, &r->u.ext.pblk);
+		r->u.ext.obj = pick64();
+		break;
+	case REC_XATTR_SET:
+		r->u.xattr.ino = pick64();
+		r->name = (const char *)names;
+		r->name_len = 1 + (uint32_t)rndn(300);
+		r->data = values;
+		r->data_len = (uint32_t)rndn(300);
+		if (!rndn(50)) {	/* the largest: both at 64 KiB */
+			r->name_len = COWFS_XATTR_MAX;
+			r->data_len = COWFS_XATTR_MAX;
+		}
+		break;
+	case REC_REFCNT: {
+		uint64_t pb;
+		pick_run(&r->u.refcnt.pblk, &r->u.refcnt.len, &pb);
+		r->u.refcnt.obj = prev && rndn(2) ? prev->u.refcnt.obj : pick64();
+		r->u.refcnt.count = pick32();
+		break;
+	}
+	case REC_ORIGIN:
+		r->u.origin.obj = pick64();
+		r->u.origin.dev = pick64();
+		r->u.origin.ino = pick64();
+		r->u.origin.size = pick64();
+		r->u.origin.mtime_ns = rndn(2) ? (int64_t)pick64() :
+				       xsec[rndn(sizeof(xsec) / sizeof(*xsec))];
+		r->u.origin.ctime_ns = rndn(2) ? r->u.origin.mtime_ns :
+				       (int64_t)pick64();
+		r->flags = (uint16_t)(rndn(2) ? rndn(4096) : rnd());
+		r->data = values;
+		r->data_len = (uint32_t)rndn(4096);
+		break;
+	}
+}
+
+/* Every packed type, alone and in long mixed runs, with extreme values:
+ * what goes in comes out. */
+static void test_pack_roundtrip(void)
+{
+	enum { N = 20000 };
+	struct rec *recs = calloc(N, sizeof(*recs));
+	size_t bytes = 0;
+
+	CHECK(recs != NULL);
+	rnd_bytes(values, sizeof(values));
+	for (size_t i = 0; i < sizeof(names); i++)	/* no NUL, no '/' */
+		names[i] = (unsigned char)('a' + (i * 7 + i / 13) % 26);
+	for (unsigned i = 0; i < NPACK_TYPES; i++) {
+		/* one type alone, several in a row (delta state) */
+		for (int rep = 0; rep < 200; rep++) {
+			size_t n = 1 + rndn(40);
+			for (size_t k = 0; k < n; k++)
+				pack_random(&recs[k], pack_types[i],
+					    k ? &recs[k - 1] : NULL);
+			pack_roundtrip(recs, n);
+		}
+	}
+	/* long mixed runs: several packs each, types interleaved, and
+	 * runs of one type so that the deltas stay small */
+	for (int rep = 0; rep < 10; rep++) {
+		unsigned t = pack_types[rndn(NPACK_TYPES)];
+		for (size_t k = 0; k < N; k++) {
+			if (!rndn(8))
+				t = pack_types[rndn(NPACK_TYPES)];
+			pack_random(&recs[k], t, k && recs[k - 1].type == t ?
+				    &recs[k - 1] : NULL);
+		}
+		bytes += pack_roundtrip(recs, N);
+	}
+	/* hand-picked extremes */
+	struct rec r[8];
+	memset(r, 0, sizeof(r));
+	r[0].type = REC_INODE;		/* all zero: mask 0 */
+	r[1].type = REC_INODE;		/* all max */
+	r[1].u.inode.ino = r[1].u.inode.size = r[1].u.inode.wobj = UINT64_MAX;
+	r[1].u.inode.rdev = r[1].u.inode.next_cookie = UINT64_MAX;
+	r[1].u.inode.parent = UINT64_MAX;
+	r[1].u.inode.mode = r[1].u.inode.uid = r[1].u.inode.gid = UINT32_MAX;
+	r[1].u.inode.nlink = r[1].u.inode.flags = UINT32_MAX;
+	r[1].u.inode.atime_sec = INT64_MIN;
+	r[1].u.inode.mtime_sec = INT64_MAX;
+	r[1].u.inode.ctime_sec = -1;
+	r[1].u.inode.btime_sec = INT64_MIN;
+	r[1].u.inode.atime_nsec = r[1].u.inode.mtime_nsec = UINT32_MAX;
+	r[1].u.inode.ctime_nsec = 999999999;
+	r[1].u.inode.btime_nsec = 1000000000;
+	r[1].flags = UINT16_MAX;
+	r[2] = r[1];			/* the same again: no deltas */
+	r[3].type = REC_EXT_SET;	/* 2^62 offsets */
+	r[3].u.ext.ino = UINT64_MAX;
+	r[3].u.ext.lblk = (uint64_t)1 << 62;
+	r[3].u.ext.len = (uint64_t)1 << 62;
+	r[3].u.ext.obj = UINT64_MAX;
+	r[3].u.ext.pblk = UINT64_MAX - ((uint64_t)1 << 62);
+	r[4] = r[3];
+	r[4].u.ext.lblk = 0;
+	r[4].u.ext.len = 1;
+	r[4].u.ext.obj = 1;
+	r[5].type = REC_REFCNT;
+	r[5].u.refcnt.obj = UINT64_MAX;
+	r[5].u.refcnt.pblk = UINT64_MAX - 1;
+	r[5].u.refcnt.len = 1;
+	r[5].u.refcnt.count = UINT32_MAX;
+	r[6].type = REC_ORIGIN;
+	r[6].u.origin.mtime_ns = INT64_MIN;
+	r[6].u.origin.ctime_ns = INT64_MAX;
+	r[6].flags = 4095;
+	r[7].type = REC_SUPER;
+	r[7].u.super.next_ino = r[7].u.super.next_obj = UINT64_MAX;
+	pack_roundtrip(r, 8);
+	printf("  pack round trips: ok (%zu bytes in the mixed runs)\n", bytes);
+	free(recs);
+}
+
+/* A hand-made pack whose payload is bytes[0..n); how its sub-records
+ * decode: the number of good ones before the first -1, or -(good + 1)... */
+static int pack_decode_bytes(const unsigned char *bytes, size_t n,
+			     size_t *good)
+{
+	unsigned char *buf = malloc(COWFS_REC_MAX);
+	struct rec r = { .type = REC_PACK, .data = bytes,
+			 .data_len = (uint32_t)n }, p, d;
+	struct pack_reader rd;
+	int k;
+
+	CHECK(buf != NULL);
+	size_t len = format_encode(&r, buf);
+	unsigned char *e = exact_copy(buf, len);
+	CHECK(format_decode(e, len, &p) == (long)len);
+	format_pack_open(&rd, &p);
+	*good = 0;
+	while ((k = format_pack_next(&rd, &d)) == 1)
+		(*good)++;
+	free(e);
+	free(buf);
+	return k;
+}
+
+#define BYTES(...) ((const unsigned char[]){ __VA_ARGS__ })
+#define CORRUPT(want_good, ...)                                             \
+	do {                                                                \
+		static const unsigned char b_[] = { __VA_ARGS__ };         \
+		size_t g_;                                                  \
+		CHECKF(pack_decode_bytes(b_, sizeof(b_), &g_) == -1 &&     \
+		       g_ == (want_good), "corrupt pack at line %d: %zu "   \
+		       "good", __LINE__, g_);                               \
+	} while (0)
+#define GOOD(want_good, ...)                                                \
+	do {                                                                \
+		static const unsigned char b_[] = { __VA_ARGS__ };         \
+		size_t g_;                                                  \
+		CHECKF(pack_decode_bytes(b_, sizeof(b_), &g_) == 0 &&      \
+		       g_ == (want_good), "good pack at line %d: %zu good", \
+		       __LINE__, g_);                                       \
+	} while (0)
+
+#define FF9 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
+
+/* Hand-made packs that checksum but do not decode: -1, never UB. */
+static void test_pack_corrupt(void)
+{
+	/* SUPER (tag 1): three varints */
+	GOOD(1, 0x01, 0x02, 0x01, 0x01);
+	GOOD(1, 0x01, FF9, 0x01, 0x00, 0x00);		/* 2^64 - 1 */
+	CORRUPT(0, 0x01, FF9, 0x02, 0x00, 0x00);	/* 2^64: overflow */
+	CORRUPT(0, 0x01, FF9, 0xff, 0x00, 0x00);	/* 11-byte varint */
+	CORRUPT(0, 0x01, 0x80);				/* truncated varint */
+	CORRUPT(1, 0x01, 0x02, 0x01, 0x01, 0x01, 0x02);	/* truncated record */
+	/* unknown or unpackable tags */
+	for (unsigned t = 0; t < 16; t++) {
+		int ok = 0;
+		for (size_t i = 0; i < NPACK_TYPES; i++)
+			ok |= pack_types[i] == t;
+		if (ok)
+			continue;
+		unsigned char b[] = { (unsigned char)t, 0, 0, 0, 0, 0, 0, 0, 0,
+				      0, 0, 0, 0, 0, 0, 0 };
+		size_t g;
+		CHECKF(pack_decode_bytes(b, sizeof(b), &g) == -1 && g == 0,
+		       "tag %u", t);
+	}
+	/* flags: 15 in the tag, then a varint of at least 15 and at most
+	 * 0xffff */
+	GOOD(1, 0xf1, 0x0f, 0x02, 0x01, 0x01);
+	GOOD(1, 0xf1, 0xff, 0xff, 0x03, 0x02, 0x01, 0x01);
+	CORRUPT(0, 0xf1, 0x0e, 0x02, 0x01, 0x01);
+	CORRUPT(0, 0xf1, 0x80, 0x80, 0x04, 0x02, 0x01, 0x01);
+	/* EXT_SET (tag 0x46 with EXT_NOREF): ino, lblk, len, obj, pblk */
+	GOOD(1, 0x46, 0x02, 0x00, 0x01, 0x02, 0x00);
+	CORRUPT(0, 0x46, 0x02, 0x00, 0x00, 0x02, 0x00);	/* len 0 */
+	CORRUPT(0, 0x46, 0x02, 0x01, FF9, 0x01, 0x02, 0x00); /* lblk wraps */
+	CORRUPT(0, 0x46, 0x02, 0x00, FF9, 0x01, 0x02, 0x01); /* pblk wraps */
+	/* REFCNT (tag 10): obj, pblk, len, count */
+	GOOD(1, 0x0a, 0x02, 0x00, 0x01, 0x02);
+	CORRUPT(0, 0x0a, 0x02, 0x00, 0x00, 0x02);	/* len 0 */
+	CORRUPT(0, 0x0a, 0x02, 0x00, 0x01, 0x80, 0x80, 0x80, 0x80, 0x10);
+							/* count > u32 */
+	/* DIRENT_ADD (tag 4): parent, ino, cookie, k, suffix */
+	GOOD(2, 0x04, 0x02, 0x04, 0x04, 0x00, 0x03, 'a', 'b', 'c',
+	     0x04, 0x00, 0x02, 0x00, 0x02, 0x01, 'x');	/* "ab" + "x" */
+	CORRUPT(1, 0x04, 0x02, 0x04, 0x04, 0x00, 0x03, 'a', 'b', 'c',
+		0x04, 0x00, 0x02, 0x00, 0x04, 0x01, 'x'); /* k > previous */
+	CORRUPT(0, 0x04, 0x02, 0x04, 0x04, 0x00, 0x00);	/* empty name */
+	CORRUPT(0, 0x04, 0x02, 0x04, 0x04, 0x00, 0x80, 0x02); /* 256 bytes */
+	CORRUPT(0, 0x04, 0x02, 0x04, 0x04, 0x00, 0x05, 'a'); /* truncated */
+	{	/* 255 bytes, then 255 + 1 with a shared prefix */
+		unsigned char b[600];
+		size_t n = 0, g;
+		b[n++] = 0x04; b[n++] = 2; b[n++] = 4; b[n++] = 4;
+		b[n++] = 0; b[n++] = 0xff; b[n++] = 0x01;
+		memset(b + n, 'n', 255);
+		n += 255;
+		b[n++] = 0x04; b[n++] = 0; b[n++] = 2; b[n++] = 0;
+		b[n++] = 0xff; b[n++] = 0x01; b[n++] = 0x00;	/* same name */
+		CHECK(pack_decode_bytes(b, n, &g) == 0 && g == 2);
+		b[n - 1] = 0x01;				/* + 1 byte */
+		b[n++] = 'z';
+		CHECK(pack_decode_bytes(b, n, &g) == -1 && g == 1);
+	}
+	/* XATTR_SET (tag 8): ino, name, value */
+	GOOD(1, 0x08, 0x02, 0x01, 'k', 0x01, 'v');
+	CORRUPT(0, 0x08, 0x02, 0x00, 0x01, 'v');	/* empty name */
+	CORRUPT(0, 0x08, 0x02, 0x01, 'k', 0x81, 0x80, 0x04); /* value > 64 KiB */
+	/* INODE (tag 2): mask, ino, mtime, ... */
+	GOOD(1, 0x02, 0x00, 0x00, 0x00);		/* all zero */
+	CORRUPT(0, 0x02, 0x80, 0x80, 0x01, 0x00, 0x00);	/* unknown mask bit */
+	CORRUPT(0, 0x02, 0x00, 0x00, 0x03);		/* time marker 3 */
+	CORRUPT(0, 0x02, 0x00, 0x00, 0x01, 0x00, 0x80, 0x80, 0x80, 0x80, 0x10);
+							/* nsec > u32 */
+	GOOD(1, 0x02, 0x00, 0x00, 0x01, 0x00, 0x80, 0x94, 0xeb, 0xdc, 0x03);
+							/* escape, nsec 10^9 */
+	/* a compact time whose seconds differ by 2^32 or more */
+	{
+		unsigned char b[32];
+		size_t n = 0, g;
+		uint64_t v = ((uint64_t)1 << 32) * 1000000000u;	/* ns */
+		b[n++] = 0x02; b[n++] = 0x00; b[n++] = 0x00;
+		v = (v << 1) << 1;			/* zigzag, then << 1 */
+		while (v >= 0x80) {
+			b[n++] = (unsigned char)(v | 0x80);
+			v >>= 7;
+		}
+		b[n++] = (unsigned char)v;
+		CHECK(pack_decode_bytes(b, n, &g) == -1 && g == 0);
+	}
+	/* nsec 10^9 before, then a compact time against it */
+	GOOD(1, 0x02, 0x00, 0x00, 0x01, 0x00, 0x80, 0x94, 0xeb, 0xdc, 0x03);
+	CORRUPT(1, 0x02, 0x00, 0x00, 0x01, 0x00, 0x80, 0x94, 0xeb, 0xdc, 0x03,
+		0x02, 0x00, 0x00, 0x00);
+	CORRUPT(0, 0x02, 0x10, 0x00, 0x00, 0x80, 0x80, 0x80, 0x80, 0x10);
+							/* mode > u32 */
+	CORRUPT(0, 0x02, 0x80, 0x40, 0x00, 0x00, 0x81, 0x80, 0x04);
+							/* target > 64 KiB */
+	/* ORIGIN (tag 13): obj, dev, ino, size, mtime, ctime, path */
+	GOOD(1, 0x0d, 0x02, 0x01, 0x01, 0x01, 0x00, 0x00, 0x02, '/', 'a');
+	CORRUPT(0, 0x0d, 0x02, 0x01, 0x01, 0x01, 0x00, 0x00, 0x03, '/', 'a');
+
+	/* Every cut of a real pack: a cut between sub-records reads as a
+	 * shorter pack, a cut inside one is -1. */
+	struct rec recs[64];
+	unsigned char *buf = malloc(COWFS_REC_MAX);
+	struct pack_writer w;
+	CHECK(buf != NULL);
+	format_pack_start(&w, buf);
+	for (size_t k = 0; k < 64; k++) {
+		pack_random(&recs[k], pack_types[k % NPACK_TYPES], NULL);
+		if (recs[k].type == REC_XATTR_SET)
+			recs[k].name_len = recs[k].data_len = 3;
+		if (recs[k].type == REC_INODE || recs[k].type == REC_ORIGIN)
+			recs[k].data_len = (uint32_t)rndn(4);
+		CHECK(format_pack_add(&w, &recs[k]) == 1);
+	}
+	size_t len = format_pack_finish(&w);
+	struct rec p;
+	struct pack_reader rd;
+	size_t ends[65], nends = 0;
+	CHECK(format_decode(buf, len, &p) == (long)len);
+	format_pack_open(&rd, &p);
+	ends[nends++] = 0;
+	for (size_t k = 0; k < 64; k++) {
+		struct rec d;
+		CHECK(format_pack_next(&rd, &d) == 1);
+		ends[nends++] = format_pack_offset(&rd);
+	}
+	const unsigned char *pay = buf + COWFS_REC_HDR_SIZE;
+	size_t j = 0;
+	for (size_t cut = 0; cut <= p.data_len; cut++) {
+		size_t g;
+		while (j + 1 < nends && ends[j + 1] <= cut)
+			j++;
+		int at_end = ends[j] == cut;
+		int k = cut ? pack_decode_bytes(pay, cut, &g) : 0;
+		if (!cut)
+			continue;
+		CHECKF(g == j && k == (at_end ? 0 : -1), "cut at %zu of %u: "
+		       "%d after %zu (want %zu)", cut, p.data_len, k, g, j);
+	}
+	free(buf);
+
+	/* Random payloads: never UB; what decodes packs again the same. */
+	long ok = 0, bad = 0;
+	unsigned char *gb = malloc(400);
+	struct held *hs = calloc(400, sizeof(*hs));
+	CHECK(gb && hs);
+	for (int i = 0; i < 30000; i++) {
+		size_t n = 1 + rndn(400), nh = 0;
+		rnd_bytes(gb, n);
+		for (size_t q = 0; q < n; q++)	/* small varints, known tags */
+			if (rndn(2))
+				gb[q] &= 0x7f;
+		gb[0] = (unsigned char)pack_types[rndn(NPACK_TYPES)];
+		unsigned char *rb = malloc(COWFS_REC_MAX);
+		struct rec pr = { .type = REC_PACK, .data = gb,
+				  .data_len = (uint32_t)n }, d;
+		CHECK(rb != NULL);
+		size_t rl = format_encode(&pr, rb);
+		unsigned char *e = exact_copy(rb, rl);
+		CHECK(format_decode(e, rl, &pr) == (long)rl);
+		format_pack_open(&rd, &pr);
+		int k;
+		while ((k = format_pack_next(&rd, &d)) == 1)
+			hold(&hs[nh++], &d);
+		if (k == 0)
+			ok++;
+		else
+			bad++;
+		struct rec again[400];
+		for (size_t q = 0; q < nh; q++)
+			again[q] = hs[q].r;
+		pack_roundtrip(again, nh);
+		for (size_t q = 0; q < nh; q++)
+			unhold(&hs[q]);
+		free(e);
+		free(rb);
+	}
+	/* Real packs with a few bytes changed: the same, deeper in. */
+	long mok = 0, mbad = 0;
+	for (int i = 0; i < 3000; i++) {
+		struct rec rs[32];
+		size_t n = 1 + rndn(32), nh = 0;
+		unsigned char *rb = malloc(COWFS_REC_MAX);
+		CHECK(rb != NULL);
+		format_pack_start(&w, rb);
+		for (size_t k = 0; k < n; k++) {
+			pack_random(&rs[k], pack_types[rndn(NPACK_TYPES)],
+				    k && rs[k - 1].type == rs[k].type ?
+				    &rs[k - 1] : NULL);
+			rs[k].data_len %= 64;
+			if (rs[k].type == REC_XATTR_SET)
+				rs[k].name_len = 1 + rs[k].name_len % 64;
+			CHECK(format_pack_add(&w, &rs[k]) == 1);
+		}
+		size_t rl = format_pack_finish(&w);
+		size_t pl = rl - COWFS_REC_HDR_SIZE;
+		for (int f = 1 + (int)rndn(3); f > 0; f--) {
+			size_t at = COWFS_REC_HDR_SIZE + rndn(pl);
+			if (rndn(2))
+				rb[at] ^= (unsigned char)(1u << rndn(8));
+			else
+				rb[at] = (unsigned char)rnd();
+		}
+		struct rec pr = { .type = REC_PACK, .data = rb +
+				  COWFS_REC_HDR_SIZE, .data_len = (uint32_t)pl }, d;
+		unsigned char *rb2 = malloc(COWFS_REC_MAX);
+		CHECK(rb2 != NULL);
+		rl = format_encode(&pr, rb2);
+		unsigned char *e = exact_copy(rb2, rl);
+		CHECK(format_decode(e, rl, &pr) == (long)rl);
+		format_pack_open(&rd, &pr);
+		int k;
+		while (nh < 400 && (k = format_pack_next(&rd, &d)) == 1)
+			hold(&hs[nh++], &d);
+		if (k == 0)
+			mok++;
+		else
+			mbad++;
+		struct rec again[400];
+		for (size_t q = 0; q < nh; q++)
+			again[q] = hs[q].r;
+		pack_roundtrip(again, nh);
+		for (size_t q = 0; q < nh; q++)
+			unhold(&hs[q]);
+		free(e);
+		free(rb);
+		free(rb2);
+	}
+	free(gb);
+	free(hs);
+	printf("  corrupt packs: ok (random payloads: %ld decode, %ld refused; "
+	       "changed packs: %ld decode, %ld refused)\n", ok, bad, mok, mbad);
+}
+
+static double now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/*
+ * Not a check, a measurement: the records of a checkpoint of cloned
+ * small files (per file: INODE, DIRENT_ADD "file%06d", one EXT_SET), plain
+ * and packed: bytes and encode/decode time per inode.
+ */
+static void bench_pack(void)
+{
+	enum { N = 200000 };
+	struct rec *recs = calloc(3 * N, sizeof(*recs));
+	char (*nm)[16] = calloc(N, 16);
+	unsigned char *plain = malloc((size_t)N * 300), *packed;
+	size_t plen = 0, klen = 0, cap = (size_t)N * 300;
+	int64_t t0 = 1764892800;
+
+	CHECK(recs && nm && plain);
+	packed = malloc(cap);
+	CHECK(packed != NULL);
+	for (size_t i = 0; i < N; i++) {
+		struct rec *r = &recs[3 * i];
+		uint64_t ino = 1000 + i, ns = 1000000ull * i + rndn(100000);
+		r[0].type = REC_INODE;
+		r[0].u.inode.ino = ino;
+		r[0].u.inode.size = 100 + rndn(4000);
+		r[0].u.inode.mode = 0100644;
+		r[0].u.inode.uid = r[0].u.inode.gid = 1000;
+		r[0].u.inode.nlink = 1;
+		r[0].u.inode.mtime_sec = t0 + (int64_t)(ns / 1000000000u);
+		r[0].u.inode.mtime_nsec = (uint32_t)(ns % 1000000000u);
+		r[0].u.inode.atime_sec = r[0].u.inode.mtime_sec;
+		r[0].u.inode.atime_nsec = r[0].u.inode.mtime_nsec;
+		r[0].u.inode.ctime_sec = r[0].u.inode.btime_sec = t0 + 3600;
+		r[0].u.inode.ctime_nsec = r[0].u.inode.btime_nsec = 123456789;
+		snprintf(nm[i], 16, "file%06zu", i);
+		r[1].type = REC_DIRENT_ADD;
+		r[1].u.dirent.parent = 500 + i / 100;
+		r[1].u.dirent.ino = ino;
+		r[1].u.dirent.cookie = 3 + i % 100;
+		r[1].name = nm[i];
+		r[1].name_len = (uint32_t)strlen(nm[i]);
+		r[2].type = REC_EXT_SET;
+		r[2].flags = EXT_NOREF;
+		r[2].u.ext.ino = ino;
+		r[2].u.ext.len = 1;
+		r[2].u.ext.obj = 7 + i;
+	}
+	double a = now_ns();
+	for (size_t i = 0; i < 3 * N; i++)
+		plen += format_encode(&recs[i], plain + plen);
+	double b = now_ns();
+	struct pack_writer w;
+	format_pack_start(&w, packed);
+	for (size_t i = 0; i < 3 * N; i++) {
+		if (format_pack_add(&w, &recs[i]) == 1)
+			continue;
+		klen += format_pack_finish(&w);
+		format_pack_start(&w, packed + klen);
+		CHECK(format_pack_add(&w, &recs[i]) == 1);
+	}
+	klen += format_pack_finish(&w);
+	double c = now_ns();
+	struct rec d, p;
+	size_t got = 0;
+	for (size_t off = 0; off < plen;) {
+		long n = format_decode(plain + off, plen - off, &d);
+		CHECK(n > 0);
+		off += (size_t)n;
+		got++;
+	}
+	double e = now_ns();
+	for (size_t off = 0; off < klen;) {
+		long n = format_decode(packed + off, klen - off, &p);
+		struct pack_reader rd;
+		CHECK(n > 0);
+		format_pack_open(&rd, &p);
+		while (format_pack_next(&rd, &d) == 1)
+			got++;
+		off += (size_t)n;
+	}
+	double f = now_ns();
+	CHECK(got == 6 * (size_t)N);
+	printf("  bench (cloned small files, per inode): plain %.1f B, "
+	       "encode %.0f ns, decode %.0f ns; packed %.1f B, encode %.0f ns, "
+	       "decode %.0f ns\n", (double)plen / N, (b - a) / N, (e - c) / N,
+	       (double)klen / N, (c - b) / N, (f - e) / N);
+	free(recs);
+	free(nm);
+	free(plain);
+	free(packed);
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1044,6 +1753,9 @@ int main(void)
 	test_garbage();
 	test_checksummed_garbage();
 	test_header();
+	test_pack_roundtrip();
+	test_pack_corrupt();
+	bench_pack();
 	printf("test_format: all ok\n");
 	return 0;
 }

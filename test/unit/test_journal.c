@@ -259,15 +259,26 @@ static void parse_meta(const unsigned char *m, size_t len, struct metainfo *mi)
 	CHECK(format_csum(m + COWFS_HDR_SIZE, h.ckpt_len) == h.ckpt_csum);
 	size_t off = COWFS_HDR_SIZE;
 	int first = 1;
+	/* the writer packs its records (REC_PACK) and says so */
+	CHECK(h.incompat == COWFS_INCOMPAT_PACKED);
 	while (off < COWFS_HDR_SIZE + h.ckpt_len) {
 		long n = format_decode(m + off, COWFS_HDR_SIZE + h.ckpt_len - off, &r);
 		CHECKF(n > 0, "checkpoint record at %zu: %ld", off, n);
-		if (first)
-			CHECK(r.type == REC_SUPER);
-		first = 0;
-		CHECK(r.type != REC_COMMIT && r.type != REC_CLONE);
-		if (r.type == REC_EXT_SET)
-			CHECK(r.flags == EXT_NOREF);
+		CHECKF(r.type == REC_PACK, "checkpoint record at %zu: type %u, "
+		       "not packed", off, r.type);
+		struct pack_reader rd;
+		struct rec s;
+		int k;
+		format_pack_open(&rd, &r);
+		while ((k = format_pack_next(&rd, &s)) > 0) {
+			if (first)
+				CHECK(s.type == REC_SUPER);
+			first = 0;
+			CHECK(s.type != REC_COMMIT && s.type != REC_CLONE);
+			if (s.type == REC_EXT_SET)
+				CHECK(s.flags == EXT_NOREF);
+		}
+		CHECKF(k == 0, "pack at %zu does not decode", off);
 		off += (size_t)n;
 	}
 	mi->last_commit_end = off;
@@ -1252,8 +1263,10 @@ static void test_clean_reopen(void)
 	test_name = "(a) clean reopen";
 	new_store("a", 12);
 	parse_meta_file(&mi);
-	/* a new store: SUPER + root INODE, generation 1 (format.md) */
-	CHECK(mi.ckpt_len == 176 && mi.generation == 1 && mi.jrecs == 0);
+	/* a new store: one pack of SUPER + root INODE, generation 1
+	 * (format.md: 30 to 48 bytes, with the owner and the time) */
+	CHECKF(mi.ckpt_len >= 30 && mi.ckpt_len <= 48 && mi.generation == 1 &&
+	       mi.jrecs == 0, "ckpt_len %" PRIu64, mi.ckpt_len);
 	open_fs();
 	CHECK(fs_block_size(fs) == 4096);
 	check_internal(0);
@@ -2199,6 +2212,181 @@ static void test_refused(void)
 		       "refused: FAILED\n", soft_failures - failed_before);
 }
 
+/* ---- (e2) packed and unpacked checkpoints ---- */
+
+/* Image m with its checkpoint re-encoded: every record plain (as a cowfs
+ * before REC_PACK wrote it), and incompat set as given; the journal is
+ * kept. */
+static unsigned char *unpack_image(const unsigned char *m, size_t len,
+				   uint32_t incompat, size_t *outlen)
+{
+	struct disk_header h;
+	struct mbuf ck = { 0 };
+	struct rec r, s;
+	size_t end, off;
+
+	CHECK(format_header_decode(m, &h) == NULL);
+	end = COWFS_HDR_SIZE + (size_t)h.ckpt_len;
+	for (off = COWFS_HDR_SIZE; off < end;) {
+		long n = format_decode(m + off, end - off, &r);
+		CHECK(n > 0);
+		if (r.type == REC_PACK) {
+			struct pack_reader rd;
+			int k;
+			format_pack_open(&rd, &r);
+			while ((k = format_pack_next(&rd, &s)) > 0)
+				mb_rec(&ck, &s);
+			CHECK(k == 0);
+		} else {
+			mb_rec(&ck, &r);
+		}
+		off += (size_t)n;
+	}
+	unsigned char *b = malloc(COWFS_HDR_SIZE + ck.n + (len - end) + 1);
+	CHECK(b != NULL);
+	h.incompat = incompat;
+	format_header_encode(&h, ck.b, ck.n, b);
+	memcpy(b + COWFS_HDR_SIZE, ck.b, ck.n);
+	memcpy(b + COWFS_HDR_SIZE + ck.n, m + end, len - end);
+	*outlen = COWFS_HDR_SIZE + ck.n + (len - end);
+	free(ck.b);
+	return b;
+}
+
+/* A REC_PACK with the given payload. */
+static void mb_pack(struct mbuf *m, const void *payload, size_t n)
+{
+	struct rec r = { .type = REC_PACK, .data = payload,
+			 .data_len = (uint32_t)n };
+	mb_rec(m, &r);
+}
+
+/* build_meta() with the PACKED feature bit. */
+static void build_packed(struct mbuf *ck, struct mbuf *j, const char *what,
+			 const char *sub)
+{
+	struct disk_header h;
+	size_t bl;
+	unsigned char *b = build_meta(ck, j, &bl);
+	CHECK(format_header_decode(b, &h) == NULL);
+	h.incompat = COWFS_INCOMPAT_PACKED;
+	format_header_encode(&h, b + COWFS_HDR_SIZE, h.ckpt_len, b);
+	spit(metapath, b, bl);
+	free(b);
+	expect_refused(what, sub);
+}
+
+static void test_packed_compat(void)
+{
+	size_t len, vlen;
+	unsigned char *good, *v;
+	struct metainfo mi;
+
+	test_name = "(e2) packed and unpacked checkpoints";
+	int failed_before = soft_failures;
+	new_store("e2", 12);
+	open_fs();
+	world_free(&W);
+	fixed_scenario(&W);
+	char *want = snapshot();
+	close_fs();
+	good = slurp(metapath, &len);
+	parse_meta(good, len, &mi);	/* packed, PACKED bit set */
+
+	/* a store written before packs: plain records, no feature bit */
+	v = unpack_image(good, len, 0, &vlen);
+	CHECK(vlen > len);
+	spit(metapath, v, vlen);
+	free(v);
+	open_fs();
+	check_internal(0);
+	char *got = snapshot();
+	same_snapshot(want, got, "unpacked checkpoint");
+	free(got);
+	verify_world(&W);
+	close_fs();
+	parse_meta_file(&mi);		/* written back packed */
+	/* plain records under the bit load too (the writer's fallback) */
+	v = unpack_image(good, len, COWFS_INCOMPAT_PACKED, &vlen);
+	spit(metapath, v, vlen);
+	free(v);
+	open_fs();
+	got = snapshot();
+	same_snapshot(want, got, "plain records, PACKED bit");
+	free(got);
+	close_fs();
+
+	/* refusals */
+	v = malloc(len);
+	CHECK(v != NULL);
+	{
+		struct disk_header h;
+		memcpy(v, good, len);
+		CHECK(format_header_decode(v, &h) == NULL);
+		h.incompat = 0;
+		format_header_encode(&h, v + COWFS_HDR_SIZE, h.ckpt_len, v);
+		spit(metapath, v, len);
+		expect_refused("packs without the PACKED bit", "does not say");
+	}
+	free(v);
+	struct mbuf ckm = { 0 }, jm = { 0 };
+	static const unsigned char super[] = { 0x01, 0x02, 0x01, 0x01 };
+	static const unsigned char trunc[] = { 0x01, 0x02, 0x80 };
+	static const unsigned char badname[] = {	/* 256-byte name */
+		0x04, 0x02, 0x02, 0x04, 0x00, 0x80, 0x02 };
+	static const unsigned char newext[] = {	/* EXT_SET, EXT_NEW */
+		0x16, 0x00, 0x00, 0x01, 0x02, 0x00 };
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_pack(&ckm, trunc, sizeof(trunc));
+	build_packed(&ckm, NULL, "pack with a truncated varint", "not decode");
+	ckm.n = 0;
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_pack(&ckm, badname, sizeof(badname));
+	build_packed(&ckm, NULL, "pack with a 256-byte name", "not decode");
+	ckm.n = 0;
+	mb_pack(&ckm, super, sizeof(super));
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 2, S_IFREG | 0644);
+	mb_pack(&ckm, newext, sizeof(newext));
+	build_packed(&ckm, NULL, "packed EXT_SET without NOREF",
+		     "corrupt checkpoint record");
+	ckm.n = 0;
+	mb_pack(&ckm, super, sizeof(super));
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_pack(&jm, super, sizeof(super));
+	mb_commit(&jm, 1);
+	build_packed(&ckm, &jm, "a pack in the journal", "outside the checkpoint");
+	/* a good hand-made one: a pack, then plain records */
+	jm.n = 0;
+	{
+		struct disk_header h;
+		size_t bl;
+		unsigned char *b = build_meta(&ckm, &jm, &bl);
+		CHECK(format_header_decode(b, &h) == NULL);
+		h.incompat = COWFS_INCOMPAT_PACKED;
+		format_header_encode(&h, b + COWFS_HDR_SIZE, h.ckpt_len, b);
+		spit(metapath, b, bl);
+		free(b);
+		open_fs();
+		struct stat st;
+		OK(fs_getattr(fs, FS_ROOT_INO, &st));
+		CHECK(S_ISDIR(st.st_mode));
+		close_fs();
+	}
+	free(ckm.b);
+	free(jm.b);
+	free(good);
+	free(want);
+	world_free(&W);
+	if (soft_failures == failed_before)
+		printf("  (e2) unpacked checkpoints load, bad packs refused ok\n");
+	else
+		printf("  (e2) packed checkpoints: %d store(s) NOT refused: "
+		       "FAILED\n", soft_failures - failed_before);
+}
+
 /* ---- (f) a store is opened once ---- */
 
 static void test_busy(void)
@@ -2647,6 +2835,7 @@ int main(void)
 	test_crash_image();
 	test_torn_and_uncommitted();
 	test_refused();
+	test_packed_compat();
 	test_busy();
 	test_uncommitted_append();
 	test_failed_write();
