@@ -633,8 +633,8 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 			u->other++;
 		}
 	}
-	RB_FOREACH(o, object_tree, &fs->objects) {
-		if (o->opath) {	/* read in place from the host: no store space */
+	for (size_t it_ = 0; (o = obj_next(fs, &it_));) {
+		if (o->origin) {	/* read in place from the host: no store space */
 			u->origin += o->nlive * fs->block_size;
 			continue;
 		}
@@ -646,7 +646,7 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 	it = 0;
 	while (refcount_next(&tails, &it, &obj, &pblk, &v)) {
 		o = obj_get(fs, obj);
-		uint64_t *sum = o && o->opath ? &u->origin : &u->exclusive;
+		uint64_t *sum = o && o->origin ? &u->origin : &u->exclusive;
 		*sum -= fs->block_size - (v - 2);
 	}
 	lock_drop(fs, LOCK_FS);

@@ -36,39 +36,27 @@ static int64_t ts_ns(const struct timespec *t)
 	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
 
-/* Fill r for o; its path is coded as the prefix shared with *prev (in
- * r->flags) and the rest.  *prev becomes o's path (not owned). */
-
 int origin_apply(struct fs *fs, const struct rec *r)
 {
-	struct object *o = obj_get(fs, r->u.origin.obj);
-	size_t k = r->flags, have = fs->opath_load ? strlen(fs->opath_load) : 0;
+	char path[PATH_MAX];
+	size_t k = r->flags, have = 0;
+	struct object *o;
 
+	if (fs->opath_load)
+		have = origin_path(fs->opath_load, path);
 	if (r->u.origin.obj == 0 || k > have || k + r->data_len == 0 ||
 	    k + r->data_len >= PATH_MAX)
 		return -EINVAL;
-	char *path = malloc(k + r->data_len + 1);
-	if (!path)
-		return -ENOMEM;
-	memcpy(path, fs->opath_load ? fs->opath_load : "", k);
 	memcpy(path + k, r->data, r->data_len);
 	path[k + r->data_len] = 0;
-	if (path[0] != '/') {
-		free(path);
+	if (path[0] != '/')
 		return -EINVAL;
-	}
-	if (!o && !(o = obj_new(fs, r->u.origin.obj, 0))) {
-		free(path);
-		return -ENOMEM;
-	}
-	free(o->opath);
-	o->opath = path;
-	fs->opath_load = o->opath;
-	o->odev = r->u.origin.dev;
-	o->oino = r->u.origin.ino;
-	o->osize = r->u.origin.size;
-	o->omtime = r->u.origin.mtime_ns;
-	o->octime = r->u.origin.ctime_ns;
+	o = obj_new_origin(fs, r->u.origin.obj, path, r->u.origin.dev,
+			   r->u.origin.ino, r->u.origin.size,
+			   r->u.origin.mtime_ns, r->u.origin.ctime_ns);
+	if (!o)
+		return errno == EINVAL ? -EINVAL : -ENOMEM;
+	fs->opath_load = o;
 	return 0;
 }
 
@@ -795,6 +783,7 @@ static int log_xattrs(struct fs *fs, struct inode *in, struct hent *e)
 static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 		       struct inode *dir, const char *name)
 {
+	char pbuf[PATH_MAX];
 	struct timespec now;
 	struct rec r;
 	int rc = 0;
@@ -822,19 +811,14 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 		if ((rc = journal_log(fs, &r)) || (rc = log_xattrs(fs, in, e)))
 			return rc;
 		if (e->nranges) {
-			uint64_t id = fs->next_obj++;
-			struct object *o = obj_new(fs, id, 0);
+			uint64_t id = fs->next_obj;
+			struct object *o = obj_new_origin(fs, id, e->path,
+				e->st.st_dev, e->st.st_ino, (uint64_t)e->st.st_size,
+				ts_ns(&e->st.st_mtim), ts_ns(&e->st.st_ctim));
 			if (!o)
 				return -ENOMEM;
 			e->obj = id;
-			if (!(o->opath = strdup(e->path)))
-				return -ENOMEM;
-			o->odev = e->st.st_dev;
-			o->oino = e->st.st_ino;
-			o->osize = (uint64_t)e->st.st_size;
-			o->omtime = ts_ns(&e->st.st_mtim);
-			o->octime = ts_ns(&e->st.st_ctim);
-			origin_to_rec(o, &r, &fs->opath_prev);
+			origin_to_rec(o, &r, &fs->opath_prev, pbuf);
 			if ((rc = journal_log(fs, &r)))
 				return rc;
 			for (int k = 0; k < e->nranges && !rc; k++) {
@@ -1012,7 +996,7 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 		for (size_t i = 0; i < in->map.n; i++) {
 			struct extent *e = &in->map.v[i];
 			struct object *x = obj_get(fs, e->obj);
-			if (x && x->opath) {
+			if (x && x->origin) {
 				run = *e;
 				o = x;
 				break;
