@@ -25,15 +25,19 @@
 /* ---- the object table ----
  * Open addressing with linear probing: one pointer per slot (8 bytes,
  * at most 3/4 full), where a tree would take 32 bytes of links in every
- * object and a malloc'ed node per insert.  The home slot of id is
- * id & mask: ids come from a counter, so consecutive objects take
- * consecutive slots and do not collide, and iterating over the slots
- * visits objects in nearly id order (the checkpoint's origin records
- * prefix-code their paths against the previous one). */
+ * object and a malloc'ed node per insert.  The home slot of id is its
+ * low bits XORed with the bits above them: ids come from a counter, so
+ * consecutive objects take neighbouring slots and do not collide, and
+ * iterating over the slots visits them in nearly id order (the
+ * checkpoint's origin records prefix-code their paths against the
+ * previous one); the XOR spreads ids that are a multiple of the table
+ * size apart, which the low bits alone would pile into one slot. */
 
 static size_t slot_of(const struct obj_table *t, uint64_t id)
 {
-	return (size_t)id & (t->cap - 1);
+	unsigned bits = (unsigned)__builtin_ctzll((unsigned long long)t->cap);
+
+	return (size_t)(id ^ (id >> bits)) & (t->cap - 1);
 }
 
 struct object *obj_get(struct fs *fs, uint64_t id)
