@@ -781,6 +781,9 @@ static int walk_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 
 /* ---- materializing ---- */
 
+/* A clone whose batch is at least this big is committed at once. */
+#define CLONE_COMMIT_BYTES (1u << 20)
+
 struct link_key {
 	dev_t dev;
 	ino_t ino;
@@ -988,6 +991,7 @@ int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 		  uint64_t dst_parent, const char *name, uint64_t *skipped)
 {
 	struct walk w;
+	bool big = false;
 	int rc;
 
 	if (skipped)
@@ -1004,11 +1008,17 @@ int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 	if (!rc) {
 		lock_take(fs, LOCK_FS);
 		rc = clone_host_locked(fs, c, &w, dst_parent, name);
+		big = fs->jlen >= CLONE_COMMIT_BYTES;
 		lock_drop(fs, LOCK_FS);
 	}
 	if (skipped)
 		*skipped = w.skipped;
 	free_walk(&w);
+	/* A big clone's records (some 300 bytes an entry) would hold their
+	 * memory until the next periodic commit: commit them now.  A
+	 * failure is the periodic commit's to report, as for any batch. */
+	if (!rc && big)
+		journal_commit(fs);
 	return rc;
 }
 
