@@ -648,7 +648,7 @@ static int du_host_objs(struct fs *fs, const struct refcount *local,
 	refcount_init(&per);
 	while (!rc && refcount_next(local, &it, &obj, &pblk, &v)) {
 		struct object *o = obj_get(fs, obj);
-		if (!o || o->opath)	/* origins are host files, not the store's */
+		if (!o || o->origin)	/* origins are host files, not the store's */
 			continue;
 		rc = refcount_set(&per, obj, 0, refcount_get(&per, obj, 0) + 1);
 	}
@@ -738,8 +738,8 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 			u->other++;
 		}
 	}
-	RB_FOREACH(o, object_tree, &fs->objects) {
-		if (o->opath) {	/* read in place from the host: no store space */
+	for (size_t it_ = 0; (o = obj_next(fs, &it_));) {
+		if (o->origin) {	/* read in place from the host: no store space */
 			u->origin += o->nlive * fs->block_size;
 			continue;
 		}
@@ -753,7 +753,7 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 	it = 0;
 	while (refcount_next(&tails, &it, &obj, &pblk, &v)) {
 		o = obj_get(fs, obj);
-		uint64_t *sum = o && o->opath ? &u->origin : &u->exclusive;
+		uint64_t *sum = o && o->origin ? &u->origin : &u->exclusive;
 		*sum -= fs->block_size - (v - 2);
 	}
 	lock_drop(fs, LOCK_FS);

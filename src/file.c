@@ -83,7 +83,7 @@ static void drop_blocks(void *p, uint64_t obj, uint64_t pblk, uint64_t len)
 			continue;
 		if (o && o->nlive)
 			o->nlive--;
-		if (!o || !o->opath)	/* an origin is never written */
+		if (!o || !o->origin)	/* an origin is never written */
 			queue_free(fs, obj, pblk + i);
 	}
 	if (o)
@@ -134,7 +134,7 @@ void file_compute_nlive(struct fs *fs)
 	uint64_t obj, pblk;
 	uint32_t count;
 
-	RB_FOREACH(o, object_tree, &fs->objects)
+	for (size_t it_ = 0; (o = obj_next(fs, &it_));)
 		o->nlive = 0;
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
 		for (size_t k = 0; k < in->map.n; k++) {

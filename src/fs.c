@@ -837,14 +837,11 @@ static void note_prefetch(struct fs *fs, struct inode *in,
 	if (!S_ISREG(in->mode) || in->map.n == 0 || *n >= 256)
 		return;
 	o = obj_get(fs, in->map.v[0].obj);
-	if (!o || !o->opath || o->fd >= 0)
+	if (!o || !o->origin || o->fd >= 0)
 		return;
 	if (!*pf && !(*pf = calloc(256, sizeof(**pf))))
 		return;
-	if (((*pf)[*n].path = strdup(o->opath))) {
-		(*pf)[*n].obj = o->id;
-		(*n)++;
-	}
+	(*pf)[(*n)++].obj = o->id;
 }
 
 int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,

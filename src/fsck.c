@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -219,16 +220,18 @@ static void check_objects(struct fsck *k)
 	}
 	/* referenced objects must exist */
 	struct object *o;
-	RB_FOREACH(o, object_tree, &fs->objects) {
+	for (size_t it_ = 0; (o = obj_next(fs, &it_));) {
 		if (o->nlive == 0)
 			continue;
-		if (o->opath) {
+		if (o->origin) {
 			/* an origin: still the host file that was cloned? */
+			char path[PATH_MAX];
 			int fd = origin_open(fs, o);
+			origin_path(o, path);
 			if (fd < 0)
 				problem(k, "origin file '%s' changed or is gone since it "
 					"was cloned (its clones' reads fail with EIO)",
-					o->opath);
+					path);
 			else
 				close(fd);
 			continue;
@@ -328,8 +331,8 @@ int fs_fsck_ex(const char *path, int repair, int verbose, void *outp,
 	if (prog) {
 		uint64_t nobj = 0;
 		struct object *o;
-		RB_FOREACH(o, object_tree, &fs->objects)
-			nobj += !o->opath;
+		for (size_t it_ = 0; (o = obj_next(fs, &it_));)
+			nobj += !o->origin;
 		prog->total = 2 * fs->ninodes + nobj;
 	}
 	refcount_init(&k.refs);

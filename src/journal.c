@@ -37,6 +37,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,17 +311,12 @@ static void finish_batch(struct fs *fs, struct batch *b)
 			obj_maybe_doom(fs, o);
 			continue;
 		}
-		if (o->fd >= 0) {
-			TAILQ_REMOVE(&fs->lru, o, lru);
-			fds[nfds++] = o->fd;
-			fs->nfds--;
-		}
-		RB_REMOVE(object_tree, &fs->objects, o);
-		if (!o->opath)			/* an origin's host file is
+		if (!o->origin)			/* an origin's host file is
 						 * not ours */
 			ids[nids++] = o->id;
-		free(o->opath);
-		free(o);
+		int fd = obj_drop(fs, o);
+		if (fd >= 0)
+			fds[nfds++] = fd;
 	}
 	lock_drop(fs, LOCK_FS);
 	LOCK_ASSERT_UNLOCKED_FS();
@@ -513,10 +509,11 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 	r.u.super.root_ino = FS_ROOT_INO;
 	img_add(&im, &r);
 	struct object *o;
-	char *prev = NULL;
-	RB_FOREACH(o, object_tree, &fs->objects) {
-		if (o->opath && o->nlive) {
-			origin_to_rec(o, &r, &prev);
+	const struct object *prev = NULL;
+	char pbuf[PATH_MAX];
+	for (size_t it_ = 0; (o = obj_next(fs, &it_));) {
+		if (o->origin && o->nlive) {
+			origin_to_rec(o, &r, &prev, pbuf);
 			img_add(&im, &r);
 		}
 	}

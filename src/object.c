@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,16 +22,104 @@
 
 #define EVICT_MAX 8
 
-static int obj_cmp(struct object *a, struct object *b)
+/* ---- the object table ----
+ * Open addressing with linear probing: one pointer per slot (8 bytes,
+ * at most 3/4 full), where a tree would take 32 bytes of links in every
+ * object and a malloc'ed node per insert.  The home slot of id is its
+ * low bits XORed with the bits above them: ids come from a counter, so
+ * consecutive objects take neighbouring slots and do not collide, and
+ * iterating over the slots visits them in nearly id order (the
+ * checkpoint's origin records prefix-code their paths against the
+ * previous one); the XOR spreads ids that are a multiple of the table
+ * size apart, which the low bits alone would pile into one slot. */
+
+static size_t slot_of(const struct obj_table *t, uint64_t id)
 {
-	return (a->id < b->id) ? -1 : (a->id > b->id);
+	unsigned bits = (unsigned)__builtin_ctzll((unsigned long long)t->cap);
+
+	return (size_t)(id ^ (id >> bits)) & (t->cap - 1);
 }
-RB_GENERATE(object_tree, object, node, obj_cmp)
 
 struct object *obj_get(struct fs *fs, uint64_t id)
 {
-	struct object key = { .id = id };
-	return RB_FIND(object_tree, &fs->objects, &key);
+	struct obj_table *t = &fs->objects;
+
+	if (!t->cap)
+		return NULL;
+	for (size_t i = slot_of(t, id);; i = (i + 1) & (t->cap - 1)) {
+		struct object *o = t->v[i];
+		if (!o || o->id == id)
+			return o;
+	}
+}
+
+static void table_put(struct obj_table *t, struct object *o)
+{
+	size_t i = slot_of(t, o->id);
+
+	while (t->v[i])
+		i = (i + 1) & (t->cap - 1);
+	t->v[i] = o;
+}
+
+static int table_resize(struct obj_table *t, size_t cap)
+{
+	struct object **old = t->v;
+	size_t ocap = t->cap;
+
+	if (!(t->v = calloc(cap, sizeof(*t->v)))) {
+		t->v = old;
+		return -1;
+	}
+	t->cap = cap;
+	for (size_t i = 0; i < ocap; i++)
+		if (old[i])
+			table_put(t, old[i]);
+	free(old);
+	return 0;
+}
+
+static int table_add(struct obj_table *t, struct object *o)
+{
+	if ((t->n + 1) * 4 > t->cap * 3 &&
+	    table_resize(t, t->cap ? t->cap * 2 : 64))
+		return -1;
+	table_put(t, o);
+	t->n++;
+	return 0;
+}
+
+/* Take o out, shifting back the entries of its probe run that would
+ * no longer be found (no tombstones). */
+static void table_del(struct obj_table *t, struct object *o)
+{
+	size_t mask = t->cap - 1, i = slot_of(t, o->id);
+
+	while (t->v[i] != o)
+		i = (i + 1) & mask;
+	for (size_t j = (i + 1) & mask; t->v[j]; j = (j + 1) & mask) {
+		size_t home = slot_of(t, t->v[j]->id);
+		/* v[j] stays when its home lies cyclically in (i, j] */
+		if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+			continue;
+		t->v[i] = t->v[j];
+		i = j;
+	}
+	t->v[i] = NULL;
+	t->n--;
+	/* a big tree deleted: give the slots back */
+	if (t->cap > 64 && t->n * 8 < t->cap)
+		table_resize(t, t->cap / 2);
+}
+
+struct object *obj_next(struct fs *fs, size_t *i)
+{
+	struct obj_table *t = &fs->objects;
+
+	while (*i < t->cap)
+		if (t->v[(*i)++])
+			return t->v[*i - 1];
+	return NULL;
 }
 
 struct object *obj_new(struct fs *fs, uint64_t id, uint64_t owner)
@@ -41,19 +130,211 @@ struct object *obj_new(struct fs *fs, uint64_t id, uint64_t owner)
 	o->id = id;
 	o->owner = owner;
 	o->fd = -1;
-	RB_INSERT(object_tree, &fs->objects, o);
+	if (table_add(&fs->objects, o)) {
+		free(o);
+		return NULL;
+	}
 	if (id >= fs->next_obj)
 		fs->next_obj = id + 1;
 	return o;
+}
+
+/* ---- origin directories ----
+ * Every origin file of one host directory points to one struct odir
+ * that holds the directory's path: /usr has 160,000 entries in 14,000
+ * directories, and a path string per file would cost more than the rest
+ * of its object. */
+
+static size_t odir_hash(const char *path, size_t len, uint64_t dev)
+{
+	uint64_t h = 1469598103934665603ull ^ dev;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)path[i]) * 1099511628211ull;
+	return (size_t)(h ^ (h >> 29));
+}
+
+static struct odir *odir_get(struct obj_table *t, const char *path,
+			     size_t len, uint64_t dev)
+{
+	struct odir *d;
+	size_t h = odir_hash(path, len, dev);
+
+	if (t->dcap) {
+		for (d = t->dirs[h & (t->dcap - 1)]; d; d = d->next)
+			if (d->dev == dev && d->len == len &&
+			    !memcmp(d->path, path, len)) {
+				d->refs++;
+				return d;
+			}
+	}
+	if (t->dn >= t->dcap) {
+		size_t cap = t->dcap ? t->dcap * 2 : 64;
+		struct odir **n = calloc(cap, sizeof(*n));
+		if (!n)
+			return NULL;
+		for (size_t i = 0; i < t->dcap; i++)
+			while ((d = t->dirs[i])) {
+				t->dirs[i] = d->next;
+				size_t k = odir_hash(d->path, d->len, d->dev) & (cap - 1);
+				d->next = n[k];
+				n[k] = d;
+			}
+		free(t->dirs);
+		t->dirs = n;
+		t->dcap = cap;
+	}
+	if (!(d = malloc(sizeof(*d) + len + 1)))
+		return NULL;
+	d->dev = dev;
+	d->refs = 1;
+	d->len = (uint32_t)len;
+	memcpy(d->path, path, len);
+	d->path[len] = 0;
+	size_t k = h & (t->dcap - 1);
+	d->next = t->dirs[k];
+	t->dirs[k] = d;
+	t->dn++;
+	return d;
+}
+
+static void odir_put(struct obj_table *t, struct odir *d)
+{
+	if (--d->refs)
+		return;
+	struct odir **p = &t->dirs[odir_hash(d->path, d->len, d->dev) & (t->dcap - 1)];
+	while (*p != d)
+		p = &(*p)->next;
+	*p = d->next;
+	t->dn--;
+	free(d);
+}
+
+struct object *obj_new_origin(struct fs *fs, uint64_t id, const char *path,
+			      uint64_t dev, uint64_t ino, uint64_t size,
+			      int64_t mtime, int64_t ctime)
+{
+	struct obj_table *t = &fs->objects;
+	const char *slash = strrchr(path, '/');
+	struct object *old = obj_get(fs, id);
+	struct origin *g;
+
+	if (old && (old->doomed || old->dirty || old->pins || old->fd >= 0)) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (!slash) {
+		errno = EINVAL;
+		return NULL;
+	}
+	size_t nlen = strlen(slash + 1);
+	if (!(g = calloc(1, sizeof(*g) + nlen + 1)))
+		return NULL;
+	if (!(g->dir = odir_get(t, path, (size_t)(slash - path), dev))) {
+		free(g);
+		return NULL;
+	}
+	memcpy(g->name, slash + 1, nlen + 1);
+	g->ino = ino;
+	g->size = size;
+	g->mtime = mtime;
+	g->ctime = ctime;
+	g->obj.id = id;
+	g->obj.fd = -1;
+	g->obj.origin = true;
+	if (old) {
+		/* replay: extents named the id before its REC_ORIGIN */
+		g->obj.nlive = old->nlive;
+		g->obj.owner = old->owner;
+		g->obj.len = old->len;
+		obj_forget(fs, old);
+	}
+	if (table_add(t, &g->obj)) {
+		odir_put(t, g->dir);
+		free(g);
+		return NULL;
+	}
+	if (id >= fs->next_obj)
+		fs->next_obj = id + 1;
+	return &g->obj;
+}
+
+size_t origin_path(const struct object *o, char *buf)
+{
+	const struct origin *g = obj_origin(o);
+	size_t dl = g->dir->len, nl = strlen(g->name);
+
+	/* both parts were cut from one path shorter than PATH_MAX */
+	memcpy(buf, g->dir->path, dl);
+	buf[dl] = '/';
+	memcpy(buf + dl + 1, g->name, nl + 1);
+	return dl + 1 + nl;
+}
+
+/* ---- the fd LRU ----
+ * Indexed by fd: an fd number belongs to one object at a time, so the
+ * links live in a small array the size of the highest fd, not in every
+ * object. */
+
+static struct lru_slot *lru_at(struct obj_table *t, int fd1)
+{
+	return &t->lru[fd1 - 1];
+}
+
+/* Room for fd in the LRU array; before an object takes the fd. */
+static int lru_reserve(struct obj_table *t, int fd)
+{
+	if ((size_t)fd < t->lru_cap)
+		return 0;
+	size_t cap = t->lru_cap ? t->lru_cap : 64;
+	while (cap <= (size_t)fd)
+		cap *= 2;
+	struct lru_slot *n = realloc(t->lru, cap * sizeof(*n));
+	if (!n)
+		return -1;
+	memset(n + t->lru_cap, 0, (cap - t->lru_cap) * sizeof(*n));
+	t->lru = n;
+	t->lru_cap = cap;
+	return 0;
+}
+
+static void lru_push(struct obj_table *t, struct object *o)
+{
+	int fd1 = o->fd + 1;
+	struct lru_slot *s = lru_at(t, fd1);
+
+	s->o = o;
+	s->next = 0;
+	s->prev = t->lru_tail;
+	if (t->lru_tail)
+		lru_at(t, t->lru_tail)->next = fd1;
+	else
+		t->lru_head = fd1;
+	t->lru_tail = fd1;
+}
+
+static void lru_del(struct obj_table *t, struct object *o)
+{
+	struct lru_slot *s = lru_at(t, o->fd + 1);
+
+	if (s->prev)
+		lru_at(t, s->prev)->next = s->next;
+	else
+		t->lru_head = s->next;
+	if (s->next)
+		lru_at(t, s->next)->prev = s->prev;
+	else
+		t->lru_tail = s->prev;
+	*s = (struct lru_slot){ 0 };
 }
 
 size_t obj_evict(struct fs *fs, int *fds, size_t max)
 {
 	size_t n = 0;
 
-	while (n < max && fs->nfds >= fs->max_fds && !TAILQ_EMPTY(&fs->lru)) {
-		struct object *o = TAILQ_FIRST(&fs->lru);
-		TAILQ_REMOVE(&fs->lru, o, lru);
+	while (n < max && fs->nfds >= fs->max_fds && fs->objects.lru_head) {
+		struct object *o = lru_at(&fs->objects, fs->objects.lru_head)->o;
+		lru_del(&fs->objects, o);
 		fds[n++] = o->fd;
 		o->fd = -1;
 		fs->nfds--;
@@ -70,27 +351,27 @@ void obj_close_fds(const int *fds, size_t n)
 
 int obj_adopt_fd(struct fs *fs, struct object *o, int fd)
 {
-	if (o->fd >= 0)
+	if (o->fd >= 0 || lru_reserve(&fs->objects, fd))
 		return fd;
 	o->fd = fd;
 	fs->nfds++;
 	if (o->pins == 0)
-		TAILQ_INSERT_TAIL(&fs->lru, o, lru);
+		lru_push(&fs->objects, o);
 	return -1;
 }
 
 bool obj_hold(struct fs *fs, struct object *o)
 {
 	if (o->fd >= 0 && o->pins == 0)
-		TAILQ_REMOVE(&fs->lru, o, lru);
+		lru_del(&fs->objects, o);
 	o->pins++;
-	return o->fd < 0 || o->opath;
+	return o->fd < 0 || o->origin;
 }
 
 void obj_unpin(struct fs *fs, struct object *o)
 {
 	if (--o->pins == 0 && o->fd >= 0)
-		TAILQ_INSERT_TAIL(&fs->lru, o, lru);
+		lru_push(&fs->objects, o);
 }
 
 int obj_ready(struct fs *fs, struct object *o)
@@ -107,11 +388,11 @@ int obj_ready(struct fs *fs, struct object *o)
 	obj_close_fds(evicted, nev);
 	if (fd >= 0) {
 		/* cached: an origin must still be the file that was cloned */
-		return o->opath && origin_check(fs, o, fd) ? -EIO : fd;
+		return o->origin && origin_check(fs, o, fd) ? -EIO : fd;
 	}
-	fd = o->opath ? origin_open(fs, o) : store_obj_open(&fs->store, o->id, 0);
+	fd = o->origin ? origin_open(fs, o) : store_obj_open(&fs->store, o->id, 0);
 	if (fd < 0) {
-		if (!o->opath)
+		if (!o->origin)
 			fs_log(fs, "error: object %016llx: open: %s",
 			       (unsigned long long)o->id, strerror(-fd));
 		return fd == -ENOENT ? -EIO : fd;
@@ -122,7 +403,7 @@ int obj_ready(struct fs *fs, struct object *o)
 	lock_drop(fs, LOCK_FS);
 	if (spare >= 0)
 		close(spare);
-	return fd;
+	return fd >= 0 ? fd : -ENOMEM;	/* no room in the LRU array */
 }
 
 int obj_pin(struct fs *fs, struct object *o)
@@ -166,25 +447,53 @@ void obj_mark_dirty(struct fs *fs, struct object *o)
 	fs->dirty_objs = o;
 }
 
-void obj_forget(struct fs *fs, struct object *o)
+static void obj_free(struct obj_table *t, struct object *o)
 {
-	if (o->fd >= 0) {
+	struct origin *g = obj_origin(o);
+
+	if (g)
+		odir_put(t, g->dir);
+	free(o);
+}
+
+int obj_drop(struct fs *fs, struct object *o)
+{
+	int fd = o->fd;
+
+	if (fd >= 0) {
 		if (o->pins == 0)
-			TAILQ_REMOVE(&fs->lru, o, lru);
-		close(o->fd);
+			lru_del(&fs->objects, o);
 		fs->nfds--;
 	}
-	RB_REMOVE(object_tree, &fs->objects, o);
-	free(o->opath);
-	free(o);
+	table_del(&fs->objects, o);
+	obj_free(&fs->objects, o);
+	return fd;
+}
+
+void obj_forget(struct fs *fs, struct object *o)
+{
+	int fd = obj_drop(fs, o);
+
+	if (fd >= 0)
+		close(fd);
 }
 
 void obj_free_all(struct fs *fs)
 {
-	struct object *o, *t;
+	struct obj_table *t = &fs->objects;
 
-	RB_FOREACH_SAFE(o, object_tree, &fs->objects, t)
-		obj_forget(fs, o);
+	for (size_t i = 0; i < t->cap; i++) {
+		struct object *o = t->v[i];
+		if (!o)
+			continue;
+		if (o->fd >= 0)
+			close(o->fd);
+		obj_free(t, o);
+	}
+	free(t->v);
+	free(t->dirs);
+	free(t->lru);
+	memset(t, 0, sizeof(*t));
 	fs->nfds = 0;
 }
 
@@ -199,17 +508,22 @@ static int64_t ts_ns(const struct timespec *t)
 static void origin_warn(struct fs *fs, struct object *o, const char *what,
 			const char *detail, const char *tail)
 {
+	char path[PATH_MAX];
+
 	if (__atomic_exchange_n(&o->warned, true, __ATOMIC_RELAXED))
 		return;
-	fs_log(fs, "origin file '%s' %s%s%s", o->opath, what, detail, tail);
+	origin_path(o, path);
+	fs_log(fs, "origin file '%s' %s%s%s", path, what, detail, tail);
 }
 
 /* 0 when st describes the regular file that was cloned. */
 static int origin_match(struct fs *fs, struct object *o, const struct stat *st)
 {
-	if (S_ISREG(st->st_mode) && st->st_dev == o->odev &&
-	    st->st_ino == o->oino && (uint64_t)st->st_size == o->osize &&
-	    ts_ns(&st->st_mtim) == o->omtime && ts_ns(&st->st_ctim) == o->octime)
+	const struct origin *g = obj_origin(o);
+
+	if (S_ISREG(st->st_mode) && st->st_dev == g->dir->dev &&
+	    st->st_ino == g->ino && (uint64_t)st->st_size == g->size &&
+	    ts_ns(&st->st_mtim) == g->mtime && ts_ns(&st->st_ctim) == g->ctime)
 		return 0;
 	origin_warn(fs, o, "changed since it was cloned", S_ISREG(st->st_mode) ? "" :
 		    S_ISFIFO(st->st_mode) ? " (now a FIFO)" :
@@ -244,12 +558,13 @@ int origin_check(struct fs *fs, struct object *o, int fd)
 int origin_open(struct fs *fs, struct object *o)
 {
 	const int fl = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
-	char proc[64];
+	char proc[64], path[PATH_MAX];
 	struct stat st;
 	int pfd, fd = -1, rc = -EIO;
 
 	LOCK_ASSERT_UNLOCKED_FS();
-	pfd = open(o->opath, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	origin_path(o, path);
+	pfd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (pfd < 0) {
 		origin_warn(fs, o, "cannot be opened: ", strerror(errno),
 			    " (reads fail with EIO)");
@@ -267,9 +582,9 @@ int origin_open(struct fs *fs, struct object *o)
 	if (fd < 0 && errno == EPERM)
 		fd = open(proc, fl & ~O_NOFOLLOW);
 	if (fd < 0 && errno == ENOENT) {	/* no /proc */
-		fd = open(o->opath, fl | O_NOATIME);
+		fd = open(path, fl | O_NOATIME);
 		if (fd < 0 && errno == EPERM)
-			fd = open(o->opath, fl);
+			fd = open(path, fl);
 	}
 	if (fd < 0) {
 		origin_warn(fs, o, "cannot be opened: ", strerror(errno),
@@ -310,7 +625,7 @@ static void pf_one(struct fs *fs, uint64_t id)
 
 	lock_take(fs, LOCK_FS);
 	o = obj_get(fs, id);
-	if (!o || !o->opath || o->fd >= 0 || o->doomed ||
+	if (!o || !o->origin || o->fd >= 0 || o->doomed ||
 	    fs->nfds >= fs->max_fds) {
 		lock_drop(fs, LOCK_FS);
 		return;
@@ -346,7 +661,6 @@ static void *pf_worker(void *arg)
 		fs->pf_head++;
 		lock_drop(fs, LOCK_PF);
 		pf_one(fs, it.obj);
-		free(it.path);
 		lock_take(fs, LOCK_PF);
 	}
 	lock_drop(fs, LOCK_PF);
@@ -373,8 +687,6 @@ void origin_prefetch_stop(struct fs *fs)
 	for (int i = 0; i < fs->pf_nthreads; i++)
 		pthread_join(fs->pf_threads[i], NULL);
 	fs->pf_nthreads = 0;
-	for (size_t i = fs->pf_head; i < fs->pf_tail; i++)
-		free(fs->pf_queue[i % fs->pf_cap].path);
 	free(fs->pf_queue);
 	fs->pf_queue = NULL;
 }
@@ -392,30 +704,43 @@ void origin_prefetch(struct fs *fs, struct pf_item *items, size_t n)
 	if (i > 1)
 		pthread_cond_broadcast(&fs->pf_cond);
 	lock_drop(fs, LOCK_PF);
-	for (; i < n; i++)
-		free(items[i].path);
 }
 
 /* The REC_ORIGIN record of an origin object; its path is stored as the
- * prefix it shares with *prev (the previous REC_ORIGIN of the batch or
- * checkpoint) plus a suffix.  *prev is set to this object's path. */
-void origin_to_rec(const struct object *o, struct rec *r, char **prev)
+ * prefix it shares with that of *prev (the previous REC_ORIGIN of the
+ * batch or checkpoint) plus a suffix.  *prev is set to this object. */
+void origin_to_rec(const struct object *o, struct rec *r,
+		   const struct object **prev, char *buf)
 {
-	size_t k = 0;
+	const struct origin *g = obj_origin(o);
+	size_t len = origin_path(o, buf), k = 0;
 
-	if (*prev)
-		while (k < 4095 && (*prev)[k] && (*prev)[k] == o->opath[k])
+	if (*prev) {
+		const struct origin *p = obj_origin(*prev);
+		char pbuf[PATH_MAX];
+		const char *pp = pbuf;
+		size_t skip = 0;
+		if (p->dir == g->dir) {
+			/* the same directory: only the names differ */
+			skip = g->dir->len + 1;
+			pp = p->name;
+		} else {
+			origin_path(*prev, pbuf);
+		}
+		k = skip;
+		while (k < 4095 && pp[k - skip] && pp[k - skip] == buf[k])
 			k++;
+	}
 	memset(r, 0, sizeof(*r));
 	r->type = REC_ORIGIN;
 	r->flags = (uint16_t)k;
 	r->u.origin.obj = o->id;
-	r->u.origin.dev = o->odev;
-	r->u.origin.ino = o->oino;
-	r->u.origin.size = o->osize;
-	r->u.origin.mtime_ns = o->omtime;
-	r->u.origin.ctime_ns = o->octime;
-	r->data = o->opath + k;
-	r->data_len = (uint32_t)strlen(o->opath + k);
-	*prev = o->opath;
+	r->u.origin.dev = g->dir->dev;
+	r->u.origin.ino = g->ino;
+	r->u.origin.size = g->size;
+	r->u.origin.mtime_ns = g->mtime;
+	r->u.origin.ctime_ns = g->ctime;
+	r->data = buf + k;
+	r->data_len = (uint32_t)(len - k);
+	*prev = o;
 }

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <linux/magic.h>
 #include <sys/fsuid.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -36,39 +37,27 @@ static int64_t ts_ns(const struct timespec *t)
 	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
 
-/* Fill r for o; its path is coded as the prefix shared with *prev (in
- * r->flags) and the rest.  *prev becomes o's path (not owned). */
-
 int origin_apply(struct fs *fs, const struct rec *r)
 {
-	struct object *o = obj_get(fs, r->u.origin.obj);
-	size_t k = r->flags, have = fs->opath_load ? strlen(fs->opath_load) : 0;
+	char path[PATH_MAX];
+	size_t k = r->flags, have = 0;
+	struct object *o;
 
+	if (fs->opath_load)
+		have = origin_path(fs->opath_load, path);
 	if (r->u.origin.obj == 0 || k > have || k + r->data_len == 0 ||
 	    k + r->data_len >= PATH_MAX)
 		return -EINVAL;
-	char *path = malloc(k + r->data_len + 1);
-	if (!path)
-		return -ENOMEM;
-	memcpy(path, fs->opath_load ? fs->opath_load : "", k);
 	memcpy(path + k, r->data, r->data_len);
 	path[k + r->data_len] = 0;
-	if (path[0] != '/') {
-		free(path);
+	if (path[0] != '/')
 		return -EINVAL;
-	}
-	if (!o && !(o = obj_new(fs, r->u.origin.obj, 0))) {
-		free(path);
-		return -ENOMEM;
-	}
-	free(o->opath);
-	o->opath = path;
-	fs->opath_load = o->opath;
-	o->odev = r->u.origin.dev;
-	o->oino = r->u.origin.ino;
-	o->osize = r->u.origin.size;
-	o->omtime = r->u.origin.mtime_ns;
-	o->octime = r->u.origin.ctime_ns;
+	o = obj_new_origin(fs, r->u.origin.obj, path, r->u.origin.dev,
+			   r->u.origin.ino, r->u.origin.size,
+			   r->u.origin.mtime_ns, r->u.origin.ctime_ns);
+	if (!o)
+		return errno == EINVAL ? -EINVAL : -ENOMEM;
+	fs->opath_load = o;
 	return 0;
 }
 
@@ -139,13 +128,13 @@ struct hx {			/* one xattr */
 
 struct hent {
 	long parent;		/* index of the parent entry, -1: top */
-	char *name;		/* owned */
-	char *path;		/* owned: host path of a regular file */
-	char *target;		/* owned: symlink target */
+	const char *name;	/* the walk's (a frame's name, or the top's) */
+	char *path;		/* in the arena: host path of a regular file */
+	char *target;		/* in the arena: symlink target */
 	struct stat st;		/* from fstat of the fd the entry was read by */
 	struct hx *x;
 	int nx;
-	uint64_t *ranges;	/* owned: block runs (first, count) pairs */
+	uint64_t *ranges;	/* in the arena: block runs (first, count) pairs */
 	int nranges;
 	uint64_t ino;		/* new inode number, set when materialized */
 	uint64_t obj;		/* its origin object, once materialized */
@@ -155,16 +144,82 @@ struct hent {
 /* A directory being walked: its entries, read and sorted when entered. */
 struct wframe {
 	DIR *dir;		/* dirfd() is the parent fd of the entries */
-	char **names;		/* owned */
+	char **names;		/* owned; the names are in the arena */
 	size_t n, i;
 	long idx;		/* its entry, -1: the top (contents only) */
 	dev_t dev;
 	size_t plen;		/* length of its host path in walk.path */
 };
 
+/*
+ * The walk's memory: everything it keeps until the clone is materialized
+ * (names, paths, symlink targets, xattrs, block runs, the entries) comes
+ * from mappings of its own, unmapped as a whole at the end.  From the
+ * heap, it would sit under the inodes and objects that materializing
+ * allocates, and glibc could not give it back: a clone of /usr would keep
+ * twice the memory its inodes need.
+ */
+#define ARENA_CHUNK (1u << 20)
+
+struct achunk {
+	struct achunk *next;
+	size_t size;
+};
+
+struct arena {
+	struct achunk *chunks;
+	char *cur, *end;
+};
+
+static void *arena_alloc(struct arena *a, size_t n)
+{
+	n = (n + 15) & ~(size_t)15;
+	if (n > (size_t)(a->end - a->cur)) {
+		size_t hdr = (sizeof(struct achunk) + 15) & ~(size_t)15;
+		size_t size = n + hdr > ARENA_CHUNK ?
+			      (n + hdr + 4095) & ~(size_t)4095 : ARENA_CHUNK;
+		struct achunk *c = mmap(NULL, size, PROT_READ | PROT_WRITE,
+					MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (c == MAP_FAILED)
+			return NULL;
+		c->next = a->chunks;
+		c->size = size;
+		a->chunks = c;
+		a->cur = (char *)c + hdr;
+		a->end = (char *)c + size;
+	}
+	void *p = a->cur;
+	a->cur += n;
+	return p;
+}
+
+static void *arena_dup(struct arena *a, const void *src, size_t n)
+{
+	void *p = arena_alloc(a, n);
+	if (p)
+		memcpy(p, src, n);
+	return p;
+}
+
+static char *arena_strdup(struct arena *a, const char *s)
+{
+	return arena_dup(a, s, strlen(s) + 1);
+}
+
+static void arena_free(struct arena *a)
+{
+	while (a->chunks) {
+		struct achunk *c = a->chunks;
+		a->chunks = c->next;
+		munmap(c, c->size);
+	}
+	a->cur = a->end = NULL;
+}
+
 struct walk {
 	struct fs *fs;
-	struct hent *v;
+	struct arena a;		/* the entries' names, paths, ... */
+	struct hent *v;		/* mapped: grows with mremap */
 	long n, cap;
 	uint64_t skipped;
 	int is_root;		/* the caller may make device nodes */
@@ -172,40 +227,35 @@ struct walk {
 	size_t plen, pcap;
 	struct wframe *st;	/* the directories being walked */
 	size_t depth, scap;
+	uint64_t *runs;		/* read_ranges()' scratch (heap) */
+	size_t rcap;
 };
 
 static void free_walk(struct walk *w)
 {
-	for (long i = 0; i < w->n; i++) {
-		struct hent *e = &w->v[i];
-		free(e->name);
-		free(e->path);
-		free(e->target);
-		free(e->ranges);
-		for (int k = 0; k < e->nx; k++) {
-			free(e->x[k].name);
-			free(e->x[k].value);
-		}
-		free(e->x);
-	}
-	free(w->v);
+	if (w->v)
+		munmap(w->v, (size_t)w->cap * sizeof(*w->v));
 	while (w->depth) {
 		struct wframe *f = &w->st[--w->depth];
 		closedir(f->dir);
-		for (size_t i = 0; i < f->n; i++)
-			free(f->names[i]);
 		free(f->names);
 	}
 	free(w->st);
 	free(w->path);
+	free(w->runs);
+	arena_free(&w->a);
 }
 
 static struct hent *add_ent(struct walk *w)
 {
 	if (w->n == w->cap) {
 		long cap = w->cap ? w->cap * 2 : 1024;
-		struct hent *v = realloc(w->v, (size_t)cap * sizeof(*v));
-		if (!v)
+		size_t old = (size_t)w->cap * sizeof(*w->v);
+		size_t size = (size_t)cap * sizeof(*w->v);
+		struct hent *v = w->v ? mremap(w->v, old, size, MREMAP_MAYMOVE) :
+				 mmap(NULL, size, PROT_READ | PROT_WRITE,
+				      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (v == MAP_FAILED)
 			return NULL;
 		w->v = v;
 		w->cap = cap;
@@ -257,9 +307,10 @@ static int want_xattr(const char *n, int is_root)
 }
 
 /* Read xattrs through fd (or path for symlinks, fd < 0). */
-static int read_xattrs(struct hent *e, int fd, const char *path, int is_root)
+static int read_xattrs(struct walk *w, struct hent *e, int fd,
+		       const char *path, int is_root)
 {
-	char *names = malloc(65536);
+	char *names = malloc(65536), *val = NULL;
 	ssize_t n;
 	int rc = 0;
 
@@ -273,35 +324,34 @@ static int read_xattrs(struct hent *e, int fd, const char *path, int is_root)
 	for (char *p = names; p < names + n; p += strlen(p) + 1) {
 		if (!want_xattr(p, is_root))
 			continue;
-		char *val = malloc(COWFS_XATTR_MAX);
-		if (!val) {
+		if (!val && !(val = malloc(COWFS_XATTR_MAX))) {
 			rc = -ENOMEM;
 			goto out;
 		}
 		ssize_t len = fd >= 0 ? fgetxattr(fd, p, val, COWFS_XATTR_MAX) :
 					lgetxattr(path, p, val, COWFS_XATTR_MAX);
-		if (len < 0) {
-			free(val);
+		if (len < 0)
 			continue;
-		}
-		struct hx *x = realloc(e->x, (size_t)(e->nx + 1) * sizeof(*x));
+		/* rare: the array is copied to grow, in the arena */
+		struct hx *x = arena_alloc(&w->a, (size_t)(e->nx + 1) * sizeof(*x));
 		if (!x) {
-			free(val);
 			rc = -ENOMEM;
 			goto out;
 		}
+		if (e->nx)
+			memcpy(x, e->x, (size_t)e->nx * sizeof(*x));
 		e->x = x;
-		x[e->nx].name = strdup(p);
-		x[e->nx].value = val;
+		x[e->nx].name = arena_strdup(&w->a, p);
+		x[e->nx].value = arena_dup(&w->a, val, (size_t)len);
 		x[e->nx].len = (uint32_t)len;
-		if (!x[e->nx].name) {
-			free(val);
+		if (!x[e->nx].name || (len && !x[e->nx].value)) {
 			rc = -ENOMEM;
 			goto out;
 		}
 		e->nx++;
 	}
 out:
+	free(val);
 	free(names);
 	return rc;
 }
@@ -311,10 +361,10 @@ static int read_ranges(struct walk *w, struct hent *e, int fd)
 {
 	unsigned shift = w->fs->block_shift;
 	off_t pos = 0, end;
-	int cap = 0;
 
 	if (e->st.st_size == 0)
 		return 0;
+	e->ranges = w->runs;
 	for (;;) {
 		pos = lseek(fd, pos, SEEK_DATA);
 		if (pos < 0) {
@@ -337,12 +387,16 @@ static int read_ranges(struct walk *w, struct hent *e, int fd)
 			if (last + 1 > r[0] + r[1])
 				r[1] = last + 1 - r[0];
 		} else {
-			if (e->nranges == cap) {
-				cap = cap ? cap * 2 : 4;
-				uint64_t *r = realloc(e->ranges, (size_t)cap * 2 * sizeof(*r));
-				if (!r)
+			if ((size_t)e->nranges == w->rcap) {
+				size_t cap = w->rcap ? w->rcap * 2 : 16;
+				uint64_t *r = realloc(w->runs, cap * 2 * sizeof(*r));
+				if (!r) {
+					e->ranges = NULL;
+					e->nranges = 0;
 					return -ENOMEM;
-				e->ranges = r;
+				}
+				e->ranges = w->runs = r;
+				w->rcap = cap;
 			}
 			e->ranges[2 * e->nranges] = first;
 			e->ranges[2 * e->nranges + 1] = last - first + 1;
@@ -351,6 +405,13 @@ static int read_ranges(struct walk *w, struct hent *e, int fd)
 		if (end >= e->st.st_size)
 			break;
 		pos = end;
+	}
+	/* the scratch array is the next file's */
+	if (e->nranges &&
+	    !(e->ranges = arena_dup(&w->a, e->ranges,
+				    (size_t)e->nranges * 2 * sizeof(*e->ranges)))) {
+		e->nranges = 0;
+		return -ENOMEM;
 	}
 	return 0;
 }
@@ -407,7 +468,7 @@ static int push_dir(struct walk *w, int fd, long idx, dev_t dev)
 				return -ENOMEM;
 			f->names = nn;
 		}
-		if (!(f->names[f->n] = strdup(de->d_name)))
+		if (!(f->names[f->n] = arena_strdup(&w->a, de->d_name)))
 			return -ENOMEM;
 		f->n++;
 	}
@@ -502,31 +563,31 @@ again:
 	}
 	e->parent = parent;
 	e->st = st;
-	if (!(e->name = strdup(name))) {
-		rc = -ENOMEM;
-		goto out;
-	}
+	/* the names the frame read live as long as the walk */
+	e->name = name;
 	if (S_ISLNK(st.st_mode)) {
-		char *buf = malloc(PATH_MAX);
-		ssize_t n = buf ? readlinkat(pfd, "", buf, PATH_MAX - 1) : -1;
+		char buf[PATH_MAX];
+		ssize_t n = readlinkat(pfd, "", buf, PATH_MAX - 1);
 		if (n < 0) {
-			rc = buf ? -errno : -ENOMEM;
-			free(buf);
+			rc = -errno;
 			goto out;
 		}
 		buf[n] = 0;
-		e->target = buf;
+		if (!(e->target = arena_dup(&w->a, buf, (size_t)n + 1))) {
+			rc = -ENOMEM;
+			goto out;
+		}
 		/* user.* xattrs cannot be on symlinks: only root's walk reads
 		 * theirs, by path (a symlink cannot be opened) */
 		if (w->is_root && (rc = path_set(w, w->plen, name)) == 0) {
 			size_t len = w->plen - strlen(name) - 1;
-			rc = read_xattrs(e, -1, w->path, 1);
+			rc = read_xattrs(w, e, -1, w->path, 1);
 			int rc2 = path_set(w, len, NULL);
 			rc = rc ? rc : rc2;
 		}
 		goto out;
 	}
-	if (fd >= 0 && (rc = read_xattrs(e, fd, NULL, w->is_root)))
+	if (fd >= 0 && (rc = read_xattrs(w, e, fd, NULL, w->is_root)))
 		goto out;
 	if (S_ISREG(st.st_mode)) {
 		size_t plen = w->plen + strlen(name) + 2;
@@ -536,7 +597,7 @@ again:
 			rc = -ENAMETOOLONG;
 			goto out;
 		}
-		if (!(e->path = malloc(plen))) {
+		if (!(e->path = arena_alloc(&w->a, plen))) {
 			rc = -ENOMEM;
 			goto out;
 		}
@@ -564,8 +625,6 @@ static int walk_run(struct walk *w)
 		int cfd;
 		if (f->i == f->n) {
 			closedir(f->dir);
-			for (size_t i = 0; i < f->n; i++)
-				free(f->names[i]);
 			free(f->names);
 			w->depth--;
 			if (w->depth)
@@ -722,6 +781,9 @@ static int walk_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 
 /* ---- materializing ---- */
 
+/* A clone whose batch is at least this big is committed at once. */
+#define CLONE_COMMIT_BYTES (1u << 20)
+
 struct link_key {
 	dev_t dev;
 	ino_t ino;
@@ -795,6 +857,7 @@ static int log_xattrs(struct fs *fs, struct inode *in, struct hent *e)
 static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 		       struct inode *dir, const char *name)
 {
+	char pbuf[PATH_MAX];
 	struct timespec now;
 	struct rec r;
 	int rc = 0;
@@ -822,19 +885,14 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 		if ((rc = journal_log(fs, &r)) || (rc = log_xattrs(fs, in, e)))
 			return rc;
 		if (e->nranges) {
-			uint64_t id = fs->next_obj++;
-			struct object *o = obj_new(fs, id, 0);
+			uint64_t id = fs->next_obj;
+			struct object *o = obj_new_origin(fs, id, e->path,
+				e->st.st_dev, e->st.st_ino, (uint64_t)e->st.st_size,
+				ts_ns(&e->st.st_mtim), ts_ns(&e->st.st_ctim));
 			if (!o)
 				return -ENOMEM;
 			e->obj = id;
-			if (!(o->opath = strdup(e->path)))
-				return -ENOMEM;
-			o->odev = e->st.st_dev;
-			o->oino = e->st.st_ino;
-			o->osize = (uint64_t)e->st.st_size;
-			o->omtime = ts_ns(&e->st.st_mtim);
-			o->octime = ts_ns(&e->st.st_ctim);
-			origin_to_rec(o, &r, &fs->opath_prev);
+			origin_to_rec(o, &r, &fs->opath_prev, pbuf);
 			if ((rc = journal_log(fs, &r)))
 				return rc;
 			for (int k = 0; k < e->nranges && !rc; k++) {
@@ -933,6 +991,7 @@ int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 		  uint64_t dst_parent, const char *name, uint64_t *skipped)
 {
 	struct walk w;
+	bool big = false;
 	int rc;
 
 	if (skipped)
@@ -949,11 +1008,17 @@ int fs_clone_host(struct fs *fs, const struct fs_ctx *c, const char *host,
 	if (!rc) {
 		lock_take(fs, LOCK_FS);
 		rc = clone_host_locked(fs, c, &w, dst_parent, name);
+		big = fs->jlen >= CLONE_COMMIT_BYTES;
 		lock_drop(fs, LOCK_FS);
 	}
 	if (skipped)
 		*skipped = w.skipped;
 	free_walk(&w);
+	/* A big clone's records (some 300 bytes an entry) would hold their
+	 * memory until the next periodic commit: commit them now.  A
+	 * failure is the periodic commit's to report, as for any batch. */
+	if (!rc && big)
+		journal_commit(fs);
 	return rc;
 }
 
@@ -1047,7 +1112,7 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 		for (size_t i = 0; i < in->map.n; i++) {
 			struct extent *e = &in->map.v[i];
 			struct object *x = obj_get(fs, e->obj);
-			if (x && x->opath) {
+			if (x && x->origin) {
 				run = *e;
 				o = x;
 				break;

@@ -35,7 +35,7 @@ static int file_shares(struct fs *fs, const struct inode *in)
 	for (size_t i = 0; i < in->map.n; i++) {
 		const struct extent *e = &in->map.v[i];
 		struct object *o = obj_get(fs, e->obj);
-		if (o && o->opath)
+		if (o && o->origin)
 			return 1;
 		if (e->obj == in->wobj)	/* invariant (1): private */
 			continue;
@@ -90,8 +90,8 @@ int fs_status(struct fs *fs, struct cowfs_ioc_status *out)
 		if (S_ISREG(in->mode) && file_shares(fs, in))
 			out->shared_files++;
 	}
-	RB_FOREACH(o, object_tree, &fs->objects)
-		if (o->opath)
+	for (size_t it_ = 0; (o = obj_next(fs, &it_));)
+		if (o->origin)
 			out->origin_files++;
 	lock_drop(fs, LOCK_FS);
 

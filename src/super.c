@@ -23,8 +23,6 @@ int fs_init_store(const char *path, unsigned block_shift, char *err,
 
 	memset(&fs, 0, sizeof(fs));
 	RB_INIT(&fs.inodes);
-	RB_INIT(&fs.objects);
-	TAILQ_INIT(&fs.lru);
 	TAILQ_INIT(&fs.dirty);
 	fs.block_shift = block_shift;
 	fs.block_size = 1ull << block_shift;
@@ -94,8 +92,6 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 		fs->opt.commit_secs = 5;
 	fs->metafd = -1;
 	RB_INIT(&fs->inodes);
-	RB_INIT(&fs->objects);
-	TAILQ_INIT(&fs->lru);
 	TAILQ_INIT(&fs->dirty);
 	refcount_init(&fs->rc);
 	pthread_mutex_init(&fs->lock, NULL);
@@ -179,7 +175,7 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 		}
 	}
 	struct object *o;
-	RB_FOREACH(o, object_tree, &fs->objects)
+	for (size_t it_ = 0; (o = obj_next(fs, &it_));)
 		obj_maybe_doom(fs, o);
 	if (unclean)
 		fs_log(fs, "recovered after an unclean stop: journal replayed, "

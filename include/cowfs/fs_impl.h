@@ -133,8 +133,7 @@ struct fs {
 
 	/* protected by lock */
 	struct inode_tree inodes;
-	struct object_tree objects;	/* object.c */
-	struct object_lru lru;		/* object.c: open, unpinned fds */
+	struct obj_table objects;	/* object.c: objects, fd LRU */
 	unsigned nfds, max_fds;		/* object.c: open fds, their bound */
 	struct refcount rc;
 	uint64_t next_ino, next_obj;
@@ -152,9 +151,10 @@ struct fs {
 	size_t ext_last_off;
 	int replaying;			/* applying records from disk */
 	/* REC_ORIGIN paths are stored as a prefix shared with the previous
-	 * REC_ORIGIN of the same batch (or checkpoint) plus a suffix. */
-	char *opath_prev;		/* writer side, reset per batch */
-	char *opath_load;		/* loader side, reset per batch */
+	 * REC_ORIGIN of the same batch (or checkpoint) plus a suffix: the
+	 * origin object of that previous record. */
+	const struct object *opath_prev;	/* writer side, reset per batch */
+	const struct object *opath_load;	/* loader side, reset per batch */
 	int broken;			/* sticky: metadata write failed */
 
 	/* protected by commit_lock */

@@ -49,7 +49,7 @@ int origin_fs_refused(int fd, const char **what);
  */
 struct jmark {
 	size_t jlen, jrecs;
-	char *opath_prev;
+	const struct object *opath_prev;
 };
 
 static inline void jmark_save(const struct fs *fs, struct jmark *m)

@@ -3,11 +3,13 @@
  * blocks, and nothing above them.
  *
  * Owns:
- *  - every struct object: created by obj_new(), found by obj_get(), freed
- *    by obj_forget() (after the commit that killed it, see journal.c) or
- *    obj_free_all() at unmount.  All live in fs->objects.
- *  - the cache of open object fds: fs->lru (open, unpinned fds, least
- *    recently used first), fs->nfds, fs->max_fds.  Only this module opens
+ *  - every struct object: created by obj_new() or obj_new_origin(), found
+ *    by obj_get(), freed by obj_drop() (after the commit that killed it,
+ *    see journal.c), obj_forget() or obj_free_all() at unmount.  All live
+ *    in fs->objects, a hash table by id, which also holds the host
+ *    directories of origin files (struct odir).
+ *  - the cache of open object fds: the LRU in fs->objects (open, unpinned
+ *    fds, least recently used first), fs->nfds, fs->max_fds.  Only this module opens
  *    or closes an object's cached fd (journal.c's finish_batch still
  *    closes the fd of an object it frees; obj_forget() does the same).
  *  - pins: a pin keeps an object allocated and its fd open while a caller
@@ -39,36 +41,79 @@
 
 struct fs;
 
+/*
+ * A host directory that origin files are in, with the device they are
+ * on: its path is stored once for all of them (a file on another device
+ * than its directory's other files gets a node of its own).  Shared by
+ * reference count; in fs->objects' directory hash; fs->lock.
+ */
+struct odir {
+	struct odir *next;	/* hash chain */
+	uint64_t dev;
+	uint32_t refs;		/* origin objects in it */
+	uint32_t len;		/* strlen(path) */
+	char path[];		/* "" for "/": a file's path is path/name */
+};
+
 struct object {
-	RB_ENTRY(object) node;	/* in fs->objects; fs->lock */
 	uint64_t id;		/* immutable */
 	uint64_t nlive;		/* blocks some extent maps; fs->lock */
 	uint64_t owner;		/* ino whose write object it is, 0: retired;
 				 * fs->lock */
-	int fd;			/* -1: closed.  Changed under fs->lock; stable
-				 * while pinned once obj_ready() returned it */
 	uint64_t len;		/* the object file is at least this long;
 				 * the owner's io_lock (only the owner writes) */
+	struct object *dirty_next;	/* fs->dirty_objs; fs->lock */
+	int fd;			/* -1: closed.  Changed under fs->lock; stable
+				 * while pinned once obj_ready() returned it.
+				 * While open and unpinned, o is in the fd LRU
+				 * (indexed by fd: no links in the object) */
 	uint32_t pins;		/* users outside fs->lock; fs->lock */
 	bool dirty;		/* written since the last commit's sync;
 				 * fs->lock */
 	bool doomed;		/* queued for unlink; fs->lock */
-	/* origin objects: a host file read in place, never written.  These
-	 * fields are set before the object is published and never change, so
-	 * they are read without fs->lock by a pin holder. */
-	char *opath;		/* host path (owned); NULL: a store object */
-	uint64_t odev, oino, osize;
-	int64_t omtime, octime;	/* ns */
+	bool origin;		/* a struct origin (immutable) */
 	bool warned;		/* the change was logged once; atomic */
-	struct object *dirty_next;	/* fs->dirty_objs; fs->lock */
-	TAILQ_ENTRY(object) lru;	/* in fs->lru while open and unpinned */
 };
-RB_HEAD(object_tree, object);
-RB_PROTOTYPE(object_tree, object, node, obj_cmp)
-TAILQ_HEAD(object_lru, object);
+
+/*
+ * An origin object: a host file read in place, never written.  These
+ * fields are set before the object is published and never change, so they
+ * are read without fs->lock by a pin holder.  Its path is dir->path + "/"
+ * + name, built only to open it (origin_path()).
+ */
+struct origin {
+	struct object obj;
+	struct odir *dir;	/* holds a reference */
+	uint64_t ino, size;	/* the host file's identity */
+	int64_t mtime, ctime;	/* ns */
+	char name[];
+};
+
+static inline struct origin *obj_origin(const struct object *o)
+{
+	return o->origin ? (struct origin *)(uintptr_t)o : NULL;
+}
+
+/* One fd's place in the LRU of open, unpinned object fds. */
+struct lru_slot {
+	struct object *o;
+	int prev, next;		/* fd + 1 of the neighbours, 0: none */
+};
+
+/* fs->objects: every object, by id, and the origin directories. */
+struct obj_table {
+	struct object **v;	/* open addressing, linear probing; slot
+				 * id & mask: ids come from a counter, so
+				 * slot order is nearly id order */
+	size_t cap, n;		/* cap: 0 or a power of two */
+	struct odir **dirs;	/* hash chains of struct odir */
+	size_t dcap, dn;
+	struct lru_slot *lru;	/* by fd */
+	size_t lru_cap;
+	int lru_head, lru_tail;	/* fd + 1, 0: empty; least recent first */
+};
 
 struct pf_item {		/* an origin file to prefetch */
-	char *path;		/* owned (informative: the object's path) */
 	uint64_t obj;		/* its object, to hand the open fd to */
 };
 
@@ -77,6 +122,18 @@ struct pf_item {		/* an origin file to prefetch */
 struct object *obj_get(struct fs *fs, uint64_t id);
 /* A new object in fs->objects (no fd, not on disk).  NULL: out of memory. */
 struct object *obj_new(struct fs *fs, uint64_t id, uint64_t owner);
+/*
+ * A new origin object in fs->objects for the host file path (absolute,
+ * shorter than PATH_MAX) with identity st's fields; replaces an object of
+ * that id that nothing uses yet (replay).  NULL: out of memory, or an
+ * object of that id is in use (errno EINVAL).
+ */
+struct object *obj_new_origin(struct fs *fs, uint64_t id, const char *path,
+			      uint64_t dev, uint64_t ino, uint64_t size,
+			      int64_t mtime, int64_t ctime);
+/* Iterate over every object: for (size_t i = 0; (o = obj_next(fs, &i));)
+ * in nearly id order.  Do not add or remove objects meanwhile. */
+struct object *obj_next(struct fs *fs, size_t *i);
 /*
  * Pin o: it stays allocated and, once open, its fd stays open until
  * obj_unpin().  Never blocks.  Returns true when the caller must call
@@ -107,6 +164,9 @@ size_t obj_evict(struct fs *fs, int *fds, size_t max);
 int obj_adopt_fd(struct fs *fs, struct object *o, int fd);
 /* Drop o from memory (and its fd) without touching its file: pins == 0. */
 void obj_forget(struct fs *fs, struct object *o);
+/* The same, but o's fd (or -1) is returned for the caller to close once
+ * fs->lock is dropped. */
+int obj_drop(struct fs *fs, struct object *o);
 
 /* ---- without fs->lock ---- */
 
@@ -129,10 +189,14 @@ void obj_free_all(struct fs *fs);
  * object.
  */
 int origin_open(struct fs *fs, struct object *o);
+/* o's host path into buf (PATH_MAX bytes); returns its length. */
+size_t origin_path(const struct object *o, char *buf);
 /* An origin object's REC_ORIGIN record, its path prefix-coded against
- * *prev (the previous REC_ORIGIN of the batch or checkpoint; NULL at its
- * start); sets *prev to o's path.  r points into o: no copy. */
-void origin_to_rec(const struct object *o, struct rec *r, char **prev);
+ * that of *prev (the previous REC_ORIGIN of the batch or checkpoint; NULL
+ * at its start); sets *prev to o.  r's path points into buf (PATH_MAX
+ * bytes), which must live until r is encoded. */
+void origin_to_rec(const struct object *o, struct rec *r,
+		   const struct object **prev, char *buf);
 /* 0 when fd is still the file that was cloned; -EIO (logged once).
  * fstat()s fd: fs->lock not held. */
 int origin_check(struct fs *fs, struct object *o, int fd);
@@ -141,8 +205,7 @@ int origin_check(struct fs *fs, struct object *o, int fd);
  * read soon, and hand their checked fds to the cache. */
 void origin_prefetch_start(struct fs *fs);
 void origin_prefetch_stop(struct fs *fs);
-/* Queue origin files (paths taken over: the queue frees them).  Takes
- * pf_lock: call without fs->lock. */
+/* Queue origin files to prefetch.  Takes pf_lock: call without fs->lock. */
 void origin_prefetch(struct fs *fs, struct pf_item *items, size_t n);
 
 #endif

@@ -341,7 +341,7 @@ static void check_internal(int after_unclean)
 	CHECKF(fs->meta_end == (uint64_t)file_size(metapath),
 	       "meta_end %" PRIu64 " but the file has %lld bytes", fs->meta_end,
 	       (long long)file_size(metapath));
-	RB_FOREACH(o, object_tree, &fs->objects) {
+	for (size_t it_ = 0; (o = obj_next(fs, &it_));) {
 		uint64_t live = 0;
 		RB_FOREACH(in, inode_tree, &fs->inodes) {
 			for (size_t i = 0; i < in->map.n; i++) {
