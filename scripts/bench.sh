@@ -725,8 +725,9 @@ log "work directory $W ($HOSTFS), cowfs $COWFS, $REPS repetition(s)"
 RAND=$W/input/random.bin
 mkdir -p "$W/input"
 if has_workload io || has_workload clone || has_workload space; then
-	want=$IO_BYTES
-	[ "$BIGFILE_BYTES" -gt "$want" ] && want=$BIGFILE_BYTES
+	want=0
+	has_workload io && want=$IO_BYTES
+	has_workload clone && [ "$BIGFILE_BYTES" -gt "$want" ] && want=$BIGFILE_BYTES
 	has_workload space && [ "$SPACE_BIG_BYTES" -gt "$want" ] && want=$SPACE_BIG_BYTES
 	log "generating $want bytes of random data"
 	head -c "$want" /dev/urandom >"$RAND" || die "cannot write $RAND"
