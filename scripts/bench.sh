@@ -810,6 +810,7 @@ if has_workload space; then
 		"$((SPACE_FILES * 21 / 2))K" >/dev/null 2>"$W/logs/gen-tree-space.log" ||
 		die "gen-tree.sh failed: $(cat "$W/logs/gen-tree-space.log")"
 	SPACE_TREE_BYTES=$(tree_bytes "$SPACE_TREE")
+	SPACE_SUM=$(cd "$SPACE_TREE" && find . -type f -printf '%p %s %T@\n' | sort | md5sum)
 fi
 if has_workload scale; then
 	log "generating the scale tree ($SCALE_FILES files)"
@@ -1333,6 +1334,11 @@ if has_workload clone; then
 		printf '\n#### FAIL: the host tree %s was modified during the clone workload\n' "$ORIGIN/src" >>"$FAILS"
 	else
 		echo "- host tree unchanged after the clone workload (names, sizes, mtimes, and the big file's contents checked)." >>"$NOTES"
+	fi
+fi
+if has_workload space; then
+	if [ "$(cd "$SPACE_TREE" && find . -type f -printf '%p %s %T@\n' | sort | md5sum)" != "$SPACE_SUM" ]; then
+		printf '\n#### FAIL: the host tree %s was modified by the clone by reference or detach\n' "$SPACE_TREE" >>"$FAILS"
 	fi
 fi
 
