@@ -53,7 +53,7 @@
 # Options:
 #   --quick          smoke run: 64 MiB instead of 1 GiB, 1000 files, a
 #                    1000-file tree, /usr/include/linux as the tarball,
-#                    an unoptimised build, 1 repetition; under a minute.
+#                    an unoptimised build, 1 repetition; about a minute.
 #                    mem: 2000 files + 19 clones, /usr/include and
 #                    /usr/include/linux; space: 1000 files; scale: 2000
 #                    files + 9 clones
