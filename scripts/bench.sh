@@ -12,7 +12,7 @@
 # table per workload: median seconds, MiB/s where it applies, ratio to the
 # host and to fuse-overlayfs, and the raw runs.
 #
-# Workloads (--workloads, comma-separated; default all):
+# Workloads (--workloads, comma-separated; default all but scale):
 #   io     a. sequential write of IO_SIZE (dd bs=1M conv=fsync from a
 #             pregenerated random file held in the page cache)
 #          b. cold read (sync + drop_caches first) and hot read (second read)
@@ -26,6 +26,26 @@
 #             of the trees (tar cf - | cat); time and space growth.
 #             `cowfs clone` rows only if `cowfs help clone` succeeds;
 #             `mount --origin` rows only if `cowfs help mount` mentions it.
+#   mem    f. (issue 8) daemon memory and saved metadata, cowfs only: a
+#             store of MEM_FILES small files (cp -a into the mount) and
+#             MEM_CLONES clones of them (1 000 000 inodes); daemon VmRSS per
+#             inode after the clones, right after a remount and after
+#             `find MNT`; STORE/cowfs.meta per inode after unmount; growth of
+#             cowfs.meta per inode when a C30_FILES-file tree is cloned
+#             (and the clone's time); VmRSS per inode of clones by reference
+#             of BYREF_DIRS (/usr, /usr/include)
+#   space  g. (issue 8) host space of small files, cowfs against the host:
+#             du of STORE/objects after `cowfs detach` of a clone by
+#             reference of a SPACE_FILES-file tree (1-20 KiB files), after
+#             cp -a of the tree into the mount and after cp -a inside the
+#             mount (copy_file_range), each against du of a host cp -a;
+#             cowfs's own df/du/status figures beside du; the store growth
+#             of a 4 KiB write into a clone of a SPACE_BIG file
+#   scale  h. (issue 8) 10 000 000 inodes: SCALE_FILES small files and
+#             SCALE_CLONES clones; time to build, unmount (final
+#             checkpoint), mount, `find MNT | wc -l`, clone the whole
+#             store's tree once more; RSS.  Minutes and GBs: not in the
+#             default list, run it with --workloads scale.
 # Systems (--systems; default all that work here): host, cowfs,
 #   fuse-overlayfs, overlayfs.  The clone workload adds btrfs (a sparse
 #   loop-mounted image) when mkfs.btrfs is installed.
@@ -33,7 +53,10 @@
 # Options:
 #   --quick          smoke run: 64 MiB instead of 1 GiB, 1000 files, a
 #                    1000-file tree, /usr/include/linux as the tarball,
-#                    an unoptimised build, 1 repetition; under a minute
+#                    an unoptimised build, 1 repetition; about a minute.
+#                    mem: 2000 files + 19 clones, /usr/include and
+#                    /usr/include/linux; space: 1000 files; scale: 2000
+#                    files + 9 clones
 #   --out FILE       also write the report to FILE
 #   --reps N         repetitions (default $BENCH_REPS or 3; 1 with --quick)
 #   --cowfs PATH     the cowfs binary (default $COWFS_BIN, else
@@ -48,7 +71,9 @@
 # -o options for every cowfs mount), BENCH_IO_SIZE, BENCH_META_FILES,
 # BENCH_TREE_FILES, BENCH_TREE_SIZE, BENCH_BIGFILE_SIZE, BENCH_UNPACK_SRC
 # (directory to tar for the unpack step), BENCH_PROJECT_SRC (meson project
-# to unpack and build; default this checkout).
+# to unpack and build; default this checkout), BENCH_MEM_FILES,
+# BENCH_MEM_CLONES, BENCH_C30_FILES, BENCH_BYREF_DIRS (space-separated),
+# BENCH_SPACE_FILES, BENCH_SPACE_BIG, BENCH_SCALE_FILES, BENCH_SCALE_CLONES.
 #
 # Everything mounted under the work directory is unmounted, loop devices
 # are detached and the work directory is removed on exit, failure, or
@@ -75,7 +100,7 @@ REPS=""
 KEEP=0
 STEP_TIMEOUT=""
 SYSTEMS_ARG=""
-WORKLOADS_ARG="io,meta,build,clone"
+WORKLOADS_ARG="io,meta,build,clone,mem,space"
 COWFS=${COWFS_BIN:-}
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -115,6 +140,14 @@ if [ "$QUICK" = 1 ]; then
 	MESON_ARGS=(-Dbuildtype=plain -Dwerror=false)
 	STEP_TIMEOUT=${STEP_TIMEOUT:-30}
 	BTRFS_IMG_SIZE=2G
+	MEM_FILES=${BENCH_MEM_FILES:-2000}
+	MEM_CLONES=${BENCH_MEM_CLONES:-19}
+	C30_FILES=${BENCH_C30_FILES:-1000}
+	BYREF_DIRS=${BENCH_BYREF_DIRS:-/usr/include /usr/include/linux}
+	SPACE_FILES=${BENCH_SPACE_FILES:-1000}
+	SPACE_BIG=${BENCH_SPACE_BIG:-16M}
+	SCALE_FILES=${BENCH_SCALE_FILES:-2000}
+	SCALE_CLONES=${BENCH_SCALE_CLONES:-9}
 else
 	IO_SIZE=${BENCH_IO_SIZE:-1G}
 	META_FILES=${BENCH_META_FILES:-10000}
@@ -125,6 +158,14 @@ else
 	MESON_ARGS=(-Dwerror=false)
 	STEP_TIMEOUT=${STEP_TIMEOUT:-900}
 	BTRFS_IMG_SIZE=8G
+	MEM_FILES=${BENCH_MEM_FILES:-50000}
+	MEM_CLONES=${BENCH_MEM_CLONES:-19}
+	C30_FILES=${BENCH_C30_FILES:-30000}
+	BYREF_DIRS=${BENCH_BYREF_DIRS:-/usr /usr/include}
+	SPACE_FILES=${BENCH_SPACE_FILES:-20000}
+	SPACE_BIG=${BENCH_SPACE_BIG:-256M}
+	SCALE_FILES=${BENCH_SCALE_FILES:-100000}
+	SCALE_CLONES=${BENCH_SCALE_CLONES:-99}
 fi
 PROJECT_SRC=${BENCH_PROJECT_SRC:-$TOP}
 
@@ -141,6 +182,10 @@ to_bytes() {
 }
 IO_BYTES=$(to_bytes "$IO_SIZE")
 BIGFILE_BYTES=$(to_bytes "$BIGFILE_SIZE")
+SPACE_BIG_BYTES=$(to_bytes "$SPACE_BIG")
+for n in "$MEM_FILES" "$MEM_CLONES" "$C30_FILES" "$SPACE_FILES" "$SCALE_FILES" "$SCALE_CLONES"; do
+	case $n in '' | *[!0-9]* | 0) die "bad file or clone count '$n'" ;; esac
+done
 
 if [ -z "$COWFS" ]; then
 	for c in "$TOP/build/cowfs" /tmp/bbuild/cowfs; do
@@ -153,7 +198,7 @@ COWFS=$(realpath -- "$COWFS")
 
 IFS=, read -r -a WORKLOADS <<<"$WORKLOADS_ARG"
 for w in "${WORKLOADS[@]}"; do
-	case $w in io | meta | build | clone) ;; *) die "unknown workload '$w'" ;; esac
+	case $w in io | meta | build | clone | mem | space | scale) ;; *) die "unknown workload '$w'" ;; esac
 done
 has_workload() {
 	local w
@@ -176,6 +221,8 @@ FAILS=$W/failures.md
 NOTES=$W/notes.md
 : >"$RES"
 : >"$FAILS"
+FIGS=$W/figures.tsv	# issue 8 figures: group, name, rep, value, unit, target
+: >"$FIGS"
 : >"$NOTES"
 CUR_PID=""
 STEP_NO=0
@@ -677,9 +724,11 @@ command -v mkfs.btrfs >/dev/null && command -v losetup >/dev/null && HAVE_BTRFS=
 log "work directory $W ($HOSTFS), cowfs $COWFS, $REPS repetition(s)"
 RAND=$W/input/random.bin
 mkdir -p "$W/input"
-if has_workload io || has_workload clone; then
-	want=$IO_BYTES
-	[ "$BIGFILE_BYTES" -gt "$want" ] && want=$BIGFILE_BYTES
+if has_workload io || has_workload clone || has_workload space; then
+	want=0
+	has_workload io && want=$IO_BYTES
+	has_workload clone && [ "$BIGFILE_BYTES" -gt "$want" ] && want=$BIGFILE_BYTES
+	has_workload space && [ "$SPACE_BIG_BYTES" -gt "$want" ] && want=$SPACE_BIG_BYTES
 	log "generating $want bytes of random data"
 	head -c "$want" /dev/urandom >"$RAND" || die "cannot write $RAND"
 fi
@@ -712,6 +761,62 @@ if has_workload clone; then
 	WRITE4K_BLOCK=$((TREE_BIG_BYTES / 4096 / 2 + 1))	# somewhere in the middle
 	ORIGIN_SUM=$(cd "$ORIGIN/src" && find . -type f -printf '%p %s %T@\n' | sort | md5sum)
 	ORIGIN_BIG_SUM=$(md5sum <"$ORIGIN/src/$TREE_BIG_REL")
+fi
+
+# gen_small_tree DIR COUNT MAXBYTES: COUNT files of 0..MAXBYTES bytes,
+# 32 to a directory (DIR/dNN/sNN/file_NNNNNN), deterministic.  gen-tree.sh
+# cannot fit 50 000 files into a small TOTAL (its files are 1-20 KiB), and
+# the memory figures only need many inodes, not much data.
+gen_small_tree() {
+	python3 - "$@" <<'PYEOF'
+import os, random, sys
+root, count, maxb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(8)
+pool = rng.randbytes(1 << 20)
+made = set()
+for i in range(count):
+    leaf = i // 32
+    d = os.path.join(root, "d%03d" % (leaf // 32), "s%02d" % (leaf % 32))
+    if d not in made:
+        os.makedirs(d, exist_ok=True)
+        made.add(d)
+    n = rng.randint(0, maxb)
+    off = rng.randrange(0, len(pool) - n)
+    with open(os.path.join(d, "file_%06d" % i), "wb") as f:
+        f.write(pool[off:off + n])
+PYEOF
+}
+tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
+tree_inodes() { find "$1" | wc -l; }
+if has_workload mem; then
+	log "generating the mem trees ($MEM_FILES and $C30_FILES files)"
+	MEM_TREE=$W/input/mem-tree
+	C30_TREE=$W/input/c30-tree
+	gen_small_tree "$MEM_TREE" "$MEM_FILES" 4096 || die "cannot generate $MEM_TREE"
+	gen_small_tree "$C30_TREE" "$C30_FILES" 4096 || die "cannot generate $C30_TREE"
+	MEM_TREE_BYTES=$(tree_bytes "$MEM_TREE")
+	MEM_TREE_INODES=$(tree_inodes "$MEM_TREE")
+	C30_TREE_BYTES=$(tree_bytes "$C30_TREE")
+	for d in $BYREF_DIRS; do
+		[ -d "$d" ] || die "BYREF_DIRS: $d is not a directory"
+	done
+fi
+if has_workload space; then
+	# Files of 1-20 KiB only: the total is the files' mean size (10.5 KiB)
+	# times their number, and the "big" file is small too.
+	log "generating the space tree ($SPACE_FILES files)"
+	SPACE_TREE=$W/input/space-tree
+	"$TOP/scripts/gen-tree.sh" --big 16K "$SPACE_TREE" "$SPACE_FILES" \
+		"$((SPACE_FILES * 21 / 2))K" >/dev/null 2>"$W/logs/gen-tree-space.log" ||
+		die "gen-tree.sh failed: $(cat "$W/logs/gen-tree-space.log")"
+	SPACE_TREE_BYTES=$(tree_bytes "$SPACE_TREE")
+	SPACE_SUM=$(cd "$SPACE_TREE" && find . -type f -printf '%p %s %T@\n' | sort | md5sum)
+fi
+if has_workload scale; then
+	log "generating the scale tree ($SCALE_FILES files)"
+	SCALE_TREE=$W/input/scale-tree
+	gen_small_tree "$SCALE_TREE" "$SCALE_FILES" 4096 || die "cannot generate $SCALE_TREE"
+	SCALE_TREE_BYTES=$(tree_bytes "$SCALE_TREE")
 fi
 
 # ---------------------------------------------------------------- groups
@@ -911,11 +1016,300 @@ run_clone() {
 	esac
 }
 
+# ---------------------------------------------------------------- issue 8
+# Figures (not times) of the mem, space and scale workloads go to $FIGS and
+# get their own table: median over the repetitions, the target, met or not.
+
+rec_fig() {	# rec_fig NAME VALUE UNIT [TARGET]: "<= 200", "< 10", "" (none)
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$GROUP" "$1" "$REP" "${2:-FAIL}" "$3" "${4:-}" >>"$FIGS"
+}
+
+ratio() {	# ratio A B: A / B to 3 decimals, FAIL unless both are numbers
+	awk -v a="$1" -v b="$2" 'BEGIN {
+		if (a ~ /^-?[0-9.]+$/ && b ~ /^-?[0-9.]+$/ && b + 0 != 0)
+			printf "%.3f\n", a / b
+		else
+			print "FAIL"
+	}'
+}
+
+minus() {	# minus A B: A - B, FAIL unless both are integers
+	case "$1$2" in *[!0-9-]* | "") echo FAIL ;; *) echo $(($1 - $2)) ;; esac
+}
+
+last_secs() {	# seconds of the last step recorded (FAIL/SKIP if it failed)
+	tail -n 1 -- "$RES" | cut -f6
+}
+
+# cowfs_json CMD PATH FIELD...: the FIELDs of `cowfs CMD --json PATH` on one
+# line (the first object of du's array).
+cowfs_json() {
+	local cmd=$1 path=$2
+	shift 2
+	if [ "$SYS_DEAD" = 1 ]; then echo FAIL; return 1; fi
+	timeout 120 "$COWFS" "$cmd" --json "$path" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    d = json.load(sys.stdin)
+except ValueError:
+    d = {}
+if isinstance(d, list):
+    d = d[0] if d else {}
+print(" ".join(str(d.get(k, "FAIL")) for k in sys.argv[1:]))' "$@"
+}
+
+# daemon_rss: VmRSS in bytes of the daemon serving the current mount; the
+# pid comes from `cowfs status --json`.
+daemon_rss() {
+	local pid kb=""
+	pid=$(cowfs_json status "$SYS_MNT" pid)
+	case $pid in '' | *[!0-9]*) echo FAIL; return ;; esac
+	kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+	case $kb in '' | *[!0-9]*) echo FAIL ;; *) echo $((kb * 1024)) ;; esac
+}
+
+# objects_du PATH...: fsync PATHs, sync, du of STORE/objects.
+objects_du() {
+	local p
+	if [ "$SYS_DEAD" = 1 ]; then echo FAIL; return; fi
+	for p in "$@"; do
+		[ -e "$p" ] && timeout 60 sync -- "$p" 2>/dev/null
+	done
+	sync
+	du -s --block-size=1 -- "$SYS_SPACE/objects" 2>/dev/null | cut -f1
+}
+
+meta_size() { stat -c %s -- "$SYS_SPACE/cowfs.meta" 2>/dev/null || echo FAIL; }
+
+w_umount() { "$COWFS" umount "$1" >/dev/null; }
+w_mount() { "$COWFS" mount -o "$2" "$1" "$3" >/dev/null; }
+w_clones() {	# DIR FIRST LAST: cowfs clone DIR/t0 DIR/tI for I in FIRST..LAST
+	local i
+	for ((i = $2; i <= $3; i++)); do
+		"$COWFS" clone -q "$1/t0" "$1/t$i" || return 1
+	done
+	sync
+}
+w_detach() { "$COWFS" detach -q "$1" && sync; }
+w_find_count() {	# MNT WANT: find MNT | wc -l must print WANT
+	local got
+	got=$(find "$1" | wc -l)
+	echo "find: $got entries"
+	[ "$got" = "$2" ] || { echo "find: $got entries, the daemon counts $2 inodes" >&2; return 1; }
+}
+export -f w_umount w_mount w_clones w_detach w_find_count
+
+# cowfs_umount_timed PHASE: `cowfs umount` (it returns once the daemon has
+# saved its final checkpoint and exited) as a timed step.
+cowfs_umount_timed() {
+	step "$1" cowfs "" w_umount "$SYS_MNT" || { SYS_DEAD=1; return 1; }
+	! is_mounted "$SYS_MNT" || { SYS_DEAD=1; return 1; }
+}
+
+# cowfs_mount_timed PHASE: mount the current store again as a timed step.
+cowfs_mount_timed() {
+	local opts="logfile=$SYS_LOG${BENCH_COWFS_OPTS:+,$BENCH_COWFS_OPTS}"
+	step "$1" cowfs "" w_mount "$SYS_SPACE" "$opts" "$SYS_MNT" || { SYS_DEAD=1; return 1; }
+	is_mounted "$SYS_MNT" || { SYS_DEAD=1; return 1; }
+	SYS_DAEMON=$(daemon_pids "$SYS_SPACE" | head -n 1)
+	[ -n "$SYS_DAEMON" ] && DAEMON_PIDS+=("$SYS_DAEMON")
+	return 0
+}
+
+# rss_figs LABEL INODES [TARGET]: daemon RSS and RSS per inode.
+rss_figs() {
+	local rss
+	rss=$(daemon_rss)
+	rec_fig "daemon RSS, $1" "$rss" B
+	rec_fig "daemon RSS per inode, $1" "$(ratio "$rss" "$2")" B "${3:-}"
+}
+
+run_mem() {
+	local n n0 n1 a b d i rss0 rss
+	sys_up_or_dead cowfs
+	rec_fig "daemon RSS, empty store" "$(daemon_rss)" B
+	mkdir -p "$SYS_D/t" "$SYS_D/c30"
+	step "populate: cp -a of a $MEM_FILES-file tree" cowfs "$MEM_TREE_BYTES" \
+		w_cp_a "$MEM_TREE" "$SYS_D/t/t0"
+	step "$MEM_CLONES clones of the tree" cowfs "" w_clones "$SYS_D/t" 1 "$MEM_CLONES"
+	n=$(cowfs_json status "$SYS_MNT" inodes)
+	rec_fig "inodes in the store" "$n" ""
+	rec_fig "share of inodes that are clones" \
+		"$(ratio "$((MEM_TREE_INODES * MEM_CLONES))" "$n")" ""
+	rss_figs "after the clones" "$n" "<= 200"
+	cowfs_umount_timed "unmount of the store (final checkpoint)"
+	a=$(meta_size)
+	rec_fig "cowfs.meta after unmount" "$a" B
+	rec_fig "cowfs.meta per inode" "$(ratio "$a" "$n")" B "<= 120"
+	cowfs_mount_timed "remount of the store"
+	rss_figs "right after a remount" "$n" "<= 200"
+	step "find MNT | wc -l" cowfs "" w_find_count "$SYS_MNT" "$n"
+	rss_figs "after find MNT" "$n"
+
+	# Growth of the saved metadata per cloned inode.
+	step "populate: cp -a of a $C30_FILES-file tree" cowfs "$C30_TREE_BYTES" \
+		w_cp_a "$C30_TREE" "$SYS_D/c30/a"
+	n0=$(cowfs_json status "$SYS_MNT" inodes)
+	cowfs_umount_timed "unmount before the clone"
+	a=$(meta_size)
+	cowfs_mount_timed "mount before the clone"
+	step "clone of the $C30_FILES-file tree" cowfs "" w_clone "$SYS_D/c30/a" "$SYS_D/c30/b"
+	rec_fig "clone of the $C30_FILES-file tree" "$(last_secs)" s "< 1"
+	n1=$(cowfs_json status "$SYS_MNT" inodes)
+	cowfs_umount_timed "unmount after the clone"
+	b=$(meta_size)
+	rec_fig "inodes of the clone" "$(minus "$n1" "$n0")" ""
+	rec_fig "cowfs.meta growth per cloned inode" \
+		"$(ratio "$(minus "$b" "$a")" "$(minus "$n1" "$n0")")" B "<= 100"
+	sys_down
+
+	# Clones by reference of host trees.
+	for d in $BYREF_DIRS; do
+		sys_up_or_dead cowfs
+		rss0=$(daemon_rss)
+		step "clone by reference of $d" cowfs "" w_clone "$d" "$SYS_D/ref"
+		n=$(cowfs_json status "$SYS_MNT" inodes)
+		rec_fig "inodes, clone by reference of $d" "$n" ""
+		rss=$(daemon_rss)
+		rec_fig "daemon RSS per inode, clone by reference of $d" "$(ratio "$rss" "$n")" B "<= 300"
+		rec_fig "(RSS - RSS of the empty store) per inode, clone by reference of $d" \
+			"$(ratio "$(minus "$rss" "$rss0")" "$n")" B
+		cowfs_umount_timed "unmount after the clone by reference of $d"
+		rec_fig "cowfs.meta per inode, clone by reference of $d" "$(ratio "$(meta_size)" "$n")" B
+		sys_down
+	done
+}
+
+# space_figs LABEL GROWTH HOST: du growth of STORE/objects against the host's.
+space_figs() {
+	rec_fig "$1: STORE/objects growth (du)" "$2" B
+	rec_fig "$1: growth / host cp -a" "$(ratio "$2" "$3")" x "<= 1.2"
+}
+
+# cowfs_acct_figs LABEL PATH HB0: cowfs's own figures beside du.
+cowfs_acct_figs() {
+	local hb phys excl
+	read -r hb phys < <(cowfs_json status "$SYS_MNT" host_bytes physical)
+	read -r excl < <(cowfs_json du "$2" exclusive)
+	rec_fig "$1: cowfs status host_bytes growth" "$(minus "$hb" "$3")" B
+	rec_fig "$1: cowfs df physical (whole store)" "$phys" B
+	rec_fig "$1: cowfs du exclusive of the tree" "$excl" B
+}
+
+run_space() {
+	local h o0 o1 hb0 bs
+	sys_up_or_dead host
+	step "host: cp -a of the tree" "host (cp -a)" "$SPACE_TREE_BYTES" \
+		w_cp_a "$SPACE_TREE" "$SYS_D/dst"
+	sync
+	h=$(du -s --block-size=1 -- "$SYS_D/dst" | cut -f1)
+	rec_fig "host: cp -a of the $SPACE_FILES-file tree (du)" "$h" B
+	sys_down
+
+	sys_up_or_dead cowfs
+	bs=$(cowfs_json status "$SYS_MNT" block_size)
+	o0=$(objects_du)
+	read -r hb0 < <(cowfs_json status "$SYS_MNT" host_bytes)
+	step "clone by reference of the tree" cowfs "" w_clone "$SPACE_TREE" "$SYS_D/ref"
+	step "cowfs detach of the clone" cowfs "$SPACE_TREE_BYTES" w_detach "$SYS_D/ref"
+	o1=$(objects_du "$SYS_D/ref")
+	space_figs "detach" "$(minus "$o1" "$o0")" "$h"
+	cowfs_acct_figs "detach" "$SYS_D/ref" "$hb0"
+
+	o0=$o1
+	read -r hb0 < <(cowfs_json status "$SYS_MNT" host_bytes)
+	step "cp -a of the tree into the mount" cowfs "$SPACE_TREE_BYTES" \
+		w_cp_a "$SPACE_TREE" "$SYS_D/w"
+	o1=$(objects_du "$SYS_D/w")
+	space_figs "cp -a into the mount" "$(minus "$o1" "$o0")" "$h"
+	cowfs_acct_figs "cp -a into the mount" "$SYS_D/w" "$hb0"
+
+	o0=$o1
+	read -r hb0 < <(cowfs_json status "$SYS_MNT" host_bytes)
+	step "cp -a inside the mount (copy_file_range)" cowfs "$SPACE_TREE_BYTES" \
+		w_cp_a "$SYS_D/w" "$SYS_D/w2"
+	o1=$(objects_du "$SYS_D/w2")
+	space_figs "cp -a inside the mount" "$(minus "$o1" "$o0")" "$h"
+	cowfs_acct_figs "cp -a inside the mount" "$SYS_D/w2" "$hb0"
+	rec_fig "cowfs.meta with the three trees" "$(meta_size)" B
+
+	# Regression guard: a first 4 KiB write into a clone costs one block.
+	dd if="$RAND" of="$SYS_D/big" bs=1M count=$((SPACE_BIG_BYTES / 1048576)) \
+		conv=fsync status=none 2>/dev/null
+	step "clone of a $SPACE_BIG file" cowfs "" w_clone "$SYS_D/big" "$SYS_D/big2"
+	o0=$(objects_du "$SYS_D/big2")
+	step "4 KiB write+fsync into the clone" cowfs "" \
+		w_write4k "$SYS_D/big2" $((SPACE_BIG_BYTES / 4096 / 2 + 1)) "$RAND"
+	o1=$(objects_du "$SYS_D/big2")
+	rec_fig "4 KiB write into a clone of a $SPACE_BIG file: STORE/objects growth" \
+		"$(minus "$o1" "$o0")" B "<= ${bs:-65536}"
+	sys_down
+}
+
+# The scale daemon takes GBs on a shared machine: if memory runs out, the
+# kernel should kill it rather than anything else.
+scale_oom_first() {
+	[ -n "$SYS_DAEMON" ] && echo 1000 >"/proc/$SYS_DAEMON/oom_score_adj" 2>/dev/null
+	return 0
+}
+
+run_scale() {
+	local n t1 t2 rss avail
+	local STEP_TIMEOUT=$((STEP_TIMEOUT * 3))	# find over 10M inodes is slow
+	sys_up_or_dead cowfs
+	scale_oom_first
+	mkdir -p "$SYS_D/all"
+	step "populate: cp -a of a $SCALE_FILES-file tree" cowfs "$SCALE_TREE_BYTES" \
+		w_cp_a "$SCALE_TREE" "$SYS_D/all/t0"
+	t1=$(last_secs)
+	step "$SCALE_CLONES clones of the tree" cowfs "" w_clones "$SYS_D/all" 1 "$SCALE_CLONES"
+	t2=$(last_secs)
+	rec_fig "time to build the store (cp -a + clones)" \
+		"$(awk -v a="$t1" -v b="$t2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/) printf "%.3f", a + b; else print "FAIL" }')" s
+	n=$(cowfs_json status "$SYS_MNT" inodes)
+	rec_fig "inodes in the store" "$n" ""
+	rss_figs "after building" "$n"
+	cowfs_umount_timed "unmount (final checkpoint)"
+	rec_fig "unmount (final checkpoint)" "$(last_secs)" s "< 10"
+	rec_fig "cowfs.meta after unmount" "$(meta_size)" B
+	rec_fig "cowfs.meta per inode" "$(ratio "$(meta_size)" "$n")" B
+	cowfs_mount_timed "mount"
+	scale_oom_first
+	rec_fig "mount" "$(last_secs)" s "< 10"
+	rss_figs "right after mount" "$n"
+	step "find MNT | wc -l" cowfs "" w_find_count "$SYS_MNT" "$n"
+	rec_fig "find MNT | wc -l" "$(last_secs)" s
+	rss_figs "after find MNT" "$n"
+	# A clone of the whole tree doubles the inodes, and the final checkpoint
+	# is encoded in memory (about half the RSS): only with room for both
+	# (2x the RSS), and without the kernel's inodes from find, which it can
+	# drop.
+	drop_caches
+	rss=$(daemon_rss)
+	avail=$(awk '/^MemAvailable:/ { printf "%.0f\n", $2 * 1024 }' /proc/meminfo)
+	if [ "$rss" != FAIL ] && [ "$avail" -gt $((rss * 2)) ]; then
+		step "clone of the whole store's tree" cowfs "" w_clone "$SYS_D/all" "$SYS_D/all2"
+		rec_fig "clone of the whole store's tree" "$(last_secs)" s
+		n=$(cowfs_json status "$SYS_MNT" inodes)
+		rec_fig "inodes after the clone of the whole tree" "$n" ""
+		rss_figs "after the clone of the whole tree" "$n"
+		cowfs_umount_timed "unmount (final checkpoint), after the whole-tree clone"
+		rec_fig "unmount after the whole-tree clone" "$(last_secs)" s
+	else
+		echo "- scale, rep $REP: the whole-tree clone was skipped: the daemon's RSS ($rss B) is more than half of MemAvailable ($avail B)." >>"$NOTES"
+	fi
+	sys_down
+}
+
 # ---------------------------------------------------------------- main loop
 T_START=$EPOCHREALTIME
 for ((REP = 1; REP <= REPS; REP++)); do
-	for GROUP in io meta build clone; do
+	for GROUP in io meta build clone mem space scale; do
 		has_workload "$GROUP" || continue
+		case $GROUP in mem | space | scale)
+			"run_$GROUP"
+			continue ;;
+		esac
 		if [ "$GROUP" = clone ]; then
 			list=()
 			has_system host && list+=(host)
@@ -942,6 +1336,11 @@ if has_workload clone; then
 		echo "- host tree unchanged after the clone workload (names, sizes, mtimes, and the big file's contents checked)." >>"$NOTES"
 	fi
 fi
+if has_workload space; then
+	if [ "$(cd "$SPACE_TREE" && find . -type f -printf '%p %s %T@\n' | sort | md5sum)" != "$SPACE_SUM" ]; then
+		printf '\n#### FAIL: the host tree %s was modified by the clone by reference or detach\n' "$SPACE_TREE" >>"$FAILS"
+	fi
+fi
 
 # ---------------------------------------------------------------- report
 hr() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
@@ -953,12 +1352,20 @@ hr() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
 	echo "- repetitions: $REPS (interleaved, system order rotated each repetition; each run on a fresh store/mount/dir)$([ "$QUICK" = 1 ] && echo "; **--quick smoke run**")"
 	echo "- systems: ${SYSTEMS[*]}$([ "$HAVE_BTRFS" = 1 ] && has_workload clone && echo " (+ btrfs on a loop image for the clone workload)")"
 	echo "- cowfs mount options: logfile=...${BENCH_COWFS_OPTS:+,$BENCH_COWFS_OPTS}; cowfs clone: $([ "$HAVE_CLONE" = 1 ] && echo yes || echo no); --origin: $([ "$HAVE_ORIGIN" = 1 ] && echo yes || echo no)"
-	sizes="io $(hr "$IO_BYTES"); meta $META_FILES files"
+	sizes=""
+	has_workload io && sizes+="; io $(hr "$IO_BYTES")"
+	has_workload meta && sizes+="; meta $META_FILES files"
 	has_workload build &&
 		sizes+="; unpack $UNPACK_SRC ($UNPACK_FILES entries, $(hr "$(stat -c %s "$W/input/unpack.tar")") tar); project $PROJECT_SRC ($PROJECT_FILES entries), meson ${MESON_ARGS[*]}"
 	has_workload clone &&
 		sizes+="; clone tree $TREE_FILES files, $(hr "$TREE_FILE_BYTES") (big file $(hr "$TREE_BIG_BYTES")), cp file $(hr "$BIGFILE_BYTES")"
-	echo "- sizes: $sizes"
+	has_workload mem &&
+		sizes+="; mem $MEM_FILES files ($MEM_TREE_INODES inodes, $(hr "$MEM_TREE_BYTES")) + $MEM_CLONES clones, a $C30_FILES-file tree, by reference: $BYREF_DIRS"
+	has_workload space &&
+		sizes+="; space $SPACE_FILES files of 1-20 KiB ($(hr "$SPACE_TREE_BYTES")), a $SPACE_BIG file"
+	has_workload scale &&
+		sizes+="; scale $SCALE_FILES files ($(hr "$SCALE_TREE_BYTES")) + $SCALE_CLONES clones"
+	echo "- sizes: ${sizes#; }"
 	echo "- total wall time: $(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.0f", b - a }') s"
 	echo "- cold = sync + echo 3 > /proc/sys/vm/drop_caches before the run (daemon caches are not dropped); ratios are median(system) / median(reference): > 1 means slower (time) or more space"
 	if [ -s "$NOTES" ]; then echo; cat "$NOTES"; fi
@@ -1026,6 +1433,9 @@ titles = {
     "meta": "c. Metadata: small files",
     "build": "d. Unpack and build",
     "clone": "e. Clones and copies",
+    "mem": "f. Memory and saved metadata (issue 8): times",
+    "space": "g. Host space of small files (issue 8): times",
+    "scale": "h. Scale (issue 8): times",
 }
 groups = []
 for (g, _, _, _) in rows:
@@ -1082,6 +1492,72 @@ for g in groups:
                 print("| %s | %s | %s | %s | %s | %s |"
                       % (phase, system, ms, rh, rf, raw))
         print()
+PYEOF
+	[ -s "$FIGS" ] && python3 - "$FIGS" <<'PYEOF'
+import sys
+from collections import OrderedDict
+
+titles = {
+    "mem": "f. Memory and saved metadata (issue 8)",
+    "space": "g. Host space of small files (issue 8)",
+    "scale": "h. Scale (issue 8)",
+}
+rows = OrderedDict()
+for line in open(sys.argv[1]):
+    g, name, rep, val, unit, target = line.rstrip("\n").split("\t")
+    r = rows.setdefault((g, name), {"vals": [], "unit": unit, "target": target})
+    r["vals"].append(val)
+
+def num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+def fmt(v, unit):
+    if v is None:
+        return "FAIL"
+    if v == int(v) and abs(v) >= 1000:
+        s = "{:,}".format(int(v))
+        if unit == "B" and abs(v) >= 1 << 20:
+            s += " (%.1f MiB)" % (v / (1 << 20))
+        return s
+    return "%g" % round(v, 3)
+
+def met(m, target):
+    if not target or m is None:
+        return "-"
+    op, lim = target.split()
+    lim = float(lim)
+    ok = {"<=": m <= lim, "<": m < lim, ">=": m >= lim, ">": m > lim}[op]
+    return "yes" if ok else "**no**"
+
+groups = []
+for (g, _) in rows:
+    if g not in groups:
+        groups.append(g)
+for g in groups:
+    print("### %s\n" % titles.get(g, g))
+    print("| figure | median | unit | target | met | runs |")
+    print("|---|---:|---|---|---|---|")
+    for (g2, name), r in rows.items():
+        if g2 != g:
+            continue
+        xs = [x for x in map(num, r["vals"]) if x is not None]
+        m = median(xs)
+        runs = ", ".join(fmt(num(v), r["unit"]) if num(v) is not None else v
+                         for v in r["vals"])
+        print("| %s | %s | %s | %s | %s | %s |" % (
+            name.replace("|", "\\|"), fmt(m, r["unit"]), r["unit"] or "-",
+            r["target"] or "-", met(m, r["target"]), runs))
+    print()
 PYEOF
 	if [ -s "$W/cowfs-usage.md" ]; then
 		echo "### cowfs's own accounting (repetition 1)"
