@@ -99,14 +99,14 @@ int journal_log_inode(struct fs *fs, struct inode *in)
 	return journal_log(fs, &r);
 }
 
+static void log_dirty(struct fs *fs, struct inode *in)
+{
+	journal_log_inode(fs, in);
+}
+
 void journal_flush_dirty(struct fs *fs)
 {
-	struct inode *in;
-	while ((in = TAILQ_FIRST(&fs->dirty))) {
-		TAILQ_REMOVE(&fs->dirty, in, dirty_link);
-		in->dirty = false;
-		journal_log_inode(fs, in);
-	}
+	inode_flush_dirty(fs, log_dirty);
 }
 
 struct batch {
@@ -486,7 +486,7 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			img_add(&im, &r);
 		}
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		inode_to_rec(in, &r);
 		img_add(&im, &r);
 		for (struct xattr *x = in->xattrs; x; x = x->next) {
@@ -506,7 +506,7 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			img_add(&im, &r);
 		}
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		struct dirent_node *d;
 		RB_FOREACH(d, dir_cookies, &in->cookies) {
 			r = (struct rec){ .type = REC_DIRENT_ADD, .name = d->name,
@@ -789,7 +789,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 	int rc = -ENOMEM;
 
 	refcount_init(&t);
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		struct dirent_node *d;
 		if (!S_ISDIR(in->mode))
 			continue;
@@ -828,7 +828,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 				goto out;
 		}
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		if (in->ino == FS_ROOT_INO || tag_get(&t, in->ino, TAG_NAMED))
 			continue;
 		if (in->nlink) {	/* nlink 0: an orphan, freed at open */
@@ -840,7 +840,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 	}
 	/* Walk each directory up; ndirs steps without the root is a cycle.
 	 * Directories found to reach the root are tagged: linear overall. */
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		if (!S_ISDIR(in->mode) || in->ino == FS_ROOT_INO ||
 		    !tag_get(&t, in->ino, TAG_NAMED) ||
 		    tag_get(&t, in->ino, TAG_REACHES_ROOT))

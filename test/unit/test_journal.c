@@ -332,7 +332,7 @@ static void check_internal(int after_unclean)
 	       (long long)file_size(metapath));
 	RB_FOREACH(o, object_tree, &fs->objects) {
 		uint64_t live = 0;
-		RB_FOREACH(in, inode_tree, &fs->inodes) {
+		INODE_FOREACH(in, fs) {
 			for (size_t i = 0; i < in->map.n; i++) {
 				const struct extent *e = &in->map.v[i];
 				if (e->obj != o->id)
@@ -354,7 +354,7 @@ static void check_internal(int after_unclean)
 			CHECKF(!o->doomed, "object %" PRIu64 " in use but doomed",
 			       o->id);
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		for (size_t i = 0; i < in->map.n; i++) {
 			o = obj_get(fs, in->map.v[i].obj);
 			CHECKF(o != NULL, "inode %" PRIu64 " maps unknown object %"
