@@ -137,6 +137,8 @@ void file_compute_nlive(struct fs *fs)
 	RB_FOREACH(o, object_tree, &fs->objects)
 		o->nlive = 0;
 	INODE_FOREACH(in, fs) {
+		if (!S_ISREG(in->mode))
+			continue;
 		for (size_t k = 0; k < in->map.n; k++) {
 			struct extent *e = &in->map.v[k];
 			o = obj_get(fs, e->obj);
@@ -899,7 +901,7 @@ off_t fs_lseek(struct fs *fs, uint64_t ino, off_t off, int whence)
 		rc = -ENOENT;
 		goto out;
 	}
-	if (off < 0 || (uint64_t)off >= in->size) {
+	if (!S_ISREG(in->mode) || off < 0 || (uint64_t)off >= in->size) {
 		rc = -ENXIO;
 		goto out;
 	}

@@ -36,8 +36,9 @@ void inode_free(struct fs *fs, struct inode *in)
 		RB_REMOVE(dir_cookies, &in->cookies, d);
 		free(d);
 	}
-	extmap_release(&in->map);
-	if (S_ISLNK(in->mode))
+	if (S_ISREG(in->mode))
+		extmap_release(&in->map);
+	else if (S_ISLNK(in->mode))
 		free(in->target);
 	inode_delete(fs, in);
 }

@@ -121,6 +121,8 @@ static void check_blocks(struct fsck *k, int *oom)
 
 	INODE_FOREACH(in, fs) {
 		tick(k);
+		if (!S_ISREG(in->mode))
+			continue;
 		for (size_t i = 0; i < in->map.n; i++) {
 			struct extent *e = &in->map.v[i];
 			struct object *o = obj_get(fs, e->obj);

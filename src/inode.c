@@ -179,7 +179,8 @@ struct inode *inode_new(struct fs *fs, uint64_t ino)
 	RB_INIT(&in->names);
 	RB_INIT(&in->cookies);
 	in->next_cookie = 3;
-	extmap_init(&in->map);
+	/* the map is all zero, as extmap_init() makes it; so is the rest
+	 * of the per-type union, whatever the type turns out to be */
 	if (itab_insert(&fs->itab, in)) {
 		free(in);
 		return NULL;
@@ -569,7 +570,7 @@ void inode_to_rec(const struct inode *in, struct rec *r)
 	r->type = REC_INODE;
 	r->u.inode.ino = in->ino;
 	r->u.inode.size = in->size;
-	r->u.inode.wobj = in->wobj;
+	r->u.inode.wobj = S_ISREG(in->mode) ? in->wobj : 0;
 	r->u.inode.rdev = inode_rdev(in);
 	r->u.inode.next_cookie = in->next_cookie;
 	r->u.inode.parent = in->parent;

@@ -496,7 +496,7 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			r.u.xattr.ino = in->ino;
 			img_add(&im, &r);
 		}
-		for (size_t i = 0; i < in->map.n; i++) {
+		for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
 			r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NOREF };
 			r.u.ext.ino = in->ino;
 			r.u.ext.lblk = in->map.v[i].lblk;

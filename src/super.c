@@ -55,11 +55,11 @@ static void fs_free(struct fs *fs)
 
 	INODE_FOREACH_SAFE(in, fs, t) {
 		/* no journaling, no refcounts: just memory */
-		extmap_release(&in->map);
-		in->map.n = 0;
-		in->wobj = 0;
-		if (!S_ISLNK(in->mode))	/* a symlink's target is freed */
+		if (S_ISREG(in->mode)) {
+			extmap_release(&in->map);
+			in->wobj = 0;
 			in->mode = 0;
+		}
 		inode_free(fs, in);
 	}
 	inode_table_free(fs);
@@ -172,7 +172,7 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 		if (in->nlink == 0 && in->ino != FS_ROOT_INO) {
 			inode_maybe_free(fs, in);
 			orphans++;
-		} else if (unclean && in->wobj) {
+		} else if (unclean && S_ISREG(in->mode) && in->wobj) {
 			file_retire_wobj(fs, in);
 		}
 	}

@@ -106,7 +106,7 @@ enum inode_time {
 };
 
 /*
- * One inode (about 180 bytes): the table (fs->itab) holds pointers to it,
+ * One inode (176 bytes): the table (fs->itab) holds pointers to it,
  * the dirty list holds its number, its io_lock is a stripe of a shared
  * table (lock.c), so nothing here links it to anything else.
  */
@@ -127,12 +127,15 @@ struct inode {
 	uint64_t next_cookie;
 	uint64_t parent;
 	uint64_t nentries;
-	/* regular files */
-	struct extmap map;
-	uint64_t wobj;		/* write object id, 0: none yet */
+	/* One type's fields; all zero for the other types (directories
+	 * too, for now).  Test the type before touching any of them. */
 	union {
-		char *target;	/* symlinks (may be NULL) */
-		uint64_t rdev;	/* character and block devices */
+		struct {		/* regular files */
+			struct extmap map;
+			uint64_t wobj;	/* write object id, 0: none yet */
+		};
+		char *target;		/* symlinks (may be NULL) */
+		uint64_t rdev;		/* character and block devices */
 	};
 };
 RB_PROTOTYPE(dir_names, dirent_node, by_name, name_cmp)

@@ -333,7 +333,7 @@ static void check_internal(int after_unclean)
 	RB_FOREACH(o, object_tree, &fs->objects) {
 		uint64_t live = 0;
 		INODE_FOREACH(in, fs) {
-			for (size_t i = 0; i < in->map.n; i++) {
+			for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
 				const struct extent *e = &in->map.v[i];
 				if (e->obj != o->id)
 					continue;
@@ -355,12 +355,12 @@ static void check_internal(int after_unclean)
 			       o->id);
 	}
 	INODE_FOREACH(in, fs) {
-		for (size_t i = 0; i < in->map.n; i++) {
+		for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
 			o = obj_get(fs, in->map.v[i].obj);
 			CHECKF(o != NULL, "inode %" PRIu64 " maps unknown object %"
 			       PRIu64, in->ino, in->map.v[i].obj);
 		}
-		if (in->wobj) {
+		if (S_ISREG(in->mode) && in->wobj) {
 			CHECKF(!after_unclean, "inode %" PRIu64 " kept write object %"
 			       PRIu64 " after an unclean stop", in->ino, in->wobj);
 			o = obj_get(fs, in->wobj);
