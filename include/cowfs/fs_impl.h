@@ -157,6 +157,7 @@ struct itab_node {
 struct inode_table {
 	struct itab_node *root;
 	unsigned height;		/* levels; 0: empty */
+	struct islab *slabs;		/* inode.c: slabs with a free slot */
 };
 
 struct pending_free {
