@@ -199,6 +199,7 @@ struct islab {
 };
 #define ISLAB_N ((ISLAB_BYTES - sizeof(struct islab)) / sizeof(struct inode))
 
+#ifndef ISLAB_OFF
 static void islab_unlink(struct inode_table *t, struct islab *s)
 {
 	if (s->prev)
@@ -218,6 +219,8 @@ static void islab_link(struct inode_table *t, struct islab *s)
 		t->slabs->prev = s;
 	t->slabs = s;
 }
+
+#endif
 
 static struct inode *inode_alloc(struct inode_table *t)
 {
@@ -270,11 +273,15 @@ static void inode_dealloc(struct inode_table *t, struct inode *in)
 
 static void islab_free_all(struct inode_table *t)
 {
+#ifdef ISLAB_OFF
+	(void)t;
+#else
 	while (t->slabs) {
 		struct islab *s = t->slabs;
 		islab_unlink(t, s);
 		free(s);	/* inodes still in it are leaked anyway */
 	}
+#endif
 }
 
 struct inode *inode_new(struct fs *fs, uint64_t ino)
