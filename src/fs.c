@@ -262,7 +262,7 @@ int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st)
 		rc = -ENOENT;
 		goto out;
 	}
-	in->nlookup++;
+	inode_lookup_ref(in);
 	inode_stat(fs, in, st);
 out:
 	lock_drop(fs, LOCK_FS);
@@ -274,7 +274,7 @@ void fs_forget(struct fs *fs, uint64_t ino, uint64_t nlookup)
 	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (in) {
-		in->nlookup = nlookup > in->nlookup ? 0 : in->nlookup - nlookup;
+		inode_lookup_unref(in, nlookup);
 		inode_maybe_free(fs, in);
 	}
 	lock_drop(fs, LOCK_FS);
@@ -443,7 +443,7 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		dir->nlink++;
 	touch_mc(dir);
 	inode_dirty(fs, dir);
-	in->nlookup++;
+	inode_lookup_ref(in);
 	*out = in;
 	return 0;
 }
@@ -811,7 +811,7 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 	inode_dirty(fs, in);
 	touch_mc(dir);
 	inode_dirty(fs, dir);
-	in->nlookup++;
+	inode_lookup_ref(in);
 	inode_stat(fs, in, st);
 out:
 	lock_drop(fs, LOCK_FS);
@@ -873,7 +873,7 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 		if (emit(ctx, d->name, &st, d->cookie))
 			break;
 		if (plus) {
-			in->nlookup++;
+			inode_lookup_ref(in);
 			note_prefetch(fs, in, &pf, &npf);
 		}
 	}

@@ -106,7 +106,7 @@ enum inode_time {
 };
 
 /*
- * One inode (176 bytes): the table (fs->itab) holds pointers to it,
+ * One inode (168 bytes): the table (fs->itab) holds pointers to it,
  * the dirty list holds its number, its io_lock is a stripe of a shared
  * table (lock.c), so nothing here links it to anything else.
  */
@@ -114,10 +114,11 @@ struct inode {
 	uint64_t ino;
 	uint64_t size;
 	int64_t times[IT_N];	/* ns since the epoch, unless xtimes says */
-	uint64_t nlookup;	/* kernel references */
 	struct xattr *xattrs;
 	uint32_t mode, uid, gid, nlink, flags;
 	uint32_t nopen;		/* open file handles */
+	uint32_t nlookup;	/* kernel references; sticks at UINT32_MAX
+				 * (inode_lookup_ref()) */
 	bool dirty;		/* attributes not yet journaled; then its
 				 * number is in fs->dirty */
 	uint8_t xtimes;		/* bit per enum inode_time: in the side table */
@@ -265,6 +266,23 @@ void inode_set_time(struct inode *in, enum inode_time t, struct timespec ts);
  * enum inode_time). */
 void inode_touch(struct inode *in, unsigned mask, const struct timespec *ts);
 #define IT_BIT(t) (1u << (t))
+/*
+ * The kernel's references.  The count saturates: an inode looked up
+ * UINT32_MAX times without a forget stays in memory until unmount rather
+ * than be freed while the kernel may still use it.
+ */
+static inline void inode_lookup_ref(struct inode *in)
+{
+	if (in->nlookup != UINT32_MAX)
+		in->nlookup++;
+}
+
+static inline void inode_lookup_unref(struct inode *in, uint64_t n)
+{
+	if (in->nlookup != UINT32_MAX)
+		in->nlookup = n >= in->nlookup ? 0 : in->nlookup - (uint32_t)n;
+}
+
 /* The per-type fields that share storage: 0 / NULL for other types. */
 static inline uint64_t inode_rdev(const struct inode *in)
 {
