@@ -106,13 +106,12 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 	in->gid = cc->override ? cc->gid : src->gid;
 	if (cc->override)
 		in->mode &= ~(uint32_t)(S_ISUID | S_ISGID);
-	in->rdev = src->rdev;
+	inode_set_rdev(in, inode_rdev(src));
 	in->size = src->size;
 	in->flags = src->flags;
-	in->atime = src->atime;
-	in->mtime = src->mtime;
-	in->ctime = cc->now;
-	in->btime = cc->now;
+	inode_set_time(in, IT_ATIME, inode_atime(src));
+	inode_set_time(in, IT_MTIME, inode_mtime(src));
+	inode_touch(in, IT_BIT(IT_CTIME) | IT_BIT(IT_BTIME), &cc->now);
 	in->nlink = S_ISDIR(src->mode) ? 2 : 1;
 	*out = in;
 	for (struct xattr *x = src->xattrs; x; x = x->next) {
@@ -123,7 +122,7 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 		if ((rc = xattr_set(in, x->name, x->value, x->len)))
 			return rc;
 	}
-	if (src->target && !(in->target = strdup(src->target)))
+	if (inode_target(src) && !(in->target = strdup(src->target)))
 		return -ENOMEM;
 	if (S_ISREG(src->mode)) {
 		struct extmap map;
@@ -257,7 +256,7 @@ static int do_clone(struct fs *fs, const struct rec *r, struct inode **out)
 	} else {
 		if (S_ISDIR(top->mode))
 			dir->nlink++;
-		dir->mtime = dir->ctime = cc.now;
+		inode_touch(dir, IT_BIT(IT_MTIME) | IT_BIT(IT_CTIME), &cc.now);
 		*out = top;
 	}
 	struct link_node *ln, *t;
@@ -338,7 +337,7 @@ static int may_visit(void *ctx, struct inode *in)
 
 	/* a copy of a device node would be the caller's: mknod(2) of a
 	 * device needs CAP_MKNOD (the whiteout 0:0 does not) */
-	if (m->files && (S_ISCHR(in->mode) || S_ISBLK(in->mode)) && in->rdev)
+	if (m->files && inode_rdev(in))
 		return -EPERM;
 	if (S_ISDIR(in->mode))
 		return inode_may(m->c, in, MAY_R | MAY_X) ? 0 : -EACCES;
@@ -727,7 +726,7 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 	refcount_init(&tails);
 	lock_take(fs, LOCK_FS);
 	u->block_size = fs->block_size;
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		if (S_ISREG(in->mode)) {
 			u->files++;
 			u->logical += in->size;

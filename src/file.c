@@ -136,7 +136,9 @@ void file_compute_nlive(struct fs *fs)
 
 	for (size_t it_ = 0; (o = obj_next(fs, &it_));)
 		o->nlive = 0;
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
+		if (!S_ISREG(in->mode))
+			continue;
 		for (size_t k = 0; k < in->map.n; k++) {
 			struct extent *e = &in->map.v[k];
 			o = obj_get(fs, e->obj);
@@ -530,8 +532,7 @@ ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
 		goto out_unpin;
 	if ((uint64_t)off + (uint64_t)n > in->size)
 		in->size = (uint64_t)off + (uint64_t)n;
-	now_ts(&in->mtime);
-	in->ctime = in->mtime;
+	inode_touch(in, IT_BIT(IT_MTIME) | IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, in);
 	obj_mark_dirty(fs, w);
 out_unpin:
@@ -810,26 +811,6 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 	return rc;
 }
 
-static void lock_two(struct inode *a, struct inode *b)
-{
-	if (a == b) {
-		lock_io_take(a);
-	} else if (a->ino < b->ino) {
-		lock_io_take(a);
-		lock_io_take(b);
-	} else {
-		lock_io_take(b);
-		lock_io_take(a);
-	}
-}
-
-static void unlock_two(struct inode *a, struct inode *b)
-{
-	lock_io_drop(a);
-	if (a != b)
-		lock_io_drop(b);
-}
-
 struct alloc_run {
 	uint64_t b, n;
 };
@@ -954,9 +935,10 @@ int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
 			in->size = end;
 	}
 	if (!rc) {
-		now_ts(&in->ctime);
+		unsigned t = IT_BIT(IT_CTIME);
 		if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
-			in->mtime = in->ctime;
+			t |= IT_BIT(IT_MTIME);
+		inode_touch(in, t, NULL);
 		inode_dirty(fs, in);
 	}
 	lock_drop(fs, LOCK_FS);
@@ -976,7 +958,7 @@ off_t fs_lseek(struct fs *fs, uint64_t ino, off_t off, int whence)
 		rc = -ENOENT;
 		goto out;
 	}
-	if (off < 0 || (uint64_t)off >= in->size) {
+	if (!S_ISREG(in->mode) || off < 0 || (uint64_t)off >= in->size) {
 		rc = -ENXIO;
 		goto out;
 	}
@@ -1088,7 +1070,7 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 		lock_drop(fs, LOCK_DATA);
 		return rc;
 	}
-	lock_two(src, dst);
+	lock_io_take2(src, dst);
 	lock_take(fs, LOCK_FS);
 	if ((uint64_t)off_in >= src->size)
 		len = 0;
@@ -1122,8 +1104,8 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 		if (!rc) {
 			if (end > dst->size)
 				dst->size = end;
-			now_ts(&dst->mtime);
-			dst->ctime = dst->mtime;
+			inode_touch(dst, IT_BIT(IT_MTIME) | IT_BIT(IT_CTIME),
+				    NULL);
 			inode_dirty(fs, dst);
 		}
 		lock_drop(fs, LOCK_FS);
@@ -1141,7 +1123,7 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 			total += n;
 	}
 out:
-	unlock_two(src, dst);
+	lock_io_drop2(src, dst);
 	lock_drop(fs, LOCK_DATA);
 	return total;
 }

@@ -36,19 +36,11 @@ void inode_free(struct fs *fs, struct inode *in)
 		RB_REMOVE(dir_cookies, &in->cookies, d);
 		free(d);
 	}
-	while (in->xattrs) {
-		struct xattr *x = in->xattrs;
-		in->xattrs = x->next;
-		free(x->name);
-		free(x->value);
-		free(x);
-	}
-	RB_REMOVE(inode_tree, &fs->inodes, in);
-	fs->ninodes--;
-	extmap_release(&in->map);
-	pthread_mutex_destroy(&in->io_lock);
-	free(in->target);
-	free(in);
+	if (S_ISREG(in->mode))
+		extmap_release(&in->map);
+	else if (S_ISLNK(in->mode))
+		free(in->target);
+	inode_delete(fs, in);
 }
 
 /* An unlinked inode goes when the kernel forgets it and no handle is open. */
@@ -242,8 +234,7 @@ static struct inode *get_dir(struct fs *fs, uint64_t ino, int *rc)
 
 static void touch_mc(struct inode *in)
 {
-	now_ts(&in->mtime);
-	in->ctime = in->mtime;
+	inode_touch(in, IT_BIT(IT_MTIME) | IT_BIT(IT_CTIME), NULL);
 }
 
 int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st)
@@ -271,7 +262,7 @@ int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st)
 		rc = -ENOENT;
 		goto out;
 	}
-	in->nlookup++;
+	inode_lookup_ref(in);
 	inode_stat(fs, in, st);
 out:
 	lock_drop(fs, LOCK_FS);
@@ -283,7 +274,7 @@ void fs_forget(struct fs *fs, uint64_t ino, uint64_t nlookup)
 	lock_take(fs, LOCK_FS);
 	struct inode *in = inode_get(fs, ino);
 	if (in) {
-		in->nlookup = nlookup > in->nlookup ? 0 : in->nlookup - nlookup;
+		inode_lookup_unref(in, nlookup);
 		inode_maybe_free(fs, in);
 	}
 	lock_drop(fs, LOCK_FS);
@@ -352,14 +343,14 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	if (to_set & FS_SET_GID)
 		in->gid = a->st_gid;
 	if (to_set & FS_SET_ATIME_NOW)
-		now_ts(&in->atime);
+		inode_touch(in, IT_BIT(IT_ATIME), NULL);
 	else if (to_set & FS_SET_ATIME)
-		in->atime = a->st_atim;
+		inode_set_time(in, IT_ATIME, a->st_atim);
 	if (to_set & FS_SET_MTIME_NOW)
-		now_ts(&in->mtime);
+		inode_touch(in, IT_BIT(IT_MTIME), NULL);
 	else if (to_set & FS_SET_MTIME)
-		in->mtime = a->st_mtim;
-	now_ts(&in->ctime);
+		inode_set_time(in, IT_MTIME, a->st_mtim);
+	inode_touch(in, IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, in);
 	inode_stat(fs, in, st);
 out:
@@ -405,10 +396,9 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		else if ((mode & S_ISGID) && c->uid && c->gid != in->gid)
 			in->mode &= ~(uint32_t)S_ISGID;	/* as inode_init_owner() */
 	}
-	in->rdev = rdev;
+	inode_set_rdev(in, rdev);
 	in->nlink = S_ISDIR(mode) ? 2 : 1;
-	now_ts(&in->btime);
-	in->atime = in->mtime = in->ctime = in->btime;
+	inode_touch(in, IT_BIT(IT_N) - 1, NULL);
 	if (S_ISDIR(mode))
 		in->parent = dir->ino;
 	if (target && !(in->target = strdup(target))) {
@@ -453,7 +443,7 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		dir->nlink++;
 	touch_mc(dir);
 	inode_dirty(fs, dir);
-	in->nlookup++;
+	inode_lookup_ref(in);
 	*out = in;
 	return 0;
 }
@@ -513,7 +503,7 @@ int fs_readlink(struct fs *fs, uint64_t ino, char *buf, size_t size)
 	struct inode *in = inode_get(fs, ino);
 	if (!in)
 		rc = -ENOENT;
-	else if (!S_ISLNK(in->mode) || !in->target)
+	else if (!inode_target(in))
 		rc = -EINVAL;
 	else {
 		rc = (int)strlcpy(buf, in->target, size);
@@ -540,7 +530,7 @@ static void drop_link(struct fs *fs, struct inode *in)
 		in->nlink = 0;
 	else if (in->nlink)
 		in->nlink--;
-	now_ts(&in->ctime);
+	inode_touch(in, IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, in);
 	inode_maybe_free(fs, in);
 }
@@ -689,8 +679,8 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 		dd->ino = src->ino;
 		reparent(fs, src, sdir, ddir);
 		reparent(fs, dst, ddir, sdir);
-		now_ts(&src->ctime);
-		dst->ctime = src->ctime;
+		inode_touch(src, IT_BIT(IT_CTIME), NULL);
+		inode_set_time(dst, IT_CTIME, inode_ctime(src));
 		inode_dirty(fs, src);
 		inode_dirty(fs, dst);
 		goto touch;
@@ -749,13 +739,14 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 		goto out;
 	}
 	reparent(fs, src, sdir, ddir);
-	now_ts(&src->ctime);
+	inode_touch(src, IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, src);
 touch:
 	touch_mc(sdir);
 	inode_dirty(fs, sdir);
 	if (ddir != sdir) {
-		ddir->mtime = ddir->ctime = sdir->mtime;
+		struct timespec t = inode_mtime(sdir);
+		inode_touch(ddir, IT_BIT(IT_MTIME) | IT_BIT(IT_CTIME), &t);
 		inode_dirty(fs, ddir);
 	}
 out:
@@ -816,11 +807,11 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 		goto out;
 	}
 	in->nlink++;
-	now_ts(&in->ctime);
+	inode_touch(in, IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, in);
 	touch_mc(dir);
 	inode_dirty(fs, dir);
-	in->nlookup++;
+	inode_lookup_ref(in);
 	inode_stat(fs, in, st);
 out:
 	lock_drop(fs, LOCK_FS);
@@ -879,7 +870,7 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 		if (emit(ctx, d->name, &st, d->cookie))
 			break;
 		if (plus) {
-			in->nlookup++;
+			inode_lookup_ref(in);
 			note_prefetch(fs, in, &pf, &npf);
 		}
 	}
@@ -1033,7 +1024,7 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 			}
 			if (exists)
 				xattr_del(in, name);
-			now_ts(&in->ctime);
+			inode_touch(in, IT_BIT(IT_CTIME), NULL);
 			inode_dirty(fs, in);
 			rc = 0;
 			goto out;
@@ -1058,7 +1049,7 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 	}
 	if (!strcmp(name, "system.posix_acl_access"))
 		acl_to_mode(in, value, size);
-	now_ts(&in->ctime);
+	inode_touch(in, IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, in);
 out:
 	lock_drop(fs, LOCK_FS);
@@ -1135,7 +1126,7 @@ int fs_removexattr(struct fs *fs, uint64_t ino, const char *name)
 	if ((rc = log_xattr(fs, in, name, NULL, 0, 1)))
 		goto out;
 	xattr_del(in, name);
-	now_ts(&in->ctime);
+	inode_touch(in, IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, in);
 out:
 	lock_drop(fs, LOCK_FS);

@@ -68,7 +68,7 @@ static void check_namespace(struct fsck *k, int *oom)
 	struct fs *fs = k->fs;
 	struct inode *in;
 
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		struct dirent_node *d;
 		tick(k);
 		if (!S_ISDIR(in->mode))
@@ -94,7 +94,7 @@ static void check_namespace(struct fsck *k, int *oom)
 			problem(k, "directory %" PRIu64 " has nlink %u, expected %"
 				PRIu64, in->ino, in->nlink, 2 + subdirs);
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		uint32_t n = counted(&k->links, in->ino, 0);
 		if (in->ino == FS_ROOT_INO) {
 			if (n)
@@ -120,8 +120,10 @@ static void check_blocks(struct fsck *k, int *oom)
 	uint64_t obj, pblk;
 	uint32_t v;
 
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		tick(k);
+		if (!S_ISREG(in->mode))
+			continue;
 		for (size_t i = 0; i < in->map.n; i++) {
 			struct extent *e = &in->map.v[i];
 			struct object *o = obj_get(fs, e->obj);
@@ -344,7 +346,7 @@ int fs_fsck_ex(const char *path, int repair, int verbose, void *outp,
 		problem(&k, "out of memory while checking");
 	uint64_t inodes = 0;
 	struct inode *in;
-	RB_FOREACH(in, inode_tree, &fs->inodes)
+	INODE_FOREACH(in, fs)
 		inodes++;
 	fprintf(k.out, "%s: %" PRIu64 " inodes, %" PRIu64 " problem(s), %" PRIu64
 		" leaked object(s), %" PRIu64 " leaked block(s)%s\n", fs->store.path,

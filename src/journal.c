@@ -100,14 +100,14 @@ int journal_log_inode(struct fs *fs, struct inode *in)
 	return journal_log(fs, &r);
 }
 
+static void log_dirty(struct fs *fs, struct inode *in)
+{
+	journal_log_inode(fs, in);
+}
+
 void journal_flush_dirty(struct fs *fs)
 {
-	struct inode *in;
-	while ((in = TAILQ_FIRST(&fs->dirty))) {
-		TAILQ_REMOVE(&fs->dirty, in, dirty_link);
-		in->dirty = false;
-		journal_log_inode(fs, in);
-	}
+	inode_flush_dirty(fs, log_dirty);
 }
 
 struct batch {
@@ -517,7 +517,7 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			img_add(&im, &r);
 		}
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		inode_to_rec(in, &r);
 		img_add(&im, &r);
 		for (struct xattr *x = in->xattrs; x; x = x->next) {
@@ -527,7 +527,7 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			r.u.xattr.ino = in->ino;
 			img_add(&im, &r);
 		}
-		for (size_t i = 0; i < in->map.n; i++) {
+		for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
 			r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NOREF };
 			r.u.ext.ino = in->ino;
 			r.u.ext.lblk = in->map.v[i].lblk;
@@ -537,7 +537,7 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			img_add(&im, &r);
 		}
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		struct dirent_node *d;
 		RB_FOREACH(d, dir_cookies, &in->cookies) {
 			r = (struct rec){ .type = REC_DIRENT_ADD, .name = d->name,
@@ -824,7 +824,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 	int rc = -ENOMEM;
 
 	refcount_init(&t);
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		struct dirent_node *d;
 		if (!S_ISDIR(in->mode))
 			continue;
@@ -863,7 +863,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 				goto out;
 		}
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		if (in->ino == FS_ROOT_INO || tag_get(&t, in->ino, TAG_NAMED))
 			continue;
 		if (in->nlink) {	/* nlink 0: an orphan, freed at open */
@@ -875,7 +875,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 	}
 	/* Walk each directory up; ndirs steps without the root is a cycle.
 	 * Directories found to reach the root are tagged: linear overall. */
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		if (!S_ISDIR(in->mode) || in->ino == FS_ROOT_INO ||
 		    !tag_get(&t, in->ino, TAG_NAMED) ||
 		    tag_get(&t, in->ino, TAG_REACHES_ROOT))

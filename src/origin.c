@@ -827,12 +827,11 @@ static void set_attrs(struct inode *in, const struct stat *st,
 	in->gid = c->uid ? c->gid : st->st_gid;
 	if (c->uid)
 		in->mode &= ~(uint32_t)(S_ISUID | S_ISGID);
-	in->rdev = S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) ? st->st_rdev : 0;
+	inode_set_rdev(in, st->st_rdev);
 	in->size = S_ISREG(st->st_mode) ? (uint64_t)st->st_size : 0;
-	in->atime = st->st_atim;
-	in->mtime = st->st_mtim;
-	in->ctime = *now;
-	in->btime = *now;
+	inode_set_time(in, IT_ATIME, st->st_atim);
+	inode_set_time(in, IT_MTIME, st->st_mtim);
+	inode_touch(in, IT_BIT(IT_CTIME) | IT_BIT(IT_BTIME), now);
 }
 
 static int log_xattrs(struct fs *fs, struct inode *in, struct hent *e)
@@ -933,7 +932,7 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 		if (S_ISDIR(in->mode) || p == dir)
 			inode_dirty(fs, p);	/* nlink, times */
 	}
-	dir->mtime = dir->ctime = now;
+	inode_touch(dir, IT_BIT(IT_MTIME) | IT_BIT(IT_CTIME), &now);
 	inode_dirty(fs, dir);
 	return rc;
 }
@@ -1131,14 +1130,14 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 			len = in->size > off ? in->size - off : 0;
 		struct copy_src src = { o->fd, (off_t)(run.pblk << fs->block_shift) };
 		lock_take(fs, LOCK_FS);
-		struct timespec mt = in->mtime, ct = in->ctime;
+		struct timespec mt = inode_mtime(in), ct = inode_ctime(in);
 		lock_drop(fs, LOCK_FS);
 		ssize_t n = len ? file_write_locked(fs, in, (off_t)off, len, fill_copy, &src)
 				: 0;
 		/* the content is the same: so are its times */
 		lock_take(fs, LOCK_FS);
-		in->mtime = mt;
-		in->ctime = ct;
+		inode_set_time(in, IT_MTIME, mt);
+		inode_set_time(in, IT_CTIME, ct);
 		lock_drop(fs, LOCK_FS);
 		if (n == 0 && len == 0) {
 			/* mapped past EOF: unmap it */
@@ -1228,8 +1227,8 @@ int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen)
 	root->mode = st.st_mode;
 	root->uid = st.st_uid;
 	root->gid = st.st_gid;
-	root->atime = st.st_atim;
-	root->mtime = st.st_mtim;
+	inode_set_time(root, IT_ATIME, st.st_atim);
+	inode_set_time(root, IT_MTIME, st.st_mtim);
 	inode_dirty(fs, root);
 	lock_drop(fs, LOCK_FS);
 	rc = fs_setxattr(fs, FS_ROOT_INO, ORIGIN_XATTR, dir, strlen(dir), 0);

@@ -34,7 +34,6 @@ static int apply_inode(struct fs *fs, const struct rec *r)
 		return -EINVAL;
 	}
 	in->size = r->u.inode.size;
-	in->rdev = r->u.inode.rdev;
 	if (r->u.inode.next_cookie > in->next_cookie)
 		in->next_cookie = r->u.inode.next_cookie;
 	in->parent = r->u.inode.parent;
@@ -43,10 +42,16 @@ static int apply_inode(struct fs *fs, const struct rec *r)
 	in->gid = r->u.inode.gid;
 	in->nlink = r->u.inode.nlink;
 	in->flags = r->u.inode.flags;
-	in->atime = (struct timespec){ r->u.inode.atime_sec, r->u.inode.atime_nsec };
-	in->mtime = (struct timespec){ r->u.inode.mtime_sec, r->u.inode.mtime_nsec };
-	in->ctime = (struct timespec){ r->u.inode.ctime_sec, r->u.inode.ctime_nsec };
-	in->btime = (struct timespec){ r->u.inode.btime_sec, r->u.inode.btime_nsec };
+	/* after the mode: rdev shares storage with a symlink's target */
+	inode_set_rdev(in, r->u.inode.rdev);
+	inode_set_time(in, IT_ATIME, (struct timespec){ r->u.inode.atime_sec,
+							r->u.inode.atime_nsec });
+	inode_set_time(in, IT_MTIME, (struct timespec){ r->u.inode.mtime_sec,
+							r->u.inode.mtime_nsec });
+	inode_set_time(in, IT_CTIME, (struct timespec){ r->u.inode.ctime_sec,
+							r->u.inode.ctime_nsec });
+	inode_set_time(in, IT_BTIME, (struct timespec){ r->u.inode.btime_sec,
+							r->u.inode.btime_nsec });
 	if (S_ISLNK(in->mode) && !in->target) {
 		in->target = strndup(r->data ? r->data : "", r->data_len);
 		if (!in->target)

@@ -85,7 +85,7 @@ int fs_status(struct fs *fs, struct cowfs_ioc_status *out)
 	out->objects = u.objects;
 	out->host_bytes = u.host;	/* statted by fs_df() outside the lock */
 	lock_take(fs, LOCK_FS);
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
+	INODE_FOREACH(in, fs) {
 		out->inodes++;
 		if (S_ISREG(in->mode) && file_shares(fs, in))
 			out->shared_files++;

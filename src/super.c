@@ -22,8 +22,6 @@ int fs_init_store(const char *path, unsigned block_shift, char *err,
 	int rc;
 
 	memset(&fs, 0, sizeof(fs));
-	RB_INIT(&fs.inodes);
-	TAILQ_INIT(&fs.dirty);
 	fs.block_shift = block_shift;
 	fs.block_size = 1ull << block_shift;
 	fs.next_ino = FS_ROOT_INO;
@@ -36,10 +34,10 @@ int fs_init_store(const char *path, unsigned block_shift, char *err,
 	root->uid = getuid();
 	root->gid = getgid();
 	root->parent = FS_ROOT_INO;
-	now_ts(&root->btime);
-	root->atime = root->mtime = root->ctime = root->btime;
+	inode_touch(root, IT_BIT(IT_N) - 1, NULL);
 	rc = journal_encode_checkpoint(&fs, &img, &len);
 	inode_free(&fs, root);
+	inode_table_free(&fs);
 	if (rc) {
 		snprintf(err, errlen, "%s", strerror(-rc));
 		return rc;
@@ -53,14 +51,16 @@ static void fs_free(struct fs *fs)
 {
 	struct inode *in, *t;
 
-	RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
+	INODE_FOREACH_SAFE(in, fs, t) {
 		/* no journaling, no refcounts: just memory */
-		extmap_release(&in->map);
-		in->map.n = 0;
-		in->wobj = 0;
-		in->mode = 0;
+		if (S_ISREG(in->mode)) {
+			extmap_release(&in->map);
+			in->wobj = 0;
+			in->mode = 0;
+		}
 		inode_free(fs, in);
 	}
+	inode_table_free(fs);
 	obj_free_all(fs);
 	refcount_release(&fs->rc);
 	free(fs->jbuf);
@@ -91,8 +91,6 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	if (!fs->opt.commit_secs)
 		fs->opt.commit_secs = 5;
 	fs->metafd = -1;
-	RB_INIT(&fs->inodes);
-	TAILQ_INIT(&fs->dirty);
 	refcount_init(&fs->rc);
 	pthread_mutex_init(&fs->lock, NULL);
 	/* writers first: a clone is not starved by a stream of writes */
@@ -166,11 +164,11 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	 * are retired (invariant 4); objects nothing uses are unlinked. */
 	struct inode *in, *t;
 	int orphans = 0;
-	RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
+	INODE_FOREACH_SAFE(in, fs, t) {
 		if (in->nlink == 0 && in->ino != FS_ROOT_INO) {
 			inode_maybe_free(fs, in);
 			orphans++;
-		} else if (unclean && in->wobj) {
+		} else if (unclean && S_ISREG(in->mode) && in->wobj) {
 			file_retire_wobj(fs, in);
 		}
 	}
@@ -219,7 +217,7 @@ int fs_close(struct fs *fs)
 		lock_take(fs, LOCK_FS);
 		int broken = fs->broken;
 		if (!broken) {
-			RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
+			INODE_FOREACH_SAFE(in, fs, t) {
 				in->nlookup = 0;
 				in->nopen = 0;
 				inode_maybe_free(fs, in);

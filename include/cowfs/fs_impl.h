@@ -29,8 +29,11 @@
  *                                write half-done.  Writers are preferred: a
  *                                waiting clone blocks new shared takers.
  *                                So never take it shared twice.
- *   LOCK_IO     inode->io_lock   one data-changing operation per file at a
- *                                time (two files: lower inode number first)
+ *   LOCK_IO     io_lock          one data-changing operation per file at a
+ *                                time: a stripe of lock_io_stripes, by a
+ *                                hash of the inode number (two files: one
+ *                                stripe once, or the lower stripe first;
+ *                                lock_io_take2())
  *   LOCK_FS     fs->lock         everything in memory: inodes, dirents,
  *                                extent maps, refcounts, objects, the
  *                                journal buffer.  Held briefly; never across
@@ -59,6 +62,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/queue.h>
+#include <sys/stat.h>
 #include <sys/tree.h>
 #include <time.h>
 
@@ -86,35 +90,76 @@ struct dirent_node {
 RB_HEAD(dir_names, dirent_node);
 RB_HEAD(dir_cookies, dirent_node);
 
+/*
+ * Timestamps are kept as nanoseconds since the epoch in an int64_t, which
+ * covers 1677-09-21 to 2262-04-11.  A time outside that range (or a
+ * tv_nsec outside [0, 1e9) read back from a record) is kept exactly in a
+ * side table in inode.c, and its bit is set in in->xtimes.  Read and set
+ * them with inode_time()/inode_set_time() (or inode_mtime() etc.).
+ */
+enum inode_time {
+	IT_ATIME,
+	IT_MTIME,
+	IT_CTIME,
+	IT_BTIME,
+	IT_N
+};
+
+/*
+ * One inode (168 bytes): the table (fs->itab) holds pointers to it,
+ * the dirty list holds its number, its io_lock is a stripe of a shared
+ * table (lock.c), so nothing here links it to anything else.
+ */
 struct inode {
-	RB_ENTRY(inode) node;	/* in fs->inodes */
 	uint64_t ino;
-	uint32_t mode, uid, gid, nlink, flags;
-	uint64_t rdev, size;
-	struct timespec atime, mtime, ctime, btime;
-	uint64_t nlookup;	/* kernel references */
-	uint32_t nopen;		/* open file handles */
-	bool dirty;		/* attributes not yet journaled */
-	TAILQ_ENTRY(inode) dirty_link;	/* in fs->dirty while dirty */
+	uint64_t size;
+	int64_t times[IT_N];	/* ns since the epoch, unless xtimes says */
 	struct xattr *xattrs;
+	uint32_t mode, uid, gid, nlink, flags;
+	uint32_t nopen;		/* open file handles */
+	uint32_t nlookup;	/* kernel references; sticks at UINT32_MAX
+				 * (inode_lookup_ref()) */
+	bool dirty;		/* attributes not yet journaled; then its
+				 * number is in fs->dirty */
+	uint8_t xtimes;		/* bit per enum inode_time: in the side table */
 	/* directories */
 	struct dir_names names;
 	struct dir_cookies cookies;
 	uint64_t next_cookie;
 	uint64_t parent;
 	uint64_t nentries;
-	/* regular files */
-	struct extmap map;
-	uint64_t wobj;		/* write object id, 0: none yet */
-	pthread_mutex_t io_lock;
-	/* symlinks */
-	char *target;
+	/* One type's fields; all zero for the other types (directories
+	 * too, for now).  Test the type before touching any of them. */
+	union {
+		struct {		/* regular files */
+			struct extmap map;
+			uint64_t wobj;	/* write object id, 0: none yet */
+		};
+		char *target;		/* symlinks (may be NULL) */
+		uint64_t rdev;		/* character and block devices */
+	};
 };
-RB_HEAD(inode_tree, inode);
-TAILQ_HEAD(inode_list, inode);
-RB_PROTOTYPE(inode_tree, inode, node, ino_cmp)
 RB_PROTOTYPE(dir_names, dirent_node, by_name, name_cmp)
 RB_PROTOTYPE(dir_cookies, dirent_node, by_cookie, cookie_cmp)
+
+/*
+ * The inode table: a radix tree over the inode number, 64 slots a node,
+ * as high as the largest number needs.  Numbers come from a counter, so a
+ * store's inodes are dense and cost one pointer each (plus 1/64 of a node
+ * header); a lookup or an insert is a few array steps, with no allocation
+ * but one node per 64 inodes.  Iteration is in inode-number order.
+ */
+#define ITAB_SHIFT 6
+#define ITAB_FAN (1u << ITAB_SHIFT)
+struct itab_node {
+	uint32_t count;			/* non-NULL slots */
+	void *slot[ITAB_FAN];		/* nodes, or inodes at the bottom */
+};
+struct inode_table {
+	struct itab_node *root;
+	unsigned height;		/* levels; 0: empty */
+	struct islab *slabs;		/* inode.c: slabs with a free slot */
+};
 
 struct pending_free {
 	uint64_t obj, pblk, len;
@@ -132,12 +177,18 @@ struct fs {
 	pthread_mutex_t commit_lock;
 
 	/* protected by lock */
-	struct inode_tree inodes;
+	struct inode_table itab;	/* inode.c */
 	struct obj_table objects;	/* object.c: objects, fd LRU */
 	unsigned nfds, max_fds;		/* object.c: open fds, their bound */
 	struct refcount rc;
 	uint64_t next_ino, next_obj;
-	struct inode_list dirty;	/* attributes to journal */
+	uint64_t *dirty;		/* numbers of inodes to journal, in
+					 * the order they were dirtied; an
+					 * entry whose inode is gone or clean
+					 * is skipped */
+	size_t ndirty, cap_dirty;
+	bool dirty_lost;		/* the vector could not grow: the
+					 * flush scans every inode */
 	uint64_t ninodes;
 	struct object *dirty_objs;	/* list via dirty_next */
 	struct pending_free *frees;	/* blocks to punch after commit */
@@ -186,8 +237,68 @@ struct fs {
 struct inode *inode_get(struct fs *fs, uint64_t ino);
 /* A new inode in the table (caller fills it); NULL: out of memory. */
 struct inode *inode_new(struct fs *fs, uint64_t ino);
+/* Take in out of the table and free what inode.c owns of it (times,
+ * xattrs, the struct); fs.c's inode_free() frees the rest first. */
+void inode_delete(struct fs *fs, struct inode *in);
+/* The inode with the lowest number above ino; NULL: none. */
+struct inode *inode_after(struct fs *fs, uint64_t ino);
+/* Free the table itself (the inodes are freed already). */
+void inode_table_free(struct fs *fs);
+/* Every inode in number order; the _SAFE form lets the body free in. */
+#define INODE_FOREACH(in, fs)						\
+	for ((in) = inode_after((fs), 0); (in);				\
+	     (in) = inode_after((fs), (in)->ino))
+#define INODE_FOREACH_SAFE(in, fs, t)					\
+	for ((in) = inode_after((fs), 0);				\
+	     (in) && ((t) = inode_after((fs), (in)->ino), 1); (in) = (t))
 void inode_dirty(struct fs *fs, struct inode *in);
 void inode_undirty(struct fs *fs, struct inode *in);
+/* Hand each dirty inode to fn once, in the order they were dirtied, and
+ * mark it clean. */
+void inode_flush_dirty(struct fs *fs, void (*fn)(struct fs *, struct inode *));
+struct timespec inode_time(const struct inode *in, enum inode_time t);
+void inode_set_time(struct inode *in, enum inode_time t, struct timespec ts);
+#define inode_atime(in) inode_time((in), IT_ATIME)
+#define inode_mtime(in) inode_time((in), IT_MTIME)
+#define inode_ctime(in) inode_time((in), IT_CTIME)
+#define inode_btime(in) inode_time((in), IT_BTIME)
+/* ts, or now when ts is NULL, to each time whose bit is in mask (1 <<
+ * enum inode_time). */
+void inode_touch(struct inode *in, unsigned mask, const struct timespec *ts);
+#define IT_BIT(t) (1u << (t))
+/*
+ * The kernel's references.  The count saturates: an inode looked up
+ * UINT32_MAX times without a forget stays in memory until unmount rather
+ * than be freed while the kernel may still use it.
+ */
+static inline void inode_lookup_ref(struct inode *in)
+{
+	if (in->nlookup != UINT32_MAX)
+		in->nlookup++;
+}
+
+static inline void inode_lookup_unref(struct inode *in, uint64_t n)
+{
+	if (in->nlookup != UINT32_MAX)
+		in->nlookup = n >= in->nlookup ? 0 : in->nlookup - (uint32_t)n;
+}
+
+/* The per-type fields that share storage: 0 / NULL for other types. */
+static inline uint64_t inode_rdev(const struct inode *in)
+{
+	return (in->mode & S_IFMT) == S_IFCHR || (in->mode & S_IFMT) == S_IFBLK ?
+	       in->rdev : 0;
+}
+static inline const char *inode_target(const struct inode *in)
+{
+	return (in->mode & S_IFMT) == S_IFLNK ? in->target : NULL;
+}
+/* Set rdev (devices only: it shares storage with a symlink's target). */
+static inline void inode_set_rdev(struct inode *in, uint64_t rdev)
+{
+	if ((in->mode & S_IFMT) == S_IFCHR || (in->mode & S_IFMT) == S_IFBLK)
+		in->rdev = rdev;
+}
 void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st);
 void now_ts(struct timespec *ts);
 struct dirent_node *dir_find(struct inode *dir, const char *name);
@@ -260,30 +371,31 @@ void journal_stop_thread(struct fs *fs);
  * Taking and dropping the locks in LOCK ORDER (top of this file).  In a
  * build without NDEBUG, each thread keeps a bitmask of the levels it holds
  * (taken through these wrappers) and lock_take() asserts that it holds no
- * level at or below the one it takes; a second io_lock must belong to a
- * higher inode number than the first.  (Sites that still call pthread
+ * level at or below the one it takes; a second io_lock must be a higher
+ * stripe than the first.  (Sites that still call pthread
  * directly are invisible to the check.)
  */
 enum lock_level {
 	LOCK_COMMIT,		/* fs->commit_lock */
 	LOCK_DATA,		/* fs->data_lock */
-	LOCK_IO,		/* inode->io_lock */
+	LOCK_IO,		/* an inode's io_lock stripe */
 	LOCK_FS,		/* fs->lock */
 	LOCK_PF,		/* fs->pf_lock */
 };
 
 #ifndef NDEBUG
 /* lock.c */
-void lock_check_take(enum lock_level l, uint64_t ino);
+/* key: for LOCK_IO, the stripe */
+void lock_check_take(enum lock_level l, uint64_t key);
 void lock_note_drop(enum lock_level l);
 unsigned lock_suspend(enum lock_level l);
 void lock_resume(enum lock_level l, unsigned token);
 bool lock_held(enum lock_level l);
 #else
-static inline void lock_check_take(enum lock_level l, uint64_t ino)
+static inline void lock_check_take(enum lock_level l, uint64_t key)
 {
 	(void)l;
-	(void)ino;
+	(void)key;
 }
 static inline void lock_note_drop(enum lock_level l)
 {
@@ -338,16 +450,57 @@ static inline void lock_drop(struct fs *fs, enum lock_level l)
 		pthread_mutex_unlock(lock_mutex(fs, l));
 }
 
+/*
+ * io_lock is not in the inode: LOCK_IO_STRIPES mutexes (lock.c) serve all
+ * inodes, an inode's by a hash of its number.  Two inodes may share one,
+ * so a thread that needs two takes them with lock_io_take2(), which takes
+ * a shared stripe once and two stripes in stripe order (never inode
+ * order: stripes of another pair could be in the opposite order).
+ */
+#define LOCK_IO_STRIPES 256
+extern pthread_mutex_t lock_io_stripes[LOCK_IO_STRIPES];
+
+static inline unsigned lock_io_stripe(uint64_t ino)
+{
+	/* Fibonacci hashing: consecutive numbers land on different stripes */
+	return (unsigned)((ino * 0x9e3779b97f4a7c15ull) >> 56);
+}
+
 static inline void lock_io_take(struct inode *in)
 {
-	lock_check_take(LOCK_IO, in->ino);
-	pthread_mutex_lock(&in->io_lock);
+	unsigned s = lock_io_stripe(in->ino);
+
+	lock_check_take(LOCK_IO, s);
+	pthread_mutex_lock(&lock_io_stripes[s]);
 }
 
 static inline void lock_io_drop(struct inode *in)
 {
 	lock_note_drop(LOCK_IO);
-	pthread_mutex_unlock(&in->io_lock);
+	pthread_mutex_unlock(&lock_io_stripes[lock_io_stripe(in->ino)]);
+}
+
+/* Both files' io_locks (a may be b). */
+static inline void lock_io_take2(struct inode *a, struct inode *b)
+{
+	unsigned sa = lock_io_stripe(a->ino), sb = lock_io_stripe(b->ino);
+
+	if (sa == sb) {
+		lock_io_take(a);
+	} else if (sa < sb) {
+		lock_io_take(a);
+		lock_io_take(b);
+	} else {
+		lock_io_take(b);
+		lock_io_take(a);
+	}
+}
+
+static inline void lock_io_drop2(struct inode *a, struct inode *b)
+{
+	lock_io_drop(a);
+	if (lock_io_stripe(a->ino) != lock_io_stripe(b->ino))
+		lock_io_drop(b);
 }
 
 /*

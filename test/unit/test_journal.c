@@ -343,8 +343,8 @@ static void check_internal(int after_unclean)
 	       (long long)file_size(metapath));
 	for (size_t it_ = 0; (o = obj_next(fs, &it_));) {
 		uint64_t live = 0;
-		RB_FOREACH(in, inode_tree, &fs->inodes) {
-			for (size_t i = 0; i < in->map.n; i++) {
+		INODE_FOREACH(in, fs) {
+			for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
 				const struct extent *e = &in->map.v[i];
 				if (e->obj != o->id)
 					continue;
@@ -365,13 +365,13 @@ static void check_internal(int after_unclean)
 			CHECKF(!o->doomed, "object %" PRIu64 " in use but doomed",
 			       o->id);
 	}
-	RB_FOREACH(in, inode_tree, &fs->inodes) {
-		for (size_t i = 0; i < in->map.n; i++) {
+	INODE_FOREACH(in, fs) {
+		for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
 			o = obj_get(fs, in->map.v[i].obj);
 			CHECKF(o != NULL, "inode %" PRIu64 " maps unknown object %"
 			       PRIu64, in->ino, in->map.v[i].obj);
 		}
-		if (in->wobj) {
+		if (S_ISREG(in->mode) && in->wobj) {
 			CHECKF(!after_unclean, "inode %" PRIu64 " kept write object %"
 			       PRIu64 " after an unclean stop", in->ino, in->wobj);
 			o = obj_get(fs, in->wobj);

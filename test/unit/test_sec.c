@@ -143,8 +143,8 @@ static uint64_t rc_sum(void)
 {
 	struct inode *in;
 	uint64_t sum = 0;
-	RB_FOREACH(in, inode_tree, &fs->inodes)
-		for (size_t i = 0; i < in->map.n; i++)
+	INODE_FOREACH(in, fs)
+		for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++)
 			for (uint64_t b = 0; b < in->map.v[i].len; b++)
 				sum += refcount_get(&fs->rc, in->map.v[i].obj,
 						    in->map.v[i].pblk + b);
