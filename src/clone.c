@@ -53,8 +53,8 @@ static int ref_map(struct fs *fs, const struct extmap *map)
 	size_t i;
 	uint64_t b = 0;
 
-	for (i = 0; i < map->n; i++) {
-		const struct extent *e = &map->v[i];
+	for (i = 0; i < extmap_n(map); i++) {
+		const struct extent *e = &extmap_v(map)[i];
 		for (b = 0; b < e->len; b++)
 			if (refcount_inc(&fs->rc, e->obj, e->pblk + b))
 				goto undo;
@@ -62,12 +62,12 @@ static int ref_map(struct fs *fs, const struct extmap *map)
 	return 0;
 undo:
 	for (;;) {
-		const struct extent *e = &map->v[i];
+		const struct extent *e = &extmap_v(map)[i];
 		while (b-- > 0)
 			refcount_dec(&fs->rc, e->obj, e->pblk + b);
 		if (i-- == 0)
 			break;
-		b = map->v[i].len;
+		b = extmap_v(map)[i].len;
 	}
 	return -ENOMEM;
 }
@@ -135,7 +135,7 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 		extmap_release(&in->map);
 		in->map = map;
 		/* invariant (1): the source's write object is shared now */
-		if (in->map.n && src->wobj)
+		if (extmap_n(&in->map) && src->wobj)
 			file_retire_wobj_quiet(fs, src);
 	}
 	if (!S_ISDIR(src->mode) && src->nlink > 1) {
@@ -551,8 +551,8 @@ static int du_visit(void *ctx, struct inode *in)
 	dc->u->files++;
 	dc->u->logical += in->size;
 	note_tail(fs, &dc->tails, in, &err);
-	for (size_t i = 0; i < in->map.n && !err; i++) {
-		struct extent *e = &in->map.v[i];
+	for (size_t i = 0; i < extmap_n(&in->map) && !err; i++) {
+		const struct extent *e = &extmap_v(&in->map)[i];
 		for (uint64_t b = 0; b < e->len; b++) {
 			uint32_t v = refcount_get(&dc->local, e->obj, e->pblk + b);
 			if (refcount_set(&dc->local, e->obj, e->pblk + b, v + 1))

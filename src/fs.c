@@ -834,9 +834,9 @@ static void note_prefetch(struct fs *fs, struct inode *in,
 {
 	struct object *o;
 
-	if (!S_ISREG(in->mode) || in->map.n == 0 || *n >= 256)
+	if (!S_ISREG(in->mode) || extmap_n(&in->map) == 0 || *n >= 256)
 		return;
-	o = obj_get(fs, in->map.v[0].obj);
+	o = obj_get(fs, extmap_v(&in->map)[0].obj);
 	if (!o || !o->opath || o->fd >= 0)
 		return;
 	if (!*pf && !(*pf = calloc(256, sizeof(**pf))))

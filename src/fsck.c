@@ -121,8 +121,8 @@ static void check_blocks(struct fsck *k, int *oom)
 
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
 		tick(k);
-		for (size_t i = 0; i < in->map.n; i++) {
-			struct extent *e = &in->map.v[i];
+		for (size_t i = 0; i < extmap_n(&in->map); i++) {
+			const struct extent *e = &extmap_v(&in->map)[i];
 			struct object *o = obj_get(fs, e->obj);
 			if (!o) {
 				problem(k, "inode %" PRIu64 " maps unknown object %016"

@@ -102,7 +102,7 @@ void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st)
 	if (S_ISREG(in->mode)) {
 		/* Allocation as the host counts it: whole blocks, but the
 		 * block holding EOF only up to EOF in 4 KiB pages. */
-		uint64_t bytes = in->map.nblocks << fs->block_shift;
+		uint64_t bytes = extmap_nblocks(&in->map) << fs->block_shift;
 		uint64_t last = in->size ? (in->size - 1) >> fs->block_shift : 0;
 		struct extent e;
 		if (in->size && extmap_lookup(&in->map, last, &e)) {

@@ -496,13 +496,13 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			r.u.xattr.ino = in->ino;
 			img_add(&im, &r);
 		}
-		for (size_t i = 0; i < in->map.n; i++) {
+		for (size_t i = 0; i < extmap_n(&in->map); i++) {
 			r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NOREF };
 			r.u.ext.ino = in->ino;
-			r.u.ext.lblk = in->map.v[i].lblk;
-			r.u.ext.len = in->map.v[i].len;
-			r.u.ext.obj = in->map.v[i].obj;
-			r.u.ext.pblk = in->map.v[i].pblk;
+			r.u.ext.lblk = extmap_v(&in->map)[i].lblk;
+			r.u.ext.len = extmap_v(&in->map)[i].len;
+			r.u.ext.obj = extmap_v(&in->map)[i].obj;
+			r.u.ext.pblk = extmap_v(&in->map)[i].pblk;
 			img_add(&im, &r);
 		}
 	}

@@ -1009,8 +1009,8 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 		struct extent run = { 0 };
 		struct object *o = NULL;
 		lock_take(fs, LOCK_FS);
-		for (size_t i = 0; i < in->map.n; i++) {
-			struct extent *e = &in->map.v[i];
+		for (size_t i = 0; i < extmap_n(&in->map); i++) {
+			const struct extent *e = &extmap_v(&in->map)[i];
 			struct object *x = obj_get(fs, e->obj);
 			if (x && x->opath) {
 				run = *e;

@@ -58,7 +58,6 @@ static void fs_free(struct fs *fs)
 	RB_FOREACH_SAFE(in, inode_tree, &fs->inodes, t) {
 		/* no journaling, no refcounts: just memory */
 		extmap_release(&in->map);
-		in->map.n = 0;
 		in->wobj = 0;
 		in->mode = 0;
 		inode_free(fs, in);

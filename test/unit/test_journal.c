@@ -333,8 +333,8 @@ static void check_internal(int after_unclean)
 	RB_FOREACH(o, object_tree, &fs->objects) {
 		uint64_t live = 0;
 		RB_FOREACH(in, inode_tree, &fs->inodes) {
-			for (size_t i = 0; i < in->map.n; i++) {
-				const struct extent *e = &in->map.v[i];
+			for (size_t i = 0; i < extmap_n(&in->map); i++) {
+				const struct extent *e = &extmap_v(&in->map)[i];
 				if (e->obj != o->id)
 					continue;
 				for (uint64_t b = 0; b < e->len; b++)
@@ -355,10 +355,10 @@ static void check_internal(int after_unclean)
 			       o->id);
 	}
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
-		for (size_t i = 0; i < in->map.n; i++) {
-			o = obj_get(fs, in->map.v[i].obj);
+		for (size_t i = 0; i < extmap_n(&in->map); i++) {
+			o = obj_get(fs, extmap_v(&in->map)[i].obj);
 			CHECKF(o != NULL, "inode %" PRIu64 " maps unknown object %"
-			       PRIu64, in->ino, in->map.v[i].obj);
+			       PRIu64, in->ino, extmap_v(&in->map)[i].obj);
 		}
 		if (in->wobj) {
 			CHECKF(!after_unclean, "inode %" PRIu64 " kept write object %"

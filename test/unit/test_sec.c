@@ -144,10 +144,10 @@ static uint64_t rc_sum(void)
 	struct inode *in;
 	uint64_t sum = 0;
 	RB_FOREACH(in, inode_tree, &fs->inodes)
-		for (size_t i = 0; i < in->map.n; i++)
-			for (uint64_t b = 0; b < in->map.v[i].len; b++)
-				sum += refcount_get(&fs->rc, in->map.v[i].obj,
-						    in->map.v[i].pblk + b);
+		for (size_t i = 0; i < extmap_n(&in->map); i++)
+			for (uint64_t b = 0; b < extmap_v(&in->map)[i].len; b++)
+				sum += refcount_get(&fs->rc, extmap_v(&in->map)[i].obj,
+						    extmap_v(&in->map)[i].pblk + b);
 	return sum;
 }
 
