@@ -68,25 +68,26 @@ static void check_namespace(struct fsck *k, int *oom)
 	struct inode *in;
 
 	RB_FOREACH(in, inode_tree, &fs->inodes) {
-		struct dirent_node *d;
+		struct dent *d;
 		tick(k);
 		if (!S_ISDIR(in->mode))
 			continue;
 		uint64_t subdirs = 0;
-		RB_FOREACH(d, dir_cookies, &in->cookies) {
+		for (size_t i = 0; (d = dir_next(in, &i)); i++) {
 			struct inode *ch = inode_get(fs, d->ino);
 			if (!ch) {
 				problem(k, "directory %" PRIu64 " entry '%s' names "
-					"missing inode %" PRIu64, in->ino, d->name, d->ino);
+					"missing inode %" PRIu64, in->ino,
+					dent_name(in, d), d->ino);
 				continue;
 			}
 			count(&k->links, d->ino, 0, oom);
 			if (S_ISDIR(ch->mode)) {
 				subdirs++;
-				if (ch->parent != in->ino)
+				if (dir_parent(ch) != in->ino)
 					problem(k, "directory %" PRIu64 " has parent %"
 						PRIu64 " but is named in %" PRIu64,
-						ch->ino, ch->parent, in->ino);
+						ch->ino, dir_parent(ch), in->ino);
 			}
 		}
 		if (in->nlink != 2 + subdirs)

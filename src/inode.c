@@ -22,18 +22,6 @@ static int ino_cmp(struct inode *a, struct inode *b)
 }
 RB_GENERATE(inode_tree, inode, node, ino_cmp)
 
-static int name_cmp(struct dirent_node *a, struct dirent_node *b)
-{
-	return strcmp(a->name, b->name);
-}
-RB_GENERATE(dir_names, dirent_node, by_name, name_cmp)
-
-static int cookie_cmp(struct dirent_node *a, struct dirent_node *b)
-{
-	return (a->cookie < b->cookie) ? -1 : (a->cookie > b->cookie);
-}
-RB_GENERATE(dir_cookies, dirent_node, by_cookie, cookie_cmp)
-
 unsigned fs_block_size(const struct fs *fs)
 {
 	return (unsigned)fs->block_size;
@@ -57,9 +45,6 @@ struct inode *inode_new(struct fs *fs, uint64_t ino)
 	if (!in)
 		return NULL;
 	in->ino = ino;
-	RB_INIT(&in->names);
-	RB_INIT(&in->cookies);
-	in->next_cookie = 3;
 	extmap_init(&in->map);
 	pthread_mutex_init(&in->io_lock, NULL);
 	RB_INSERT(inode_tree, &fs->inodes, in);
@@ -113,23 +98,11 @@ void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st)
 		}
 		st->st_blocks = (blkcnt_t)(bytes / 512);
 	} else if (S_ISDIR(in->mode)) {
-		st->st_size = (off_t)(in->nentries + 2) * 32;
+		st->st_size = (off_t)(dir_nentries(in) + 2) * 32;
 		st->st_blocks = 8;
 	} else if (S_ISLNK(in->mode)) {
 		st->st_size = in->target ? (off_t)strlen(in->target) : 0;
 	}
-}
-
-struct dirent_node *dir_find(struct inode *dir, const char *name)
-{
-	size_t n = strlen(name);
-	char buf[sizeof(struct dirent_node) + COWFS_NAME_MAX + 1];
-	struct dirent_node *key = (struct dirent_node *)buf;
-
-	if (n > COWFS_NAME_MAX)
-		return NULL;
-	memcpy(key->name, name, n + 1);
-	return RB_FIND(dir_names, &dir->names, key);
 }
 
 int fs_name_check(const char *name, size_t len)
@@ -144,67 +117,345 @@ int fs_name_check(const char *name, size_t len)
 	return 0;
 }
 
-/* A new, unlinked entry (caller owns; free() it or give it to
- * dir_insert()).  NULL: out of memory. */
-struct dirent_node *dirent_new(const char *name, uint64_t ino,
-				      uint64_t cookie)
+/*
+ * Directories (struct dir in fs_impl.h).  Entries sit in one array in
+ * cookie order; names in one byte arena; a directory of more than
+ * DIR_HASH_MIN entries also has an open-addressing table of entry indexes
+ * by name (linear probing, at most 3/4 full, deletion by backward shift),
+ * so a lookup is O(1) in a directory of any size.  A delete leaves a
+ * tombstone in the array (so that nothing moves under a caller's pointer,
+ * and readdir still seeks by cookie); dir_reserve() compacts the array and
+ * the arena when they are to grow and a quarter of them is dead.
+ */
+#define DIR_HASH_MIN 8
+
+int inode_make_dir(struct inode *in, uint64_t parent)
+{
+	if (!in->dir && !(in->dir = calloc(1, sizeof(*in->dir))))
+		return -ENOMEM;
+	in->dir->parent = parent;
+	if (in->dir->next_cookie < 3)
+		in->dir->next_cookie = 3;
+	return 0;
+}
+
+void dir_free(struct inode *in)
+{
+	struct dir *d = in->dir;
+
+	if (!d)
+		return;
+	free(d->v);
+	free(d->names);
+	free(d->hash);
+	free(d);
+	in->dir = NULL;
+}
+
+/* FNV-1a, with a final mix: names often differ only in their last bytes. */
+static uint32_t name_hash(const char *name, size_t len)
+{
+	uint32_t h = 2166136261u;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)name[i]) * 16777619u;
+	h ^= h >> 15;
+	h *= 0x2c1b3c6du;
+	h ^= h >> 12;
+	return h;
+}
+
+static uint32_t ent_home(const struct dir *d, uint32_t idx)
+{
+	const struct dent *e = &d->v[idx];
+	return name_hash(d->names + e->off, e->len) & (d->hcap - 1);
+}
+
+static void hash_put(struct dir *d, uint32_t idx)
+{
+	uint32_t mask = d->hcap - 1, h = ent_home(d, idx);
+
+	while (d->hash[h])
+		h = (h + 1) & mask;
+	d->hash[h] = idx + 1;
+}
+
+/* Fill the table (of hcap slots, zeroed) from the live entries. */
+static void hash_fill(struct dir *d)
+{
+	memset(d->hash, 0, d->hcap * sizeof(*d->hash));
+	for (uint32_t i = 0; i < d->n; i++)
+		if (d->v[i].ino)
+			hash_put(d, i);
+}
+
+static void hash_remove(struct dir *d, uint32_t idx)
+{
+	uint32_t mask = d->hcap - 1, j = ent_home(d, idx), i;
+
+	while (d->hash[j] != idx + 1)
+		j = (j + 1) & mask;
+	/* shift back the entries of the run after j that may move */
+	for (i = (j + 1) & mask; d->hash[i]; i = (i + 1) & mask) {
+		uint32_t k = ent_home(d, d->hash[i] - 1);
+		if (j < i ? (j < k && k <= i) : (j < k || k <= i))
+			continue;	/* its home is after the hole: stays */
+		d->hash[j] = d->hash[i];
+		j = i;
+	}
+	d->hash[j] = 0;
+}
+
+static struct dent *find(const struct dir *d, const char *name, size_t len)
+{
+	if (d->hash) {
+		uint32_t mask = d->hcap - 1;
+		for (uint32_t h = name_hash(name, len) & mask; d->hash[h];
+		     h = (h + 1) & mask) {
+			struct dent *e = &d->v[d->hash[h] - 1];
+			if (e->len == len && !memcmp(d->names + e->off, name, len))
+				return e;
+		}
+		return NULL;
+	}
+	for (uint32_t i = 0; i < d->n; i++) {
+		struct dent *e = &d->v[i];
+		if (e->ino && e->len == len && !memcmp(d->names + e->off, name, len))
+			return e;
+	}
+	return NULL;
+}
+
+struct dent *dir_find(struct inode *dir, const char *name)
 {
 	size_t n = strlen(name);
-	struct dirent_node *d = malloc(sizeof(*d) + n + 1);
+
+	if (!dir->dir || n > COWFS_NAME_MAX)
+		return NULL;
+	return find(dir->dir, name, n);
+}
+
+/* Drop the tombstones (the cookies stay: they are stored, not
+ * positions).  Nothing is allocated. */
+static void squeeze(struct dir *d)
+{
+	uint32_t j = 0;
+
+	for (uint32_t i = 0; i < d->n; i++)
+		if (d->v[i].ino)
+			d->v[j++] = d->v[i];
+	d->n = j;
+	if (d->hash)
+		hash_fill(d);
+}
+
+/* Drop the dead names: a new arena of cap bytes for the live ones. */
+static int squeeze_names(struct dir *d, size_t cap)
+{
+	char *names = malloc(cap);
+	uint32_t off = 0;
+
+	if (!names)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < d->n; i++) {
+		struct dent *e = &d->v[i];
+		if (!e->ino)
+			continue;
+		memcpy(names + off, d->names + e->off, e->len + 1);
+		e->off = off;
+		off += e->len + 1;
+	}
+	free(d->names);
+	d->names = names;
+	d->ncap = (uint32_t)cap;
+	d->nlen = off;
+	d->dead = 0;
+	return 0;
+}
+
+static int grow(void **p, uint32_t *cap, size_t need, size_t min, size_t size)
+{
+	size_t ncap = *cap ? 2 * (size_t)*cap : min;
+	void *np;
+
+	if (need <= *cap)
+		return 0;
+	if (ncap < need)
+		ncap = need;
+	if (ncap > UINT32_MAX)
+		ncap = UINT32_MAX;
+	if (!(np = realloc(*p, ncap * size)))
+		return -ENOMEM;
+	*p = np;
+	*cap = (uint32_t)ncap;
+	return 0;
+}
+
+int dir_reserve(struct inode *in, size_t len)
+{
+	struct dir *d = in->dir;
+	size_t need;
+	int rc;
+
+	if (!d)
+		return -ENOTDIR;
+	need = (size_t)d->nlen + len + 1;
+	if ((size_t)d->n + 1 >= UINT32_MAX || need >= UINT32_MAX)
+		return -ENOSPC;
+	/* squeeze rather than grow when a quarter is dead */
+	if (d->n == d->cap && 4 * (size_t)(d->n - d->nentries) >= d->n)
+		squeeze(d);
+	if (need > d->ncap && 4 * (size_t)d->dead >= d->nlen) {
+		size_t live = d->nlen - d->dead;
+		if (squeeze_names(d, live + live / 2 + len + 1))
+			return -ENOMEM;
+		need = (size_t)d->nlen + len + 1;
+	}
+	if ((rc = grow((void **)&d->v, &d->cap, (size_t)d->n + 1, 4,
+		       sizeof(*d->v))) ||
+	    (rc = grow((void **)&d->names, &d->ncap, need, need < 64 ? 64 : need, 1)))
+		return rc;
+	/* the table: once past DIR_HASH_MIN entries, at most 3/4 full */
+	if (d->nentries + 1 > DIR_HASH_MIN &&
+	    4 * ((size_t)d->nentries + 1) > 3 * (size_t)d->hcap) {
+		size_t hcap = d->hcap ? 2 * (size_t)d->hcap : 32;
+		while (4 * ((size_t)d->nentries + 1) > 3 * hcap)
+			hcap *= 2;
+		if (hcap > UINT32_MAX)
+			return -ENOSPC;
+		uint32_t *h = malloc(hcap * sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		free(d->hash);
+		d->hash = h;
+		d->hcap = (uint32_t)hcap;
+		hash_fill(d);
+	}
+	return 0;
+}
+
+int dir_prealloc(struct inode *in, const struct inode *like)
+{
+	struct dir *d = in->dir;
+	const struct dir *s = like->dir;
+	size_t hcap = 32;
+
+	if (!d || !s || !s->nentries || d->cap || d->ncap || d->hcap)
+		return 0;
+	while (4 * (size_t)s->nentries > 3 * hcap)
+		hcap *= 2;
+	if (!(d->v = malloc(s->nentries * sizeof(*d->v))) ||
+	    !(d->names = malloc(s->nlen - s->dead)) ||
+	    (s->nentries > DIR_HASH_MIN &&
+	     !(d->hash = calloc(hcap, sizeof(*d->hash))))) {
+		free(d->v);
+		free(d->names);
+		d->v = NULL;
+		d->names = NULL;
+		return -ENOMEM;
+	}
+	d->cap = s->nentries;
+	d->ncap = s->nlen - s->dead;
+	if (d->hash)
+		d->hcap = (uint32_t)hcap;
+	d->next_cookie = s->next_cookie;
+	return 0;
+}
+
+/* The index of the first entry whose cookie is >= cookie. */
+static uint32_t seek(const struct dir *d, uint64_t cookie)
+{
+	uint32_t lo = 0, hi = d->n;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (d->v[mid].cookie < cookie)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+size_t dir_seek(const struct inode *dir, uint64_t cookie)
+{
+	return dir->dir ? seek(dir->dir, cookie) : 0;
+}
+
+struct dent *dir_next(const struct inode *dir, size_t *i)
+{
+	const struct dir *d = dir->dir;
 
 	if (!d)
 		return NULL;
-	memcpy(d->name, name, n + 1);
-	d->ino = ino;
-	d->cookie = cookie;
-	return d;
-}
-
-/* Link d into dir; on failure d is still the caller's.  A bad name is
- * -EINVAL or -ENAMETOOLONG; a name or a cookie already in dir is
- * -EEXIST (a replayed record that does not fit: never two entries with
- * one cookie, which would corrupt the cookie tree). */
-int dir_insert(struct inode *dir, struct dirent_node *d)
-{
-	int rc = fs_name_check(d->name, strlen(d->name));
-
-	if (rc)
-		return rc;
-	/* 1 and 2 are "." and ".."; readdir offsets are signed */
-	if (d->cookie < 3 || d->cookie >= (uint64_t)INT64_MAX)
-		return -EINVAL;
-	if (RB_FIND(dir_cookies, &dir->cookies, d))
-		return -EEXIST;
-	if (RB_INSERT(dir_names, &dir->names, d))
-		return -EEXIST;
-	RB_INSERT(dir_cookies, &dir->cookies, d);
-	if (d->cookie >= dir->next_cookie)
-		dir->next_cookie = d->cookie + 1;
-	dir->nentries++;
-	return 0;
+	for (; *i < d->n; (*i)++)
+		if (d->v[*i].ino)
+			return &d->v[*i];
+	return NULL;
 }
 
 int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 	    uint64_t cookie)
 {
-	struct dirent_node *d = dirent_new(name, ino, cookie);
-	int rc;
+	size_t len = strlen(name);
+	struct dir *d = dir->dir;
+	uint32_t pos;
+	int rc = fs_name_check(name, len), moved = 0;
 
 	(void)fs;
-	if (!d)
-		return -ENOMEM;
-	if ((rc = dir_insert(dir, d)))
-		free(d);
-	return rc;
+	if (rc)
+		return rc;
+	if (!d || !ino)
+		return -EINVAL;
+	/* 1 and 2 are "." and ".."; readdir offsets are signed */
+	if (cookie < 3 || cookie >= (uint64_t)INT64_MAX)
+		return -EINVAL;
+	if (find(d, name, len))
+		return -EEXIST;
+	if ((rc = dir_reserve(dir, len)))
+		return rc;
+	pos = d->n && cookie <= d->v[d->n - 1].cookie ? seek(d, cookie) : d->n;
+	if (pos < d->n && d->v[pos].cookie == cookie) {
+		/* never two entries with one cookie; a tombstone's slot is
+		 * reused (its name stays dead in the arena) */
+		if (d->v[pos].ino)
+			return -EEXIST;
+	} else {
+		/* out of order only for odd replayed records */
+		moved = pos < d->n;
+		memmove(&d->v[pos + 1], &d->v[pos], (d->n - pos) * sizeof(*d->v));
+		d->n++;
+	}
+	memcpy(d->names + d->nlen, name, len + 1);
+	d->v[pos] = (struct dent){ .ino = ino, .cookie = cookie,
+				   .off = d->nlen, .len = (uint32_t)len };
+	d->nlen += (uint32_t)len + 1;
+	d->nentries++;
+	if (d->hash && moved)
+		hash_fill(d);	/* the indexes after pos moved */
+	else if (d->hash)
+		hash_put(d, pos);
+	if (cookie >= d->next_cookie)
+		d->next_cookie = cookie + 1;
+	return 0;
 }
 
-void dir_del(struct fs *fs, struct inode *dir, struct dirent_node *d)
+void dir_del(struct fs *fs, struct inode *dir, struct dent *e)
 {
+	struct dir *d = dir->dir;
+	uint32_t idx = (uint32_t)(e - d->v);
+
 	(void)fs;
-	RB_REMOVE(dir_names, &dir->names, d);
-	RB_REMOVE(dir_cookies, &dir->cookies, d);
-	dir->nentries--;
-	free(d);
+	if (d->hash)
+		hash_remove(d, idx);
+	e->ino = 0;
+	d->dead += e->len + 1;
+	d->nentries--;
+	/* trailing tombstones go at once: nothing is after them */
+	while (d->n && !d->v[d->n - 1].ino)
+		d->n--;
+	if (d->nentries == 0)
+		d->nlen = d->dead = 0;
 }
 
 struct xattr **xattr_find(struct inode *in, const char *name)
@@ -260,8 +511,8 @@ void inode_to_rec(const struct inode *in, struct rec *r)
 	r->u.inode.size = in->size;
 	r->u.inode.wobj = in->wobj;
 	r->u.inode.rdev = in->rdev;
-	r->u.inode.next_cookie = in->next_cookie;
-	r->u.inode.parent = in->parent;
+	r->u.inode.next_cookie = dir_next_cookie(in);
+	r->u.inode.parent = dir_parent(in);
 	r->u.inode.mode = in->mode;
 	r->u.inode.uid = in->uid;
 	r->u.inode.gid = in->gid;

@@ -35,9 +35,12 @@ static int apply_inode(struct fs *fs, const struct rec *r)
 	}
 	in->size = r->u.inode.size;
 	in->rdev = r->u.inode.rdev;
-	if (r->u.inode.next_cookie > in->next_cookie)
-		in->next_cookie = r->u.inode.next_cookie;
-	in->parent = r->u.inode.parent;
+	if (S_ISDIR(r->u.inode.mode)) {
+		if (inode_make_dir(in, r->u.inode.parent))
+			return -ENOMEM;
+		if (r->u.inode.next_cookie > in->dir->next_cookie)
+			in->dir->next_cookie = r->u.inode.next_cookie;
+	}
 	in->mode = r->u.inode.mode;
 	in->uid = r->u.inode.uid;
 	in->gid = r->u.inode.gid;
@@ -84,7 +87,7 @@ static int apply_dirent(struct fs *fs, const struct rec *r)
 			return -EINVAL;
 		return dir_add(fs, dir, name, r->u.dirent.ino, r->u.dirent.cookie);
 	}
-	struct dirent_node *d = dir_find(dir, name);
+	struct dent *d = dir_find(dir, name);
 	if (!d)
 		return -EINVAL;
 	dir_del(fs, dir, d);

@@ -37,7 +37,10 @@ int fs_init_store(const char *path, unsigned block_shift, char *err,
 	root->nlink = 2;
 	root->uid = getuid();
 	root->gid = getgid();
-	root->parent = FS_ROOT_INO;
+	if (inode_make_dir(root, FS_ROOT_INO)) {
+		inode_free(&fs, root);
+		return -ENOMEM;
+	}
 	now_ts(&root->btime);
 	root->atime = root->mtime = root->ctime = root->btime;
 	rc = journal_encode_checkpoint(&fs, &img, &len);

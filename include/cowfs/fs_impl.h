@@ -76,15 +76,33 @@ struct xattr {
 	uint32_t len;
 };
 
-struct dirent_node {
-	RB_ENTRY(dirent_node) by_name;
-	RB_ENTRY(dirent_node) by_cookie;
-	uint64_t ino;
+/*
+ * A directory entry: 24 bytes in its directory's array (struct dir).  The
+ * array is in cookie order, so readdir resumes from a cookie by binary
+ * search; a deleted entry stays as a tombstone (ino 0) until the array is
+ * compacted, which keeps the cookies (stored, not positions).
+ */
+struct dent {
+	uint64_t ino;		/* 0: deleted */
 	uint64_t cookie;	/* readdir offset; stable while the entry lives */
-	char name[];
+	uint32_t off;		/* the name: NUL-terminated at names + off */
+	uint32_t len;		/* strlen of the name */
 };
-RB_HEAD(dir_names, dirent_node);
-RB_HEAD(dir_cookies, dirent_node);
+
+/* What only a directory has (struct inode's dir, NULL for the others). */
+struct dir {
+	struct dent *v;		/* by cookie; tombstones among them */
+	char *names;		/* the names' bytes, an arena */
+	uint32_t *hash;		/* by name: index + 1 in v, 0 empty; linear
+				 * probing.  NULL while the directory is small */
+	uint32_t n, cap;	/* v: used (tombstones too), allocated */
+	uint32_t nlen, ncap;	/* names: used, allocated */
+	uint32_t dead;		/* bytes of names of tombstones */
+	uint32_t hcap;		/* slots of hash, a power of 2 */
+	uint32_t nentries;	/* live entries */
+	uint64_t next_cookie;
+	uint64_t parent;
+};
 
 struct inode {
 	RB_ENTRY(inode) node;	/* in fs->inodes */
@@ -97,12 +115,7 @@ struct inode {
 	bool dirty;		/* attributes not yet journaled */
 	TAILQ_ENTRY(inode) dirty_link;	/* in fs->dirty while dirty */
 	struct xattr *xattrs;
-	/* directories */
-	struct dir_names names;
-	struct dir_cookies cookies;
-	uint64_t next_cookie;
-	uint64_t parent;
-	uint64_t nentries;
+	struct dir *dir;	/* directories only (inode.c: dir_*) */
 	/* regular files */
 	struct extmap map;
 	uint64_t wobj;		/* write object id, 0: none yet */
@@ -113,8 +126,6 @@ struct inode {
 RB_HEAD(inode_tree, inode);
 TAILQ_HEAD(inode_list, inode);
 RB_PROTOTYPE(inode_tree, inode, node, ino_cmp)
-RB_PROTOTYPE(dir_names, dirent_node, by_name, name_cmp)
-RB_PROTOTYPE(dir_cookies, dirent_node, by_cookie, cookie_cmp)
 
 struct pending_free {
 	uint64_t obj, pblk, len;
@@ -190,14 +201,54 @@ void inode_dirty(struct fs *fs, struct inode *in);
 void inode_undirty(struct fs *fs, struct inode *in);
 void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st);
 void now_ts(struct timespec *ts);
-struct dirent_node *dir_find(struct inode *dir, const char *name);
-/* A detached entry (caller owns it until dir_insert() takes it). */
-struct dirent_node *dirent_new(const char *name, uint64_t ino,
-			       uint64_t cookie);
-int dir_insert(struct inode *dir, struct dirent_node *d);
+/* A directory's part: in->dir made for a new directory inode; 0 or
+ * -ENOMEM.  Freed by dir_free(). */
+int inode_make_dir(struct inode *in, uint64_t parent);
+void dir_free(struct inode *in);
+/* Size the new, empty directory in for like's entries (a clone's copy
+ * of like: no growing, no slack); it takes like's next_cookie. */
+int dir_prealloc(struct inode *in, const struct inode *like);
+/*
+ * Entries.  A struct dent pointer stays valid until the next dir_add() or
+ * dir_reserve() on its directory (dir_del() moves nothing); so does a
+ * dent_name() pointer.
+ */
+struct dent *dir_find(struct inode *dir, const char *name);
+/* Room for one dir_add() of a name of len bytes: after it, that add
+ * fails only for a bad name, cookie or a duplicate, never -ENOMEM. */
+int dir_reserve(struct inode *dir, size_t len);
+/* A bad name is -EINVAL or -ENAMETOOLONG; a name or a live cookie already
+ * in dir is -EEXIST (a replayed record that does not fit). */
 int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 	    uint64_t cookie);
-void dir_del(struct fs *fs, struct inode *dir, struct dirent_node *d);
+void dir_del(struct fs *fs, struct inode *dir, struct dent *d);
+/* The first live entry at index *i or after (*i set to its index); NULL
+ * at the end.  Walk: for (i = 0; (d = dir_next(dir, &i)); i++). */
+struct dent *dir_next(const struct inode *dir, size_t *i);
+/* The index of the first entry whose cookie is >= cookie. */
+size_t dir_seek(const struct inode *dir, uint64_t cookie);
+
+static inline const char *dent_name(const struct inode *dir,
+				    const struct dent *d)
+{
+	return dir->dir->names + d->off;
+}
+
+static inline uint64_t dir_nentries(const struct inode *in)
+{
+	return in->dir ? in->dir->nentries : 0;
+}
+
+static inline uint64_t dir_parent(const struct inode *in)
+{
+	return in->dir ? in->dir->parent : 0;
+}
+
+static inline uint64_t dir_next_cookie(const struct inode *in)
+{
+	return in->dir ? in->dir->next_cookie : 3;
+}
+
 struct xattr **xattr_find(struct inode *in, const char *name);
 int xattr_set(struct inode *in, const char *name, const void *v, uint32_t len);
 int xattr_del(struct inode *in, const char *name);

@@ -971,13 +971,13 @@ static void sb_add(struct sbuf *b, const char *fmt, ...)
 	}
 }
 
-struct dent {
+struct rdent {
 	char name[COWFS_NAME_MAX + 1];
 	uint64_t ino, off;
 };
 
 struct dlist {
-	struct dent *v;
+	struct rdent *v;
 	size_t n, cap;
 };
 

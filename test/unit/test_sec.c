@@ -156,8 +156,8 @@ static void take_snap(struct snap *s)
 	struct inode *root_in = inode_get(fs, FS_ROOT_INO);
 	pthread_mutex_lock(&fs->lock);
 	s->ninodes = fs->ninodes;
-	s->nentries = root_in->nentries;
-	s->next_cookie = root_in->next_cookie;
+	s->nentries = dir_nentries(root_in);
+	s->next_cookie = dir_next_cookie(root_in);
 	s->jlen = fs->jlen;
 	s->jrecs = fs->jrecs;
 	s->nfrees = fs->nfrees;
