@@ -244,3 +244,91 @@ int extmap_copy(struct extmap *dst, const struct extmap *src)
 	}
 	return 0;
 }
+
+struct extmap_pool {
+	struct extbuf **slot;	/* open addressing, linear probing */
+	size_t cap, n;		/* cap a power of 2, at most half full */
+};
+
+struct extmap_pool *extmap_pool_new(void)
+{
+	return calloc(1, sizeof(struct extmap_pool));
+}
+
+void extmap_pool_free(struct extmap_pool *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->cap; i++) {
+		struct extmap m = { p->slot[i] };
+		extmap_release(&m);
+	}
+	free(p->slot);
+	free(p);
+}
+
+static size_t buf_hash(const struct extbuf *b)
+{
+	const unsigned char *c = (const unsigned char *)b->v;
+	uint64_t h = 1469598103934665603ull;
+
+	for (size_t i = 0; i < b->n * sizeof(*b->v); i++)
+		h = (h ^ c[i]) * 1099511628211ull;
+	return (size_t)(h ^ (h >> 29));
+}
+
+static int buf_equal(const struct extbuf *a, const struct extbuf *b)
+{
+	return a->n == b->n && !memcmp(a->v, b->v, a->n * sizeof(*a->v));
+}
+
+static int pool_grow(struct extmap_pool *p)
+{
+	size_t cap = p->cap ? 2 * p->cap : 1024;
+	struct extbuf **slot = calloc(cap, sizeof(*slot));
+
+	if (!slot)
+		return -ENOMEM;
+	for (size_t i = 0; i < p->cap; i++) {
+		if (!p->slot[i])
+			continue;
+		size_t h = buf_hash(p->slot[i]) & (cap - 1);
+		while (slot[h])
+			h = (h + 1) & (cap - 1);
+		slot[h] = p->slot[i];
+	}
+	free(p->slot);
+	p->slot = slot;
+	p->cap = cap;
+	return 0;
+}
+
+void extmap_pool_share(struct extmap_pool *p, struct extmap *m)
+{
+	struct extbuf *b = m->b;
+	size_t h;
+
+	if (!p || !b || (2 * (p->n + 1) > p->cap && pool_grow(p)))
+		return;
+	for (h = buf_hash(b) & (p->cap - 1); p->slot[h]; h = (h + 1) & (p->cap - 1)) {
+		if (p->slot[h] == b)
+			return;
+		if (buf_equal(p->slot[h], b)) {
+			extmap_release(m);
+			m->b = p->slot[h];
+			m->b->refs++;
+			return;
+		}
+	}
+	if (b->refs == 1 && b->cap > b->n) {
+		/* it will not grow any more: cut it to size */
+		struct extbuf *nb = realloc(b, buf_size(b->n));
+		if (nb) {
+			nb->cap = nb->n;
+			m->b = b = nb;
+		}
+	}
+	b->refs++;
+	p->slot[h] = b;
+	p->n++;
+}

@@ -113,6 +113,31 @@ static int apply_xattr(struct fs *fs, const struct rec *r)
 	return rc;
 }
 
+/*
+ * A checkpoint gives each file's extents together, file after file: when
+ * the next file's start, the last one's map is whole and may share an
+ * equal one's array (clones' maps are equal).  Done then, not after the
+ * load, so that the copy freed is reused by the next file's map.
+ */
+static void pool_last(struct fs *fs, uint64_t next)
+{
+	struct inode *last = inode_get(fs, fs->ext_pool_last);
+
+	if (last && S_ISREG(last->mode))
+		extmap_pool_share(fs->ext_pool, &last->map);
+	fs->ext_pool_last = next;
+}
+
+void replay_checkpoint_loaded(struct fs *fs)
+{
+	if (fs->ext_pool) {
+		pool_last(fs, 0);
+		extmap_pool_free(fs->ext_pool);
+		fs->ext_pool = NULL;
+	}
+	file_compute_nlive(fs);
+}
+
 /* Apply one record read from the metadata file.  -EINVAL: it does not fit
  * the state (corruption). */
 int apply_rec(struct fs *fs, const struct rec *r)
@@ -152,6 +177,8 @@ int apply_rec(struct fs *fs, const struct rec *r)
 		if (!in || !S_ISREG(in->mode) || r->u.ext.len == 0 ||
 		    r->u.ext.lblk + r->u.ext.len < r->u.ext.lblk)
 			return -EINVAL;
+		if (fs->ext_pool && in->ino != fs->ext_pool_last)
+			pool_last(fs, in->ino);
 		if (r->type == REC_EXT_PUNCH)
 			return file_map_punch(fs, in, r->u.ext.lblk, r->u.ext.len);
 		if (r->u.ext.obj == 0)

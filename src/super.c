@@ -142,9 +142,12 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	}
 	static const struct journal_load_ops load_ops = {
 		.apply = apply_rec,
-		.checkpoint_loaded = file_compute_nlive,
+		.checkpoint_loaded = replay_checkpoint_loaded,
 	};
+	fs->ext_pool = extmap_pool_new();	/* NULL: no sharing */
 	unclean = journal_load(fs, &load_ops, err, errlen);
+	extmap_pool_free(fs->ext_pool);	/* if the load stopped early */
+	fs->ext_pool = NULL;
 	if (unclean < 0) {
 		fs_free(fs);
 		return unclean;

@@ -78,6 +78,21 @@ int extmap_punch(struct extmap *m, uint64_t lblk, uint64_t len,
  * (copied on the first change of either).  Cannot fail; returns 0. */
 int extmap_copy(struct extmap *dst, const struct extmap *src);
 
+/*
+ * A pool of arrays by content, so that equal maps built apart (a
+ * checkpoint's clones, loaded extent by extent) come to share one array.
+ * The pool holds a reference to each array in it: an owner that changes
+ * its map copies it first, so what the pool holds never changes.
+ */
+struct extmap_pool;
+/* NULL: out of memory (no sharing, nothing else fails). */
+struct extmap_pool *extmap_pool_new(void);
+/* Drops the pool's references. */
+void extmap_pool_free(struct extmap_pool *p);
+/* m shares an equal array of p (its own goes), or its array (cut to size)
+ * joins p.  Out of memory: m stays as it is.  p may be NULL. */
+void extmap_pool_share(struct extmap_pool *p, struct extmap *m);
+
 /* Whether two maps share one array (for tests and figures). */
 static inline int extmap_shared(const struct extmap *m)
 {

@@ -162,6 +162,10 @@ struct fs {
 	int ext_coalesce;		/* last record is an EXT_SET we may extend */
 	size_t ext_last_off;
 	int replaying;			/* applying records from disk */
+	/* while the checkpoint loads: equal extent maps come to share one
+	 * array (replay.c), each map when the next inode's extents start */
+	struct extmap_pool *ext_pool;
+	uint64_t ext_pool_last;		/* inode whose map is being loaded */
 	/* REC_ORIGIN paths are stored as a prefix shared with the previous
 	 * REC_ORIGIN of the same batch (or checkpoint) plus a suffix. */
 	char *opath_prev;		/* writer side, reset per batch */
@@ -264,6 +268,9 @@ int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want);
 /* Apply one record read from the metadata file; -EINVAL: it does not fit
  * the state (corruption). */
 int apply_rec(struct fs *fs, const struct rec *r);
+/* The checkpoint is in: end the sharing of equal maps (fs->ext_pool) and
+ * recount live blocks (file_compute_nlive). */
+void replay_checkpoint_loaded(struct fs *fs);
 
 /* file.c */
 void file_retire_wobj(struct fs *fs, struct inode *in);

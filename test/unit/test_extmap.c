@@ -542,11 +542,53 @@ static void fixed_cases(void)
 	printf("  fixed cases ok\n");
 }
 
+/* Equal maps built apart come to share one array through a pool; a
+ * change to one of them shows in none of the others. */
+static void pool_cases(void)
+{
+	enum { N = 300 };
+	static struct extmap m[N];
+	struct extmap_pool *p = extmap_pool_new();
+	struct extent e;
+
+	CHECK(p != NULL);
+	for (int i = 0; i < N; i++) {
+		extmap_init(&m[i]);
+		/* three kinds of content: i % 3; kind 2 has 3 extents */
+		uint64_t obj = 1 + (uint64_t)(i % 3);
+		CHECK(extmap_set(&m[i], 0, 4, obj, 10, NULL, NULL) == 0);
+		if (i % 3 == 2) {
+			CHECK(extmap_set(&m[i], 10, 2, 9, 0, NULL, NULL) == 0);
+			CHECK(extmap_set(&m[i], 20, 2, 9, 5, NULL, NULL) == 0);
+		}
+		extmap_pool_share(p, &m[i]);
+		CHECK(m[i].b->cap == m[i].b->n);	/* cut to size */
+	}
+	for (int i = 3; i < N; i++)
+		CHECK(m[i].b == m[i % 3].b);
+	CHECK(m[0].b != m[1].b && m[1].b != m[2].b);
+	/* the pool's own reference: the arrays are shared even for one map */
+	CHECK(m[0].b->refs == N / 3 + 1);
+	extmap_pool_share(p, &m[0]);	/* twice: no change */
+	CHECK(m[0].b->refs == N / 3 + 1);
+	CHECK(extmap_set(&m[5], 1, 1, 7, 7, NULL, NULL) == 0);
+	CHECK(m[5].b != m[2].b && extmap_n(&m[5]) == 5);
+	CHECK(extmap_lookup(&m[2], 1, &e) == 1 && e.obj == 3 && e.pblk == 11);
+	CHECK(extmap_lookup(&m[8], 1, &e) == 1 && e.obj == 3 && e.pblk == 11);
+	extmap_pool_free(p);
+	CHECK(m[0].b->refs == N / 3);
+	extmap_pool_share(NULL, &m[1]);	/* no pool: nothing */
+	for (int i = 0; i < N; i++)
+		extmap_release(&m[i]);
+	printf("  pool ok\n");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	init_seed("test_extmap");
 	fixed_cases();
+	pool_cases();
 	random_test(30000);
 	free(drops.v);
 	printf("test_extmap: all ok\n");
