@@ -362,6 +362,35 @@ int dir_prealloc(struct inode *in, const struct inode *like)
 	return 0;
 }
 
+void dir_trim(struct inode *in)
+{
+	struct dir *d = in->dir;
+	void *p;
+
+	if (!d)
+		return;
+	if (d->n < d->cap) {
+		if (!d->n) {
+			free(d->v);
+			d->v = NULL;
+			d->cap = 0;
+		} else if ((p = realloc(d->v, d->n * sizeof(*d->v)))) {
+			d->v = p;
+			d->cap = d->n;
+		}
+	}
+	if (d->nlen < d->ncap) {
+		if (!d->nlen) {
+			free(d->names);
+			d->names = NULL;
+			d->ncap = 0;
+		} else if ((p = realloc(d->names, d->nlen))) {
+			d->names = p;
+			d->ncap = d->nlen;
+		}
+	}
+}
+
 /* The index of the first entry whose cookie is >= cookie. */
 static uint32_t seek(const struct dir *d, uint64_t cookie)
 {

@@ -70,6 +70,18 @@ static int apply_inode(struct fs *fs, const struct rec *r)
 	return 0;
 }
 
+/* Likewise a checkpoint gives each directory's entries together: when the
+ * next directory's start, the last one is whole; its arrays are cut to
+ * size (what is cut is reused by the next one's). */
+static void dir_load_next(struct fs *fs, uint64_t next)
+{
+	struct inode *last = inode_get(fs, fs->dir_load_last);
+
+	if (last)
+		dir_trim(last);
+	fs->dir_load_last = next;
+}
+
 static int apply_dirent(struct fs *fs, const struct rec *r)
 {
 	struct inode *dir = inode_get(fs, r->u.dirent.parent);
@@ -85,6 +97,8 @@ static int apply_dirent(struct fs *fs, const struct rec *r)
 	if (r->type == REC_DIRENT_ADD) {
 		if (!inode_get(fs, r->u.dirent.ino))
 			return -EINVAL;
+		if (fs->ext_pool && dir->ino != fs->dir_load_last)
+			dir_load_next(fs, dir->ino);
 		return dir_add(fs, dir, name, r->u.dirent.ino, r->u.dirent.cookie);
 	}
 	struct dent *d = dir_find(dir, name);
@@ -132,6 +146,7 @@ void replay_checkpoint_loaded(struct fs *fs)
 {
 	if (fs->ext_pool) {
 		pool_last(fs, 0);
+		dir_load_next(fs, 0);
 		extmap_pool_free(fs->ext_pool);
 		fs->ext_pool = NULL;
 	}

@@ -166,6 +166,7 @@ struct fs {
 	 * array (replay.c), each map when the next inode's extents start */
 	struct extmap_pool *ext_pool;
 	uint64_t ext_pool_last;		/* inode whose map is being loaded */
+	uint64_t dir_load_last;		/* directory whose entries are, too */
 	/* REC_ORIGIN paths are stored as a prefix shared with the previous
 	 * REC_ORIGIN of the same batch (or checkpoint) plus a suffix. */
 	char *opath_prev;		/* writer side, reset per batch */
@@ -212,6 +213,8 @@ void dir_free(struct inode *in);
 /* Size the new, empty directory in for like's entries (a clone's copy
  * of like: no growing, no slack); it takes like's next_cookie. */
 int dir_prealloc(struct inode *in, const struct inode *like);
+/* Give back the room for entries to come (after a load). */
+void dir_trim(struct inode *in);
 /*
  * Entries.  A struct dent pointer stays valid until the next dir_add() or
  * dir_reserve() on its directory (dir_del() moves nothing); so does a
