@@ -33,6 +33,7 @@ RB_GENERATE(link_map, link_node, e, link_cmp)
 struct clone_frame {
 	struct inode *src, *dst;
 	size_t next;		/* index of the next source entry to clone */
+	int shaped;		/* dst has src's entries (dir_clone_shape) */
 };
 
 struct clone_ctx {
@@ -147,9 +148,11 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 		RB_INSERT(link_map, &cc->links, ln);
 	}
 	if (S_ISDIR(src->mode)) {
-		/* sized for the source's entries: no growing, no slack */
+		/* src's entries, sharing its names and table; or, if it
+		 * has tombstones, room for them (no growing, no slack) */
 		if ((rc = inode_make_dir(in, parent)) ||
-		    (rc = dir_prealloc(in, src)))
+		    ((rc = dir_clone_shape(in, src)) == 1 &&
+		     (rc = dir_prealloc(in, src))))
 			return rc;
 	}
 	return 0;
@@ -182,7 +185,8 @@ static int clone_tree(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 			st = n;
 			cap = ncap;
 		}
-		st[depth++] = (struct clone_frame){ s, d, 0 };
+		st[depth++] = (struct clone_frame){ s, d, 0,
+						    dir_nentries(d) != 0 };
 		s = NULL;
 		/* run until a subdirectory is to be pushed, or the end */
 		while (depth && !s && !rc) {
@@ -200,9 +204,18 @@ static int clone_tree(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 			}
 			if ((rc = clone_node(cc, child, f->dst->ino, &nc)))
 				break;
-			if ((rc = dir_add(fs, f->dst, dent_name(f->src, e), nc->ino,
-					  e->cookie)))
+			if (f->shaped) {
+				/* the same entry at the same index */
+				struct dent *de = &f->dst->dir->v[f->next - 1];
+				if (de->cookie != e->cookie) {
+					rc = -EIO;
+					break;
+				}
+				de->ino = nc->ino;
+			} else if ((rc = dir_add(fs, f->dst, dent_name(f->src, e),
+						 nc->ino, e->cookie))) {
 				break;
+			}
 			if (S_ISDIR(nc->mode)) {
 				f->dst->nlink++;
 				s = child;

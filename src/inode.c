@@ -124,10 +124,89 @@ int fs_name_check(const char *name, size_t len)
  * by name (linear probing, at most 3/4 full, deletion by backward shift),
  * so a lookup is O(1) in a directory of any size.  A delete leaves a
  * tombstone in the array (so that nothing moves under a caller's pointer,
- * and readdir still seeks by cookie); dir_reserve() compacts the array and
+ * and readdir still seeks by cookie); dir_reserve() squeezes the array and
  * the arena when they are to grow and a quarter of them is dead.
+ *
+ * The arena and the table are refcounted: a clone's directory shares its
+ * source's (dir_clone_shape()), and so do equal directories of a loaded
+ * checkpoint (dir_pool_share()).  Whoever changes one copies it first
+ * (names_own(), hash_own()).  Only the arena's bytes up to a directory's
+ * nlen are its own to read; the entries' offsets are the same in all the
+ * directories that share it.
  */
 #define DIR_HASH_MIN 8
+
+static struct dnames *names_alloc(size_t cap)
+{
+	struct dnames *nm = malloc(sizeof(*nm) + cap);
+
+	if (nm)
+		nm->refs = 1;
+	return nm;
+}
+
+static void names_drop(struct dir *d)
+{
+	if (d->names && --d->names->refs == 0)
+		free(d->names);
+	d->names = NULL;
+	d->ncap = 0;
+}
+
+static void hash_drop(struct dir *d)
+{
+	if (d->hash && --d->hash->refs == 0)
+		free(d->hash);
+	d->hash = NULL;
+	d->hcap = 0;
+}
+
+/* Make the arena d's own, with room for cap bytes.  -ENOMEM: unchanged. */
+static int names_own(struct dir *d, size_t cap)
+{
+	struct dnames *nm;
+
+	if (cap < d->ncap)
+		cap = d->ncap;
+	if (d->names && d->names->refs == 1) {
+		if (cap == d->ncap)
+			return 0;
+		if (!(nm = realloc(d->names, sizeof(*nm) + cap)))
+			return -ENOMEM;
+	} else {
+		if (!(nm = names_alloc(cap)))
+			return -ENOMEM;
+		if (d->nlen)
+			memcpy(nm->b, d->names->b, d->nlen);
+		names_drop(d);
+	}
+	d->names = nm;
+	d->ncap = (uint32_t)cap;
+	return 0;
+}
+
+/* Make the table d's own; when it cannot be copied, d goes without one
+ * (lookups scan; the next dir_reserve() builds it again).  1: d has a
+ * table to change. */
+static int hash_own(struct dir *d)
+{
+	struct dhash *h;
+
+	if (!d->hash)
+		return 0;
+	if (d->hash->refs == 1)
+		return 1;
+	h = malloc(sizeof(*h) + d->hcap * sizeof(*h->slot));
+	if (!h) {
+		hash_drop(d);
+		return 0;
+	}
+	h->refs = 1;
+	memcpy(h->slot, d->hash->slot, d->hcap * sizeof(*h->slot));
+	d->hash->refs--;
+	d->hash = h;
+	return 1;
+}
 
 int inode_make_dir(struct inode *in, uint64_t parent)
 {
@@ -146,8 +225,8 @@ void dir_free(struct inode *in)
 	if (!d)
 		return;
 	free(d->v);
-	free(d->names);
-	free(d->hash);
+	names_drop(d);
+	hash_drop(d);
 	free(d);
 	in->dir = NULL;
 }
@@ -168,22 +247,23 @@ static uint32_t name_hash(const char *name, size_t len)
 static uint32_t ent_home(const struct dir *d, uint32_t idx)
 {
 	const struct dent *e = &d->v[idx];
-	return name_hash(d->names + e->off, e->len) & (d->hcap - 1);
+	return name_hash(d->names->b + e->off, e->len) & (d->hcap - 1);
 }
 
+/* The table's functions below change it: d's own (hash_own()). */
 static void hash_put(struct dir *d, uint32_t idx)
 {
 	uint32_t mask = d->hcap - 1, h = ent_home(d, idx);
 
-	while (d->hash[h])
+	while (d->hash->slot[h])
 		h = (h + 1) & mask;
-	d->hash[h] = idx + 1;
+	d->hash->slot[h] = idx + 1;
 }
 
-/* Fill the table (of hcap slots, zeroed) from the live entries. */
+/* Fill the table from the live entries. */
 static void hash_fill(struct dir *d)
 {
-	memset(d->hash, 0, d->hcap * sizeof(*d->hash));
+	memset(d->hash->slot, 0, d->hcap * sizeof(*d->hash->slot));
 	for (uint32_t i = 0; i < d->n; i++)
 		if (d->v[i].ino)
 			hash_put(d, i);
@@ -191,36 +271,39 @@ static void hash_fill(struct dir *d)
 
 static void hash_remove(struct dir *d, uint32_t idx)
 {
+	uint32_t *slot = d->hash->slot;
 	uint32_t mask = d->hcap - 1, j = ent_home(d, idx), i;
 
-	while (d->hash[j] != idx + 1)
+	while (slot[j] != idx + 1)
 		j = (j + 1) & mask;
 	/* shift back the entries of the run after j that may move */
-	for (i = (j + 1) & mask; d->hash[i]; i = (i + 1) & mask) {
-		uint32_t k = ent_home(d, d->hash[i] - 1);
+	for (i = (j + 1) & mask; slot[i]; i = (i + 1) & mask) {
+		uint32_t k = ent_home(d, slot[i] - 1);
 		if (j < i ? (j < k && k <= i) : (j < k || k <= i))
 			continue;	/* its home is after the hole: stays */
-		d->hash[j] = d->hash[i];
+		slot[j] = slot[i];
 		j = i;
 	}
-	d->hash[j] = 0;
+	slot[j] = 0;
 }
 
 static struct dent *find(const struct dir *d, const char *name, size_t len)
 {
 	if (d->hash) {
+		const uint32_t *slot = d->hash->slot;
 		uint32_t mask = d->hcap - 1;
-		for (uint32_t h = name_hash(name, len) & mask; d->hash[h];
+		for (uint32_t h = name_hash(name, len) & mask; slot[h];
 		     h = (h + 1) & mask) {
-			struct dent *e = &d->v[d->hash[h] - 1];
-			if (e->len == len && !memcmp(d->names + e->off, name, len))
+			struct dent *e = &d->v[slot[h] - 1];
+			if (e->len == len && !memcmp(d->names->b + e->off, name, len))
 				return e;
 		}
 		return NULL;
 	}
 	for (uint32_t i = 0; i < d->n; i++) {
 		struct dent *e = &d->v[i];
-		if (e->ino && e->len == len && !memcmp(d->names + e->off, name, len))
+		if (e->ino && e->len == len &&
+		    !memcmp(d->names->b + e->off, name, len))
 			return e;
 	}
 	return NULL;
@@ -236,7 +319,7 @@ struct dent *dir_find(struct inode *dir, const char *name)
 }
 
 /* Drop the tombstones (the cookies stay: they are stored, not
- * positions).  Nothing is allocated. */
+ * positions).  Nothing is allocated but maybe a copy of the table. */
 static void squeeze(struct dir *d)
 {
 	uint32_t j = 0;
@@ -245,49 +328,49 @@ static void squeeze(struct dir *d)
 		if (d->v[i].ino)
 			d->v[j++] = d->v[i];
 	d->n = j;
-	if (d->hash)
+	if (hash_own(d))
 		hash_fill(d);
 }
 
 /* Drop the dead names: a new arena of cap bytes for the live ones. */
 static int squeeze_names(struct dir *d, size_t cap)
 {
-	char *names = malloc(cap);
+	struct dnames *nm = names_alloc(cap);
 	uint32_t off = 0;
 
-	if (!names)
+	if (!nm)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < d->n; i++) {
 		struct dent *e = &d->v[i];
 		if (!e->ino)
 			continue;
-		memcpy(names + off, d->names + e->off, e->len + 1);
+		memcpy(nm->b + off, d->names->b + e->off, e->len + 1);
 		e->off = off;
 		off += e->len + 1;
 	}
-	free(d->names);
-	d->names = names;
+	names_drop(d);
+	d->names = nm;
 	d->ncap = (uint32_t)cap;
 	d->nlen = off;
 	d->dead = 0;
 	return 0;
 }
 
-static int grow(void **p, uint32_t *cap, size_t need, size_t min, size_t size)
+static int grow_v(struct dir *d, size_t need)
 {
-	size_t ncap = *cap ? 2 * (size_t)*cap : min;
-	void *np;
+	size_t cap = d->cap ? 2 * (size_t)d->cap : 4;
+	struct dent *v;
 
-	if (need <= *cap)
+	if (need <= d->cap)
 		return 0;
-	if (ncap < need)
-		ncap = need;
-	if (ncap > UINT32_MAX)
-		ncap = UINT32_MAX;
-	if (!(np = realloc(*p, ncap * size)))
+	if (cap < need)
+		cap = need;
+	if (cap > UINT32_MAX)
+		cap = UINT32_MAX;
+	if (!(v = realloc(d->v, cap * sizeof(*v))))
 		return -ENOMEM;
-	*p = np;
-	*cap = (uint32_t)ncap;
+	d->v = v;
+	d->cap = (uint32_t)cap;
 	return 0;
 }
 
@@ -305,31 +388,38 @@ int dir_reserve(struct inode *in, size_t len)
 	/* squeeze rather than grow when a quarter is dead */
 	if (d->n == d->cap && 4 * (size_t)(d->n - d->nentries) >= d->n)
 		squeeze(d);
-	if (need > d->ncap && 4 * (size_t)d->dead >= d->nlen) {
+	if (need > d->ncap && d->dead && 4 * (size_t)d->dead >= d->nlen) {
 		size_t live = d->nlen - d->dead;
 		if (squeeze_names(d, live + live / 2 + len + 1))
 			return -ENOMEM;
 		need = (size_t)d->nlen + len + 1;
 	}
-	if ((rc = grow((void **)&d->v, &d->cap, (size_t)d->n + 1, 4,
-		       sizeof(*d->v))) ||
-	    (rc = grow((void **)&d->names, &d->ncap, need, need < 64 ? 64 : need, 1)))
+	if ((rc = grow_v(d, (size_t)d->n + 1)))
 		return rc;
-	/* the table: once past DIR_HASH_MIN entries, at most 3/4 full */
+	if (need > d->ncap || !d->names || d->names->refs > 1) {
+		size_t cap = d->ncap ? 2 * (size_t)d->ncap : 64;
+		if (need <= d->ncap)
+			cap = d->ncap;	/* only to own it */
+		if ((rc = names_own(d, cap < need ? need : cap)))
+			return rc;
+	}
+	/* the table: once past DIR_HASH_MIN entries, at most 3/4 full; best
+	 * effort (without one, lookups scan) */
+	hash_own(d);
 	if (d->nentries + 1 > DIR_HASH_MIN &&
 	    4 * ((size_t)d->nentries + 1) > 3 * (size_t)d->hcap) {
 		size_t hcap = d->hcap ? 2 * (size_t)d->hcap : 32;
 		while (4 * ((size_t)d->nentries + 1) > 3 * hcap)
 			hcap *= 2;
-		if (hcap > UINT32_MAX)
-			return -ENOSPC;
-		uint32_t *h = malloc(hcap * sizeof(*h));
-		if (!h)
-			return -ENOMEM;
-		free(d->hash);
-		d->hash = h;
-		d->hcap = (uint32_t)hcap;
-		hash_fill(d);
+		struct dhash *h = hcap <= UINT32_MAX ?
+			malloc(sizeof(*h) + hcap * sizeof(*h->slot)) : NULL;
+		hash_drop(d);
+		if (h) {
+			h->refs = 1;
+			d->hash = h;
+			d->hcap = (uint32_t)hcap;
+			hash_fill(d);
+		}
 	}
 	return 0;
 }
@@ -338,27 +428,45 @@ int dir_prealloc(struct inode *in, const struct inode *like)
 {
 	struct dir *d = in->dir;
 	const struct dir *s = like->dir;
-	size_t hcap = 32;
 
 	if (!d || !s || !s->nentries || d->cap || d->ncap || d->hcap)
 		return 0;
-	while (4 * (size_t)s->nentries > 3 * hcap)
-		hcap *= 2;
-	if (!(d->v = malloc(s->nentries * sizeof(*d->v))) ||
-	    !(d->names = malloc(s->nlen - s->dead)) ||
-	    (s->nentries > DIR_HASH_MIN &&
-	     !(d->hash = calloc(hcap, sizeof(*d->hash))))) {
-		free(d->v);
-		free(d->names);
-		d->v = NULL;
-		d->names = NULL;
+	if (!(d->v = malloc(s->nentries * sizeof(*d->v))))
 		return -ENOMEM;
-	}
 	d->cap = s->nentries;
+	if (!(d->names = names_alloc(s->nlen - s->dead)))
+		return -ENOMEM;
 	d->ncap = s->nlen - s->dead;
-	if (d->hash)
-		d->hcap = (uint32_t)hcap;
 	d->next_cookie = s->next_cookie;
+	return 0;
+}
+
+int dir_clone_shape(struct inode *in, const struct inode *like)
+{
+	struct dir *d = in->dir;
+	const struct dir *s = like->dir;
+
+	if (!d || !s || d->n || d->cap || d->names || d->hash)
+		return -EINVAL;
+	d->next_cookie = s->next_cookie;
+	if (!s->nentries)
+		return 0;
+	if (s->n != s->nentries || s->dead)
+		return 1;	/* tombstones: entry by entry (dir_add) */
+	if (!(d->v = malloc(s->n * sizeof(*d->v))))
+		return -ENOMEM;
+	memcpy(d->v, s->v, s->n * sizeof(*d->v));
+	d->n = d->cap = s->n;
+	d->nentries = s->nentries;
+	d->names = s->names;
+	d->names->refs++;
+	d->ncap = s->ncap;
+	d->nlen = s->nlen;
+	if (s->hash) {
+		d->hash = s->hash;
+		d->hash->refs++;
+		d->hcap = s->hcap;
+	}
 	return 0;
 }
 
@@ -379,16 +487,117 @@ void dir_trim(struct inode *in)
 			d->cap = d->n;
 		}
 	}
-	if (d->nlen < d->ncap) {
+	if (d->nlen < d->ncap && d->names && d->names->refs == 1) {
 		if (!d->nlen) {
-			free(d->names);
-			d->names = NULL;
-			d->ncap = 0;
-		} else if ((p = realloc(d->names, d->nlen))) {
+			names_drop(d);
+		} else if ((p = realloc(d->names, sizeof(*d->names) + d->nlen))) {
 			d->names = p;
 			d->ncap = d->nlen;
 		}
 	}
+}
+
+/*
+ * A pool of arenas and tables by content, for the directories of a
+ * checkpoint being loaded: a clone's directory has the same names in the
+ * same order as its source, hence the same arena and the same table.
+ * The pool holds a reference to what it holds.
+ */
+struct dir_pool {
+	struct dir_pool_ent {
+		struct dnames *names;
+		struct dhash *hash;	/* NULL: none */
+		uint32_t nlen, hcap;
+	} *slot;			/* open addressing by the names' hash */
+	size_t cap, n;
+};
+
+struct dir_pool *dir_pool_new(void)
+{
+	return calloc(1, sizeof(struct dir_pool));
+}
+
+void dir_pool_free(struct dir_pool *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->cap; i++) {
+		struct dir t = { .names = p->slot[i].names, .hash = p->slot[i].hash };
+		names_drop(&t);
+		hash_drop(&t);
+	}
+	free(p->slot);
+	free(p);
+}
+
+static uint64_t bytes_hash(const char *b, size_t len)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
+	return h ^ (h >> 29);
+}
+
+static int dir_pool_grow(struct dir_pool *p)
+{
+	size_t cap = p->cap ? 2 * p->cap : 1024;
+	struct dir_pool_ent *slot = calloc(cap, sizeof(*slot));
+
+	if (!slot)
+		return -ENOMEM;
+	for (size_t i = 0; i < p->cap; i++) {
+		struct dir_pool_ent *e = &p->slot[i];
+		if (!e->names)
+			continue;
+		size_t h = bytes_hash(e->names->b, e->nlen) & (cap - 1);
+		while (slot[h].names)
+			h = (h + 1) & (cap - 1);
+		slot[h] = *e;
+	}
+	free(p->slot);
+	p->slot = slot;
+	p->cap = cap;
+	return 0;
+}
+
+void dir_pool_share(struct dir_pool *p, struct inode *in)
+{
+	struct dir *d = in->dir;
+	struct dir_pool_ent *e;
+	size_t h;
+
+	/* only whole, tombstone-free arenas, cut to size (dir_trim) */
+	if (!p || !d || !d->names || d->dead || d->n != d->nentries ||
+	    d->ncap != d->nlen || (2 * (p->n + 1) > p->cap && dir_pool_grow(p)))
+		return;
+	for (h = bytes_hash(d->names->b, d->nlen) & (p->cap - 1);
+	     (e = &p->slot[h])->names; h = (h + 1) & (p->cap - 1)) {
+		if (e->nlen != d->nlen || memcmp(e->names->b, d->names->b, d->nlen))
+			continue;
+		if (e->names != d->names) {
+			e->names->refs++;
+			names_drop(d);
+			d->names = e->names;
+			d->ncap = d->nlen;
+		}
+		/* the same table bytes over the same arena: the same table */
+		if (e->hash && d->hash && e->hash != d->hash &&
+		    e->hcap == d->hcap &&
+		    !memcmp(e->hash->slot, d->hash->slot,
+			    d->hcap * sizeof(*d->hash->slot))) {
+			e->hash->refs++;
+			hash_drop(d);
+			d->hash = e->hash;
+			d->hcap = e->hcap;
+		}
+		return;
+	}
+	*e = (struct dir_pool_ent){ d->names, d->hash, d->nlen, d->hcap };
+	d->names->refs++;
+	if (d->hash)
+		d->hash->refs++;
+	p->n++;
 }
 
 /* The index of the first entry whose cookie is >= cookie. */
@@ -455,7 +664,7 @@ int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 		memmove(&d->v[pos + 1], &d->v[pos], (d->n - pos) * sizeof(*d->v));
 		d->n++;
 	}
-	memcpy(d->names + d->nlen, name, len + 1);
+	memcpy(d->names->b + d->nlen, name, len + 1);
 	d->v[pos] = (struct dent){ .ino = ino, .cookie = cookie,
 				   .off = d->nlen, .len = (uint32_t)len };
 	d->nlen += (uint32_t)len + 1;
@@ -475,7 +684,7 @@ void dir_del(struct fs *fs, struct inode *dir, struct dent *e)
 	uint32_t idx = (uint32_t)(e - d->v);
 
 	(void)fs;
-	if (d->hash)
+	if (hash_own(d))
 		hash_remove(d, idx);
 	e->ino = 0;
 	d->dead += e->len + 1;

@@ -77,8 +77,10 @@ static void dir_load_next(struct fs *fs, uint64_t next)
 {
 	struct inode *last = inode_get(fs, fs->dir_load_last);
 
-	if (last)
+	if (last) {
 		dir_trim(last);
+		dir_pool_share(fs->dir_pool, last);
+	}
 	fs->dir_load_last = next;
 }
 
@@ -149,6 +151,8 @@ void replay_checkpoint_loaded(struct fs *fs)
 		dir_load_next(fs, 0);
 		extmap_pool_free(fs->ext_pool);
 		fs->ext_pool = NULL;
+		dir_pool_free(fs->dir_pool);
+		fs->dir_pool = NULL;
 	}
 	file_compute_nlive(fs);
 }

@@ -145,9 +145,12 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 		.checkpoint_loaded = replay_checkpoint_loaded,
 	};
 	fs->ext_pool = extmap_pool_new();	/* NULL: no sharing */
+	fs->dir_pool = dir_pool_new();
 	unclean = journal_load(fs, &load_ops, err, errlen);
 	extmap_pool_free(fs->ext_pool);	/* if the load stopped early */
 	fs->ext_pool = NULL;
+	dir_pool_free(fs->dir_pool);
+	fs->dir_pool = NULL;
 	if (unclean < 0) {
 		fs_free(fs);
 		return unclean;

@@ -89,12 +89,23 @@ struct dent {
 	uint32_t len;		/* strlen of the name */
 };
 
+/* A directory's names, back to back; shared by clones (refs). */
+struct dnames {
+	uint32_t refs;
+	char b[];
+};
+
+/* A directory's table by name: index + 1 in v, 0 empty; shared too. */
+struct dhash {
+	uint32_t refs;
+	uint32_t slot[];
+};
+
 /* What only a directory has (struct inode's dir, NULL for the others). */
 struct dir {
 	struct dent *v;		/* by cookie; tombstones among them */
-	char *names;		/* the names' bytes, an arena */
-	uint32_t *hash;		/* by name: index + 1 in v, 0 empty; linear
-				 * probing.  NULL while the directory is small */
+	struct dnames *names;	/* the names' arena */
+	struct dhash *hash;	/* linear probing; NULL while small */
 	uint32_t n, cap;	/* v: used (tombstones too), allocated */
 	uint32_t nlen, ncap;	/* names: used, allocated */
 	uint32_t dead;		/* bytes of names of tombstones */
@@ -166,6 +177,7 @@ struct fs {
 	 * array (replay.c), each map when the next inode's extents start */
 	struct extmap_pool *ext_pool;
 	uint64_t ext_pool_last;		/* inode whose map is being loaded */
+	struct dir_pool *dir_pool;	/* likewise names and tables */
 	uint64_t dir_load_last;		/* directory whose entries are, too */
 	/* REC_ORIGIN paths are stored as a prefix shared with the previous
 	 * REC_ORIGIN of the same batch (or checkpoint) plus a suffix. */
@@ -215,6 +227,18 @@ void dir_free(struct inode *in);
 int dir_prealloc(struct inode *in, const struct inode *like);
 /* Give back the room for entries to come (after a load). */
 void dir_trim(struct inode *in);
+/* The new, empty directory in takes like's entries as they are (inos
+ * too, for the caller to replace, same index for same entry), sharing
+ * like's names and table.  1: like has tombstones, nothing done but
+ * next_cookie (add the entries one by one); 0 or -ENOMEM. */
+int dir_clone_shape(struct inode *in, const struct inode *like);
+/* Equal directories of a checkpoint being loaded come to share their
+ * names and tables: dir_pool_share() each directory once its entries are
+ * in and it is cut to size (dir_trim()). */
+struct dir_pool;
+struct dir_pool *dir_pool_new(void);
+void dir_pool_free(struct dir_pool *p);
+void dir_pool_share(struct dir_pool *p, struct inode *in);
 /*
  * Entries.  A struct dent pointer stays valid until the next dir_add() or
  * dir_reserve() on its directory (dir_del() moves nothing); so does a
@@ -238,7 +262,7 @@ size_t dir_seek(const struct inode *dir, uint64_t cookie);
 static inline const char *dent_name(const struct inode *dir,
 				    const struct dent *d)
 {
-	return dir->dir->names + d->off;
+	return dir->dir->names->b + d->off;
 }
 
 static inline uint64_t dir_nentries(const struct inode *in)

@@ -137,11 +137,12 @@ static void check_all(struct inode *in)
 	/* live entries in the table: exactly nentries slots */
 	if (d->hash) {
 		uint32_t used = 0;
+		const uint32_t *slot = d->hash->slot;
 		for (uint32_t h = 0; h < d->hcap; h++) {
-			if (!d->hash[h])
+			if (!slot[h])
 				continue;
 			used++;
-			CHECK(d->hash[h] - 1 < d->n && d->v[d->hash[h] - 1].ino);
+			CHECK(slot[h] - 1 < d->n && d->v[slot[h] - 1].ino);
 		}
 		CHECKF(used == mn, "table holds %u, model %zu", used, mn);
 		CHECK(4 * (uint64_t)used <= 3 * (uint64_t)d->hcap);
@@ -314,6 +315,144 @@ static void prealloc_case(void)
 	printf("  prealloc ok\n");
 }
 
+/* Models of two directories at once: the globals are the current one. */
+struct mstate {
+	struct ment *model;
+	size_t mn, mcap;
+	uint64_t max_cookie;
+};
+
+static void model_save(struct mstate *m)
+{
+	*m = (struct mstate){ model, mn, mcap, max_cookie };
+}
+
+static void model_load(const struct mstate *m)
+{
+	model = m->model;
+	mn = m->mn;
+	mcap = m->mcap;
+	max_cookie = m->max_cookie;
+}
+
+static void model_copy_of(struct mstate *dst, const struct mstate *src)
+{
+	*dst = *src;
+	dst->model = malloc(src->mcap * sizeof(*dst->model));
+	CHECK(dst->model != NULL);
+	for (size_t i = 0; i < src->mn; i++) {
+		dst->model[i] = src->model[i];
+		dst->model[i].name = strdup(src->model[i].name);
+		CHECK(dst->model[i].name != NULL);
+	}
+}
+
+/* One random change to in, with its model current. */
+static void random_op(struct inode *in)
+{
+	uint64_t k = rndn(100);
+
+	if (k < 45 || mn == 0)
+		op_add(in, rndn(20) != 0);
+	else if (k < 55)
+		op_rename(in);
+	else if (k < 60)
+		op_readd(in);
+	else
+		op_del(in);
+}
+
+/*
+ * Twins: b made from a by dir_clone_shape() (the clone's way; with
+ * tombstones in a, entry by entry) or by loading the same entries and
+ * dir_pool_share() (the checkpoint's way); then both change at random,
+ * each against its own model: a change to one never shows in the other.
+ */
+static void twins_test(int how, size_t size)
+{
+	struct inode a, b;
+	struct mstate ma, mb;
+	struct dir_pool *pool = NULL;
+	struct dent *e;
+
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	CHECK(inode_make_dir(&a, 1) == 0 && inode_make_dir(&b, 1) == 0);
+	max_cookie = 0;
+	while (mn < size)
+		op_add(&a, 1);
+	if (how == 1)		/* some tombstones */
+		for (int i = 0; i < 5 && mn > 1; i++)
+			op_del(&a);
+	check_all(&a);
+	model_save(&ma);
+	model_copy_of(&mb, &ma);
+	if (how == 2) {
+		/* b loaded apart with the same entries, then pooled */
+		for (size_t i = 0; (e = dir_next(&a, &i)); i++)
+			CHECK(dir_add(NULL, &b, dent_name(&a, e), e->ino, e->cookie) == 0);
+		pool = dir_pool_new();
+		CHECK(pool != NULL);
+		dir_trim(&a);
+		dir_trim(&b);
+		dir_pool_share(pool, &a);
+		dir_pool_share(pool, &b);
+		CHECK(a.dir->names == b.dir->names);
+		CHECK(a.dir->hash == b.dir->hash);
+		CHECK(a.dir->names->refs == 3);	/* a, b, the pool */
+	} else {
+		int dead = a.dir->n != a.dir->nentries || a.dir->dead;
+		int rc = dir_clone_shape(&b, &a);
+		CHECK(rc == (dead && mn ? 1 : 0));
+		if (rc == 1) {
+			CHECK(dir_prealloc(&b, &a) == 0);
+			for (size_t i = 0; (e = dir_next(&a, &i)); i++)
+				CHECK(dir_add(NULL, &b, dent_name(&a, e), e->ino,
+					      e->cookie) == 0);
+		} else {
+			CHECK(a.dir->names == b.dir->names);
+			CHECK(a.dir->hash == b.dir->hash);
+		}
+	}
+	model_load(&mb);
+	check_all(&b);
+	model_save(&mb);
+	for (op_no = 0; op_no < 4000; op_no++) {
+		int which = (int)rndn(2), check = op_no % 13 == 0 || op_no < 40;
+		struct inode *x = which ? &a : &b, *y = which ? &b : &a;
+		struct mstate *mx = which ? &ma : &mb, *my = which ? &mb : &ma;
+		model_load(mx);
+		random_op(x);
+		if (check)
+			check_all(x);
+		model_save(mx);
+		if (check) {
+			model_load(my);
+			check_all(y);
+			model_save(my);
+		}
+	}
+	model_load(&ma);
+	check_all(&a);
+	while (mn)
+		model_del(0);
+	free(model);
+	model_load(&mb);
+	check_all(&b);
+	while (mn)
+		model_del(0);
+	free(model);
+	model = NULL;
+	mn = mcap = 0;
+	dir_pool_free(pool);
+	dir_free(&a);
+	dir_free(&b);
+	op_no = -1;
+	printf("  twins (%s, %zu entries) ok\n",
+	       how == 0 ? "clone" : how == 1 ? "clone with tombstones" : "pool",
+	       size);
+}
+
 /* Bad input: names, cookies. */
 static void fixed_cases(void)
 {
@@ -352,6 +491,12 @@ int main(void)
 	random_test(20000, 20);
 	random_test(60000, 3000);
 	free(model);
+	model = NULL;
+	mcap = 0;
+	for (int how = 0; how < 3; how++) {
+		twins_test(how, 5);
+		twins_test(how, 300);
+	}
 	printf("test_dir: all ok\n");
 	return 0;
 }
