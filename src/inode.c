@@ -561,15 +561,31 @@ static int dir_pool_grow(struct dir_pool *p)
 	return 0;
 }
 
+/* Are the names in the arena in the entries' order, back to back?  Then
+ * two such directories with equal arenas have the same name at every
+ * index, and a table of one is a table of the other. */
+static int arena_in_order(const struct dir *d)
+{
+	uint32_t off = 0;
+
+	for (uint32_t i = 0; i < d->n; i++) {
+		if (d->v[i].off != off)
+			return 0;
+		off += d->v[i].len + 1;
+	}
+	return off == d->nlen;
+}
+
 void dir_pool_share(struct dir_pool *p, struct inode *in)
 {
 	struct dir *d = in->dir;
 	struct dir_pool_ent *e;
 	size_t h;
 
-	/* only whole, tombstone-free arenas, cut to size (dir_trim) */
+	/* only whole, tombstone-free arenas in order, cut to size (dir_trim) */
 	if (!p || !d || !d->names || d->dead || d->n != d->nentries ||
-	    d->ncap != d->nlen || (2 * (p->n + 1) > p->cap && dir_pool_grow(p)))
+	    d->ncap != d->nlen || !arena_in_order(d) ||
+	    (2 * (p->n + 1) > p->cap && dir_pool_grow(p)))
 		return;
 	for (h = bytes_hash(d->names->b, d->nlen) & (p->cap - 1);
 	     (e = &p->slot[h])->names; h = (h + 1) & (p->cap - 1)) {
@@ -581,7 +597,8 @@ void dir_pool_share(struct dir_pool *p, struct inode *in)
 			d->names = e->names;
 			d->ncap = d->nlen;
 		}
-		/* the same table bytes over the same arena: the same table */
+		/* the same names at the same indexes (arena_in_order):
+		 * e's table serves d; the same bytes, as a check */
 		if (e->hash && d->hash && e->hash != d->hash &&
 		    e->hcap == d->hcap &&
 		    !memcmp(e->hash->slot, d->hash->slot,
