@@ -250,6 +250,10 @@ struct extmap_pool {
 	size_t cap, n;		/* cap a power of 2, at most half full */
 };
 
+/* The pool stops taking new arrays at this many slots (32 MiB): a store
+ * of millions of distinct maps gains little from it. */
+#define POOL_MAX_SLOTS ((size_t)1 << 22)
+
 struct extmap_pool *extmap_pool_new(void)
 {
 	return calloc(1, sizeof(struct extmap_pool));
@@ -267,13 +271,19 @@ void extmap_pool_free(struct extmap_pool *p)
 	free(p);
 }
 
+/* A word at a time: millions of maps are hashed at every mount. */
 static size_t buf_hash(const struct extbuf *b)
 {
-	const unsigned char *c = (const unsigned char *)b->v;
-	uint64_t h = 1469598103934665603ull;
+	uint64_t h = 0x9e3779b97f4a7c15ull;
 
-	for (size_t i = 0; i < b->n * sizeof(*b->v); i++)
-		h = (h ^ c[i]) * 1099511628211ull;
+	for (size_t i = 0; i < b->n; i++) {
+		const struct extent *e = &b->v[i];
+		uint64_t w[4] = { e->lblk, e->len, e->obj, e->pblk };
+		for (int k = 0; k < 4; k++) {
+			h = (h ^ w[k]) * 0xff51afd7ed558ccdull;
+			h ^= h >> 32;
+		}
+	}
 	return (size_t)(h ^ (h >> 29));
 }
 
@@ -306,9 +316,15 @@ static int pool_grow(struct extmap_pool *p)
 void extmap_pool_share(struct extmap_pool *p, struct extmap *m)
 {
 	struct extbuf *b = m->b;
+	int full = 0;
 	size_t h;
 
-	if (!p || !b || (2 * (p->n + 1) > p->cap && pool_grow(p)))
+	if (!p || !b)
+		return;
+	if (2 * (p->n + 1) > p->cap &&
+	    (p->cap >= POOL_MAX_SLOTS || pool_grow(p)))
+		full = 1;	/* look up only */
+	if (!p->cap)
 		return;
 	for (h = buf_hash(b) & (p->cap - 1); p->slot[h]; h = (h + 1) & (p->cap - 1)) {
 		if (p->slot[h] == b)
@@ -320,6 +336,8 @@ void extmap_pool_share(struct extmap_pool *p, struct extmap *m)
 			return;
 		}
 	}
+	if (full)
+		return;
 	if (b->refs == 1 && b->cap > b->n) {
 		/* it will not grow any more: cut it to size */
 		struct extbuf *nb = realloc(b, buf_size(b->n));

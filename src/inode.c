@@ -580,12 +580,18 @@ void dir_pool_share(struct dir_pool *p, struct inode *in)
 {
 	struct dir *d = in->dir;
 	struct dir_pool_ent *e;
+	int full = 0;
 	size_t h;
 
 	/* only whole, tombstone-free arenas in order, cut to size (dir_trim) */
 	if (!p || !d || !d->names || d->dead || d->n != d->nentries ||
-	    d->ncap != d->nlen || !arena_in_order(d) ||
-	    (2 * (p->n + 1) > p->cap && dir_pool_grow(p)))
+	    d->ncap != d->nlen || !arena_in_order(d))
+		return;
+	/* past 1M slots (24 MiB), look up only */
+	if (2 * (p->n + 1) > p->cap &&
+	    (p->cap >= ((size_t)1 << 20) || dir_pool_grow(p)))
+		full = 1;
+	if (!p->cap)
 		return;
 	for (h = bytes_hash(d->names->b, d->nlen) & (p->cap - 1);
 	     (e = &p->slot[h])->names; h = (h + 1) & (p->cap - 1)) {
@@ -610,6 +616,8 @@ void dir_pool_share(struct dir_pool *p, struct inode *in)
 		}
 		return;
 	}
+	if (full)
+		return;
 	*e = (struct dir_pool_ent){ d->names, d->hash, d->nlen, d->hcap };
 	d->names->refs++;
 	if (d->hash)
