@@ -35,7 +35,8 @@ RB_GENERATE(link_map, link_node, e, link_cmp)
 
 struct clone_frame {
 	struct inode *src, *dst;
-	struct dirent_node *next;	/* the next source entry to clone */
+	size_t next;		/* index of the next source entry to clone */
+	int shaped;		/* dst has src's entries (dir_clone_shape) */
 };
 
 struct clone_ctx {
@@ -56,8 +57,8 @@ static int ref_map(struct fs *fs, const struct extmap *map)
 	size_t i;
 	uint64_t b = 0;
 
-	for (i = 0; i < map->n; i++) {
-		const struct extent *e = &map->v[i];
+	for (i = 0; i < extmap_n(map); i++) {
+		const struct extent *e = &extmap_v(map)[i];
 		for (b = 0; b < e->len; b++)
 			if (refcount_inc(&fs->rc, e->obj, e->pblk + b))
 				goto undo;
@@ -65,12 +66,12 @@ static int ref_map(struct fs *fs, const struct extmap *map)
 	return 0;
 undo:
 	for (;;) {
-		const struct extent *e = &map->v[i];
+		const struct extent *e = &extmap_v(map)[i];
 		while (b-- > 0)
 			refcount_dec(&fs->rc, e->obj, e->pblk + b);
 		if (i-- == 0)
 			break;
-		b = map->v[i].len;
+		b = extmap_v(map)[i].len;
 	}
 	return -ENOMEM;
 }
@@ -137,7 +138,7 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 		extmap_release(&in->map);
 		in->map = map;
 		/* invariant (1): the source's write object is shared now */
-		if (in->map.n && src->wobj)
+		if (extmap_n(&in->map) && src->wobj)
 			file_retire_wobj_quiet(fs, src);
 	}
 	if (!S_ISDIR(src->mode) && src->nlink > 1) {
@@ -149,8 +150,12 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 		RB_INSERT(link_map, &cc->links, ln);
 	}
 	if (S_ISDIR(src->mode)) {
-		in->parent = parent;
-		in->next_cookie = src->next_cookie;
+		/* src's entries, sharing its names and table; or, if it
+		 * has tombstones, room for them (no growing, no slack) */
+		if ((rc = inode_make_dir(in, parent)) ||
+		    ((rc = dir_clone_shape(in, src)) == 1 &&
+		     (rc = dir_prealloc(in, src))))
+			return rc;
 	}
 	return 0;
 }
@@ -182,27 +187,37 @@ static int clone_tree(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 			st = n;
 			cap = ncap;
 		}
-		st[depth++] = (struct clone_frame){ s, d,
-			RB_MIN(dir_cookies, &s->cookies) };
+		st[depth++] = (struct clone_frame){ s, d, 0,
+						    dir_nentries(d) != 0 };
 		s = NULL;
 		/* run until a subdirectory is to be pushed, or the end */
 		while (depth && !s && !rc) {
 			struct clone_frame *f = &st[depth - 1];
-			struct dirent_node *e = f->next;
+			struct dent *e = dir_next(f->src, &f->next);
 			struct inode *child, *nc;
 			if (!e) {
 				depth--;
 				continue;
 			}
-			f->next = RB_NEXT(dir_cookies, &f->src->cookies, e);
+			f->next++;
 			if (!(child = inode_get(fs, e->ino))) {
 				rc = -EIO;
 				break;
 			}
 			if ((rc = clone_node(cc, child, f->dst->ino, &nc)))
 				break;
-			if ((rc = dir_add(fs, f->dst, e->name, nc->ino, e->cookie)))
+			if (f->shaped) {
+				/* the same entry at the same index */
+				struct dent *de = &f->dst->dir->v[f->next - 1];
+				if (de->cookie != e->cookie) {
+					rc = -EIO;
+					break;
+				}
+				de->ino = nc->ino;
+			} else if ((rc = dir_add(fs, f->dst, dent_name(f->src, e),
+						 nc->ino, e->cookie))) {
 				break;
+			}
 			if (S_ISDIR(nc->mode)) {
 				f->dst->nlink++;
 				s = child;
@@ -284,34 +299,38 @@ int clone_apply(struct fs *fs, const struct rec *r)
 static int tree_walk(struct fs *fs, struct inode *top,
 		     int (*visit)(void *ctx, struct inode *in), void *ctx)
 {
-	struct dirent_node **st = NULL, *d;
+	struct walk_pos {
+		struct inode *dir;
+		size_t i;	/* index of the next entry */
+	} *st = NULL, cur;
 	size_t depth = 0, cap = 0;
 	uint64_t seen = 0;
+	struct dent *d;
 	int rc;
 
 	if ((rc = visit(ctx, top)) != 0 || !S_ISDIR(top->mode))
 		return rc < 0 ? rc : 0;
-	d = RB_MIN(dir_cookies, &top->cookies);
+	cur = (struct walk_pos){ top, 0 };
 	for (;;) {
-		if (!d) {
+		if (!(d = dir_next(cur.dir, &cur.i))) {
 			if (depth == 0)
 				break;
-			d = st[--depth];
+			cur = st[--depth];
 			continue;
 		}
 		struct inode *ch = inode_get(fs, d->ino);
-		d = RB_NEXT(dir_cookies, NULL, d);
+		cur.i++;
 		if (!ch || ++seen > fs->ninodes) {
 			rc = -EIO;	/* a dangling entry, or a loop */
 			break;
 		}
 		if ((rc = visit(ctx, ch)) < 0)
 			break;
-		if (rc == 1 || !S_ISDIR(ch->mode) || RB_EMPTY(&ch->cookies))
+		if (rc == 1 || !S_ISDIR(ch->mode) || dir_nentries(ch) == 0)
 			continue;
 		if (depth == cap) {
 			size_t ncap = cap ? cap * 2 : 64;
-			struct dirent_node **n = realloc(st, ncap * sizeof(*n));
+			struct walk_pos *n = realloc(st, ncap * sizeof(*n));
 			if (!n) {
 				rc = -ENOMEM;
 				break;
@@ -319,8 +338,8 @@ static int tree_walk(struct fs *fs, struct inode *top,
 			st = n;
 			cap = ncap;
 		}
-		st[depth++] = d;	/* where to go on in this directory */
-		d = RB_MIN(dir_cookies, &ch->cookies);
+		st[depth++] = cur;	/* where to go on in this directory */
+		cur = (struct walk_pos){ ch, 0 };
 	}
 	free(st);
 	return rc < 0 ? rc : 0;
@@ -389,7 +408,7 @@ static int clone_locked(struct fs *fs, const struct fs_ctx *c,
 	r.u.clone.src_ino = src->ino;
 	r.u.clone.dst_parent = dir->ino;
 	r.u.clone.first_ino = fs->next_ino;
-	r.u.clone.cookie = dir->next_cookie;
+	r.u.clone.cookie = dir->dir->next_cookie;
 	struct timespec now;
 	now_ts(&now);
 	r.u.clone.time_sec = now.tv_sec;
@@ -440,7 +459,7 @@ int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
 		const char *name, struct stat *st)
 {
 	struct inode *src = NULL, *sdir, *dir;
-	struct dirent_node *d;
+	struct dent *d;
 	int rc;
 
 	if (fs->opt.ro)
@@ -553,8 +572,8 @@ static int du_visit(void *ctx, struct inode *in)
 	dc->u->files++;
 	dc->u->logical += in->size;
 	note_tail(fs, &dc->tails, in, &err);
-	for (size_t i = 0; i < in->map.n && !err; i++) {
-		struct extent *e = &in->map.v[i];
+	for (size_t i = 0; i < extmap_n(&in->map) && !err; i++) {
+		const struct extent *e = &extmap_v(&in->map)[i];
 		for (uint64_t b = 0; b < e->len; b++) {
 			uint32_t v = refcount_get(&dc->local, e->obj, e->pblk + b);
 			if (refcount_set(&dc->local, e->obj, e->pblk + b, v + 1))

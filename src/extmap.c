@@ -1,7 +1,8 @@
 /*
  * extmap.c - per-file extent maps (see extmap.h).  Sequential writes append
  * to the last extent, so the common case costs O(1); random changes cost a
- * memmove of the array, which stays short because runs merge.
+ * memmove of the array, which stays short because runs merge.  The array
+ * is shared between clones and copied by the first change (make_room()).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -11,23 +12,30 @@
 
 void extmap_init(struct extmap *m)
 {
-	memset(m, 0, sizeof(*m));
+	m->b = NULL;
 }
 
 void extmap_release(struct extmap *m)
 {
-	free(m->v);
-	memset(m, 0, sizeof(*m));
+	if (m->b && --m->b->refs == 0)
+		free(m->b);
+	m->b = NULL;
+}
+
+static size_t buf_size(size_t cap)
+{
+	return sizeof(struct extbuf) + cap * sizeof(struct extent);
 }
 
 /* Index of the first extent whose end is after lblk (n if none). */
 static size_t first_after(const struct extmap *m, uint64_t lblk)
 {
-	size_t lo = 0, hi = m->n;
+	const struct extent *v = extmap_v(m);
+	size_t lo = 0, hi = extmap_n(m);
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (m->v[mid].lblk + m->v[mid].len <= lblk)
+		if (v[mid].lblk + v[mid].len <= lblk)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -37,35 +45,59 @@ static size_t first_after(const struct extmap *m, uint64_t lblk)
 
 int extmap_lookup(const struct extmap *m, uint64_t lblk, struct extent *out)
 {
-	size_t i = first_after(m, lblk);
+	const struct extent *v = extmap_v(m);
+	size_t i = first_after(m, lblk), n = extmap_n(m);
 
-	if (i < m->n && m->v[i].lblk <= lblk) {
-		uint64_t d = lblk - m->v[i].lblk;
+	if (i < n && v[i].lblk <= lblk) {
+		uint64_t d = lblk - v[i].lblk;
 		out->lblk = lblk;
-		out->len = m->v[i].len - d;
-		out->obj = m->v[i].obj;
-		out->pblk = m->v[i].pblk + d;
+		out->len = v[i].len - d;
+		out->obj = v[i].obj;
+		out->pblk = v[i].pblk + d;
 		return 1;
 	}
 	out->lblk = lblk;
 	out->obj = 0;
 	out->pblk = 0;
-	out->len = i < m->n ? m->v[i].lblk - lblk : UINT64_MAX;
+	out->len = i < n ? v[i].lblk - lblk : UINT64_MAX;
 	return 0;
 }
 
-static int reserve(struct extmap *m, size_t extra)
+/*
+ * Make m's array its own (copy a shared one) with room for need extents.
+ * Small arrays are sized exactly: most files have one extent, and a clone's
+ * copy is made when it first changes.  -ENOMEM: m unchanged.
+ */
+static int make_room(struct extmap *m, size_t need)
 {
-	if (m->n + extra <= m->cap)
-		return 0;
-	size_t cap = m->cap ? m->cap * 2 : 4;
-	while (cap < m->n + extra)
-		cap *= 2;
-	struct extent *v = realloc(m->v, cap * sizeof(*v));
-	if (!v)
+	struct extbuf *b = m->b, *nb;
+	size_t cap;
+
+	if (need > UINT32_MAX)
 		return -ENOMEM;
-	m->v = v;
-	m->cap = cap;
+	if (b && b->refs == 1) {
+		if (need <= b->cap)
+			return 0;
+		cap = b->cap < 4 || need > 2 * (size_t)b->cap ? need : 2 * (size_t)b->cap;
+		nb = realloc(b, buf_size(cap));
+		if (!nb)
+			return -ENOMEM;
+	} else {
+		cap = need;
+		nb = malloc(buf_size(cap));
+		if (!nb)
+			return -ENOMEM;
+		if (b) {
+			memcpy(nb, b, buf_size(b->n));
+			b->refs--;
+		} else {
+			nb->n = 0;
+			nb->nblocks = 0;
+		}
+		nb->refs = 1;
+	}
+	nb->cap = (uint32_t)cap;
+	m->b = nb;
 	return 0;
 }
 
@@ -75,90 +107,118 @@ static int continues(const struct extent *a, const struct extent *b)
 	       a->pblk + a->len == b->pblk;
 }
 
+/* Append ins after the last extent (which ends at or before it). */
+static int append(struct extmap *m, const struct extent *ins)
+{
+	size_t n = extmap_n(m);
+	int merge = n && continues(&extmap_v(m)[n - 1], ins);
+
+	if (make_room(m, merge ? n : n + 1))
+		return -ENOMEM;
+	if (merge)
+		m->b->v[n - 1].len += ins->len;
+	else
+		m->b->v[m->b->n++] = *ins;
+	m->b->nblocks += ins->len;
+	return 0;
+}
+
+/* Unmap everything: the drops come from the array as it is, shared or
+ * not, and the map lets go of it (a clone's delete copies nothing). */
+static void drop_all(struct extmap *m, extmap_drop_fn drop, void *ctx)
+{
+	for (size_t i = 0; drop && i < extmap_n(m); i++) {
+		const struct extent *e = &m->b->v[i];
+		drop(ctx, e->obj, e->pblk, e->len);
+	}
+	extmap_release(m);
+}
+
 /*
  * Replace [lblk, lblk+len) by ins (NULL: a hole).  At most two pieces of
- * the old extents survive around the range, so 3 free slots suffice.
+ * the old extents survive around the range.  Everything that can fail
+ * (making room) comes before the first drop.
  */
 static int replace(struct extmap *m, uint64_t lblk, uint64_t len,
 		   const struct extent *ins, extmap_drop_fn drop, void *ctx)
 {
 	uint64_t end = lblk + len;
-	size_t i0, i1;
-	struct extent left = { 0 }, right = { 0 };
-	int has_left = 0, has_right = 0;
+	const struct extent *v = extmap_v(m);
+	size_t n = extmap_n(m), i0, i1;
+	int has_left, has_right;
 
 	if (len == 0)
 		return 0;
 	/* Fast path: append right after the last extent. */
-	if (ins && (m->n == 0 || m->v[m->n - 1].lblk + m->v[m->n - 1].len <= lblk)) {
-		if (m->n && continues(&m->v[m->n - 1], ins)) {
-			m->v[m->n - 1].len += len;
-		} else {
-			if (reserve(m, 1))
-				return -ENOMEM;
-			m->v[m->n++] = *ins;
-		}
-		m->nblocks += len;
-		return 0;
-	}
-	if (reserve(m, 3))
-		return -ENOMEM;
+	if (ins && (n == 0 || v[n - 1].lblk + v[n - 1].len <= lblk))
+		return append(m, ins);
 
 	i0 = first_after(m, lblk);
 	i1 = i0;
-	while (i1 < m->n && m->v[i1].lblk < end)
+	while (i1 < n && v[i1].lblk < end)
 		i1++;
 	/* extents [i0, i1) overlap the range */
+	if (i0 == i1 && !ins)
+		return 0;	/* a hole already: a shared map stays shared */
+	has_left = i0 < i1 && v[i0].lblk < lblk;
+	has_right = i0 < i1 && v[i1 - 1].lblk + v[i1 - 1].len > end;
+	if (!ins && i0 == 0 && i1 == n && !has_left && !has_right) {
+		drop_all(m, drop, ctx);
+		return 0;
+	}
+
+	size_t np = (size_t)has_left + (ins != NULL) + (size_t)has_right;
+	size_t after = n - (i1 - i0) + np;
+	if (make_room(m, after > n ? after : n))
+		return -ENOMEM;
+
+	struct extbuf *b = m->b;
+	struct extent pieces[3];
+	size_t k = 0;
+	if (has_left) {
+		pieces[k] = b->v[i0];
+		pieces[k++].len = lblk - b->v[i0].lblk;
+	}
+	if (ins)
+		pieces[k++] = *ins;
+	if (has_right) {
+		const struct extent *e = &b->v[i1 - 1];
+		pieces[k].lblk = end;
+		pieces[k].obj = e->obj;
+		pieces[k].pblk = e->pblk + (end - e->lblk);
+		pieces[k++].len = e->lblk + e->len - end;
+	}
 	for (size_t i = i0; i < i1; i++) {
-		struct extent *e = &m->v[i];
+		const struct extent *e = &b->v[i];
 		uint64_t s = e->lblk > lblk ? e->lblk : lblk;
 		uint64_t t = e->lblk + e->len < end ? e->lblk + e->len : end;
-		if (i == i0 && e->lblk < lblk) {
-			left = *e;
-			left.len = lblk - e->lblk;
-			has_left = 1;
-		}
-		if (i == i1 - 1 && e->lblk + e->len > end) {
-			right = *e;
-			right.lblk = end;
-			right.pblk = e->pblk + (end - e->lblk);
-			right.len = e->lblk + e->len - end;
-			has_right = 1;
-		}
-		m->nblocks -= t - s;
+		b->nblocks -= t - s;
 		if (drop)
 			drop(ctx, e->obj, e->pblk + (s - e->lblk), t - s);
 	}
+	if (ins)
+		b->nblocks += ins->len;
 
-	struct extent pieces[3];
-	size_t np = 0;
-	if (has_left)
-		pieces[np++] = left;
-	if (ins) {
-		pieces[np++] = *ins;
-		m->nblocks += ins->len;
-	}
-	if (has_right)
-		pieces[np++] = right;
-
-	size_t removed = i1 - i0;
-	memmove(&m->v[i0 + np], &m->v[i1], (m->n - i1) * sizeof(*m->v));
-	memcpy(&m->v[i0], pieces, np * sizeof(*pieces));
-	m->n = m->n - removed + np;
+	memmove(&b->v[i0 + np], &b->v[i1], (n - i1) * sizeof(*b->v));
+	memcpy(&b->v[i0], pieces, np * sizeof(*pieces));
+	n = after;
 
 	/* Merge around the inserted run. */
-	size_t lo = i0 ? i0 - 1 : 0, hi = i0 + np + 1 < m->n ? i0 + np + 1 : m->n;
-	for (size_t i = lo; i + 1 < hi && i + 1 < m->n;) {
-		if (continues(&m->v[i], &m->v[i + 1])) {
-			m->v[i].len += m->v[i + 1].len;
-			memmove(&m->v[i + 1], &m->v[i + 2],
-				(m->n - i - 2) * sizeof(*m->v));
-			m->n--;
+	size_t lo = i0 ? i0 - 1 : 0, hi = i0 + np + 1 < n ? i0 + np + 1 : n;
+	for (size_t i = lo; i + 1 < hi && i + 1 < n;) {
+		if (continues(&b->v[i], &b->v[i + 1])) {
+			b->v[i].len += b->v[i + 1].len;
+			memmove(&b->v[i + 1], &b->v[i + 2],
+				(n - i - 2) * sizeof(*b->v));
+			n--;
 			hi--;
 		} else {
 			i++;
 		}
 	}
+	b->n = (uint32_t)n;
+	if (n == 0)
+		extmap_release(m);
 	return 0;
 }
 
@@ -177,13 +237,116 @@ int extmap_punch(struct extmap *m, uint64_t lblk, uint64_t len,
 
 int extmap_copy(struct extmap *dst, const struct extmap *src)
 {
-	if (src->n == 0)
-		return 0;
-	dst->v = malloc(src->n * sizeof(*src->v));
-	if (!dst->v)
-		return -ENOMEM;
-	memcpy(dst->v, src->v, src->n * sizeof(*src->v));
-	dst->n = dst->cap = src->n;
-	dst->nblocks = src->nblocks;
+	extmap_release(dst);
+	if (src->b) {
+		src->b->refs++;
+		dst->b = src->b;
+	}
 	return 0;
+}
+
+struct extmap_pool {
+	struct extbuf **slot;	/* open addressing, linear probing */
+	size_t cap, n;		/* cap a power of 2, at most half full */
+};
+
+/* The pool stops taking new arrays at this many slots (32 MiB): a store
+ * of millions of distinct maps gains little from it. */
+#define POOL_MAX_SLOTS ((size_t)1 << 22)
+
+struct extmap_pool *extmap_pool_new(void)
+{
+	return calloc(1, sizeof(struct extmap_pool));
+}
+
+void extmap_pool_free(struct extmap_pool *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->cap; i++) {
+		struct extmap m = { p->slot[i] };
+		extmap_release(&m);
+	}
+	free(p->slot);
+	free(p);
+}
+
+/* A word at a time: millions of maps are hashed at every mount. */
+static size_t buf_hash(const struct extbuf *b)
+{
+	uint64_t h = 0x9e3779b97f4a7c15ull;
+
+	for (size_t i = 0; i < b->n; i++) {
+		const struct extent *e = &b->v[i];
+		uint64_t w[4] = { e->lblk, e->len, e->obj, e->pblk };
+		for (int k = 0; k < 4; k++) {
+			h = (h ^ w[k]) * 0xff51afd7ed558ccdull;
+			h ^= h >> 32;
+		}
+	}
+	return (size_t)(h ^ (h >> 29));
+}
+
+static int buf_equal(const struct extbuf *a, const struct extbuf *b)
+{
+	return a->n == b->n && !memcmp(a->v, b->v, a->n * sizeof(*a->v));
+}
+
+static int pool_grow(struct extmap_pool *p)
+{
+	size_t cap = p->cap ? 2 * p->cap : 1024;
+	struct extbuf **slot = calloc(cap, sizeof(*slot));
+
+	if (!slot)
+		return -ENOMEM;
+	for (size_t i = 0; i < p->cap; i++) {
+		if (!p->slot[i])
+			continue;
+		size_t h = buf_hash(p->slot[i]) & (cap - 1);
+		while (slot[h])
+			h = (h + 1) & (cap - 1);
+		slot[h] = p->slot[i];
+	}
+	free(p->slot);
+	p->slot = slot;
+	p->cap = cap;
+	return 0;
+}
+
+void extmap_pool_share(struct extmap_pool *p, struct extmap *m)
+{
+	struct extbuf *b = m->b;
+	int full = 0;
+	size_t h;
+
+	if (!p || !b)
+		return;
+	if (2 * (p->n + 1) > p->cap &&
+	    (p->cap >= POOL_MAX_SLOTS || pool_grow(p)))
+		full = 1;	/* look up only */
+	if (!p->cap)
+		return;
+	for (h = buf_hash(b) & (p->cap - 1); p->slot[h]; h = (h + 1) & (p->cap - 1)) {
+		if (p->slot[h] == b)
+			return;
+		if (buf_equal(p->slot[h], b)) {
+			extmap_release(m);
+			m->b = p->slot[h];
+			m->b->refs++;
+			return;
+		}
+	}
+	if (full)
+		return;
+	if (b->refs == 1 && b->cap > b->n) {
+		/* it will not grow any more: cut it to size */
+		struct extbuf *nb = realloc(b, buf_size(b->n));
+		if (nb) {
+			nb->cap = nb->n;
+			m->b = b = nb;
+		}
+	}
+	b->refs++;
+	p->slot[h] = b;
+	p->n++;
 }

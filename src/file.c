@@ -139,8 +139,8 @@ void file_compute_nlive(struct fs *fs)
 	INODE_FOREACH(in, fs) {
 		if (!S_ISREG(in->mode))
 			continue;
-		for (size_t k = 0; k < in->map.n; k++) {
-			struct extent *e = &in->map.v[k];
+		for (size_t k = 0; k < extmap_n(&in->map); k++) {
+			const struct extent *e = &extmap_v(&in->map)[k];
 			o = obj_get(fs, e->obj);
 			if (!o)
 				continue;
@@ -192,7 +192,7 @@ static int map_and_log(struct fs *fs, struct inode *in, uint64_t lblk,
 static int punch_and_log(struct fs *fs, struct inode *in, uint64_t lblk,
 			 uint64_t len)
 {
-	if (len == 0 || in->map.n == 0)
+	if (len == 0 || extmap_n(&in->map) == 0)
 		return 0;
 	int rc = file_map_punch(fs, in, lblk, len);
 	if (rc)

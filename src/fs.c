@@ -24,18 +24,12 @@
 /* Free an inode and everything it holds (its blocks' references too). */
 void inode_free(struct fs *fs, struct inode *in)
 {
-	struct dirent_node *d, *t;
-
 	if (S_ISREG(in->mode)) {
 		file_map_punch(fs, in, 0, UINT64_MAX);
 		file_retire_wobj(fs, in);
 	}
 	inode_undirty(fs, in);	/* last: retiring marks the inode dirty */
-	RB_FOREACH_SAFE(d, dir_names, &in->names, t) {
-		RB_REMOVE(dir_names, &in->names, d);
-		RB_REMOVE(dir_cookies, &in->cookies, d);
-		free(d);
-	}
+	dir_free(in);
 	if (S_ISREG(in->mode))
 		extmap_release(&in->map);
 	else if (S_ISLNK(in->mode))
@@ -179,7 +173,7 @@ int fs_may_reach(struct fs *fs, const struct fs_ctx *c, struct inode *dir)
 
 	if (!S_ISDIR(dir->mode))
 		return -ENOTDIR;
-	for (struct inode *x = dir;; x = inode_get(fs, x->parent)) {
+	for (struct inode *x = dir;; x = inode_get(fs, dir_parent(x))) {
 		if (!x || !S_ISDIR(x->mode) || x->nlink == 0)
 			return -ENOENT;
 		if (!inode_may(c, x, MAY_X))
@@ -249,12 +243,12 @@ int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st)
 	if (!strcmp(name, ".")) {
 		in = dir;
 	} else if (!strcmp(name, "..")) {
-		in = inode_get(fs, dir->parent ? dir->parent : FS_ROOT_INO);
+		in = inode_get(fs, dir_parent(dir) ? dir_parent(dir) : FS_ROOT_INO);
 	} else if (strlen(name) > COWFS_NAME_MAX) {
 		rc = -ENAMETOOLONG;
 		goto out;
 	} else {
-		struct dirent_node *d = dir_find(dir, name);
+		struct dent *d = dir_find(dir, name);
 		if (d)
 			in = inode_get(fs, d->ino);
 	}
@@ -369,7 +363,7 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		     const char *target, struct inode **out)
 {
 	struct inode *in;
-	struct dirent_node *d;
+	uint64_t cookie;
 	struct jmark m;
 	struct rec r;
 	int rc;
@@ -399,9 +393,8 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 	inode_set_rdev(in, rdev);
 	in->nlink = S_ISDIR(mode) ? 2 : 1;
 	inode_touch(in, IT_BIT(IT_N) - 1, NULL);
-	if (S_ISDIR(mode))
-		in->parent = dir->ino;
-	if (target && !(in->target = strdup(target))) {
+	if ((S_ISDIR(mode) && inode_make_dir(in, dir->ino)) ||
+	    (target && !(in->target = strdup(target)))) {
 		inode_free(fs, in);
 		return -ENOMEM;
 	}
@@ -411,10 +404,10 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		inode_free(fs, in);
 		return rc;
 	}
-	d = dirent_new(name, in->ino, dir->next_cookie);
-	if (!d) {
+	cookie = dir->dir->next_cookie;
+	if ((rc = dir_reserve(dir, strlen(name)))) {
 		inode_free(fs, in);
-		return -ENOMEM;
+		return rc;
 	}
 	jmark_save(fs, &m);
 	inode_to_rec(in, &r);
@@ -426,14 +419,13 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 				  .name_len = (uint32_t)strlen(name) };
 		r.u.dirent.parent = dir->ino;
 		r.u.dirent.ino = in->ino;
-		r.u.dirent.cookie = d->cookie;
+		r.u.dirent.cookie = cookie;
 		rc = journal_log(fs, &r);
 	}
 	if (!rc)
-		rc = dir_insert(dir, d);
+		rc = dir_add(fs, dir, name, in->ino, cookie);
 	if (rc) {
 		jmark_restore(fs, &m);
-		free(d);
 		inode_undirty(fs, in);
 		inode_free(fs, in);
 		return rc;
@@ -539,7 +531,7 @@ static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir
 {
 	int rc = 0;
 	struct inode *dir, *in;
-	struct dirent_node *d;
+	struct dent *d;
 
 	if (fs->opt.ro)
 		return -EROFS;
@@ -565,7 +557,7 @@ static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir
 		rc = -EISDIR;
 		goto out;
 	}
-	if (isdir && in->nentries) {
+	if (isdir && dir_nentries(in)) {
 		rc = -ENOTEMPTY;
 		goto out;
 	}
@@ -595,7 +587,7 @@ int fs_rmdir(struct fs *fs, uint64_t parent, const char *name)
 /* Is a an ancestor of (or equal to) b? */
 static int is_ancestor(struct fs *fs, struct inode *a, struct inode *b)
 {
-	for (struct inode *x = b; x; x = inode_get(fs, x->parent)) {
+	for (struct inode *x = b; x; x = inode_get(fs, dir_parent(x))) {
 		if (x == a)
 			return 1;
 		if (x->ino == FS_ROOT_INO)
@@ -610,7 +602,7 @@ static void reparent(struct fs *fs, struct inode *in, struct inode *from,
 {
 	if (!S_ISDIR(in->mode) || from == to)
 		return;
-	in->parent = to->ino;
+	in->dir->parent = to->ino;
 	from->nlink--;
 	to->nlink++;
 	inode_dirty(fs, in);
@@ -621,7 +613,8 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 {
 	int rc = 0;
 	struct inode *sdir, *ddir, *src, *dst = NULL;
-	struct dirent_node *sd, *dd, *nd = NULL;
+	struct dent *sd, *dd;
+	uint64_t cookie;
 	struct jmark m;
 
 	if (fs->opt.ro)
@@ -637,6 +630,11 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 	sdir = get_dir(fs, parent, &rc);
 	ddir = sdir ? get_dir(fs, newparent, &rc) : NULL;
 	if (!ddir)
+		goto out;
+	/* Room for the new entry first: it moves ddir's entries, and what
+	 * can fail comes before the records. */
+	if (!(flags & RENAME_EXCHANGE) &&
+	    (rc = dir_reserve(ddir, strlen(newname))))
 		goto out;
 	sd = dir_find(sdir, name);
 	if (!sd) {
@@ -702,25 +700,20 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 			rc = -EISDIR;
 			goto out;
 		}
-		if (S_ISDIR(dst->mode) && dst->nentries) {
+		if (S_ISDIR(dst->mode) && dir_nentries(dst)) {
 			rc = -ENOTEMPTY;
 			goto out;
 		}
 	}
-	/* Everything that can fail first: the new entry and the records. */
-	nd = dirent_new(newname, src->ino, ddir->next_cookie);
-	if (!nd) {
-		rc = -ENOMEM;
-		goto out;
-	}
+	/* Everything that can fail first: the room (above), the records. */
+	cookie = ddir->dir->next_cookie;
 	if ((dst && (rc = log_dirent(fs, REC_DIRENT_DEL, ddir, newname,
 				     dst->ino, dd->cookie))) ||
 	    (rc = log_dirent(fs, REC_DIRENT_DEL, sdir, name, src->ino,
 			     sd->cookie)) ||
 	    (rc = log_dirent(fs, REC_DIRENT_ADD, ddir, newname, src->ino,
-			     nd->cookie))) {
+			     cookie))) {
 		jmark_restore(fs, &m);
-		free(nd);
 		goto out;
 	}
 	if (dst) {
@@ -730,11 +723,11 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 		drop_link(fs, dst);
 	}
 	dir_del(fs, sdir, sd);
-	rc = dir_insert(ddir, nd);	/* cannot fail: the name is free now */
+	/* cannot fail: the name is free now, the room reserved */
+	rc = dir_add(fs, ddir, newname, src->ino, cookie);
 	if (rc) {
 		fs_log(fs, "error: rename: adding '%s': %s", newname,
 		       strerror(-rc));
-		free(nd);
 		fs->broken = 1;
 		goto out;
 	}
@@ -759,7 +752,7 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 {
 	int rc = 0;
 	struct inode *dir, *in;
-	struct dirent_node *nd;
+	uint64_t cookie;
 	struct jmark m;
 
 	if (fs->opt.ro)
@@ -792,18 +785,13 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 		rc = -EEXIST;
 		goto out;
 	}
-	nd = dirent_new(newname, ino, dir->next_cookie);
-	if (!nd) {
-		rc = -ENOMEM;
+	if ((rc = dir_reserve(dir, strlen(newname))))
 		goto out;
-	}
-	if ((rc = log_dirent(fs, REC_DIRENT_ADD, dir, newname, ino, nd->cookie))) {
-		free(nd);
+	cookie = dir->dir->next_cookie;
+	if ((rc = log_dirent(fs, REC_DIRENT_ADD, dir, newname, ino, cookie)))
 		goto out;
-	}
-	if ((rc = dir_insert(dir, nd))) {	/* checked above: cannot be */
+	if ((rc = dir_add(fs, dir, newname, ino, cookie))) {	/* checked above: cannot be */
 		jmark_restore(fs, &m);
-		free(nd);
 		goto out;
 	}
 	in->nlink++;
@@ -825,9 +813,9 @@ static void note_prefetch(struct fs *fs, struct inode *in,
 {
 	struct object *o;
 
-	if (!S_ISREG(in->mode) || in->map.n == 0 || *n >= 256)
+	if (!S_ISREG(in->mode) || extmap_n(&in->map) == 0 || *n >= 256)
 		return;
-	o = obj_get(fs, in->map.v[0].obj);
+	o = obj_get(fs, extmap_v(&in->map)[0].obj);
 	if (!o || !o->origin || o->fd >= 0)
 		return;
 	if (!*pf && !(*pf = calloc(256, sizeof(**pf))))
@@ -843,7 +831,8 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 	int rc = 0;
 	struct inode *dir, *in;
 	struct stat st;
-	struct dirent_node key, *d;
+	struct dent *d;
+	size_t i;
 
 	lock_take(fs, LOCK_FS);
 	dir = get_dir(fs, ino, &rc);
@@ -855,19 +844,17 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 			goto out;
 	}
 	if (off < 2) {
-		in = inode_get(fs, dir->parent ? dir->parent : FS_ROOT_INO);
+		in = inode_get(fs, dir_parent(dir) ? dir_parent(dir) : FS_ROOT_INO);
 		inode_stat(fs, in ? in : dir, &st);
 		if (emit(ctx, "..", &st, 2))
 			goto out;
 	}
-	key.cookie = off + 1;
-	for (d = RB_NFIND(dir_cookies, &dir->cookies, &key); d;
-	     d = RB_NEXT(dir_cookies, &dir->cookies, d)) {
+	for (i = dir_seek(dir, off + 1); (d = dir_next(dir, &i)); i++) {
 		in = inode_get(fs, d->ino);
 		if (!in)
 			continue;
 		inode_stat(fs, in, &st);
-		if (emit(ctx, d->name, &st, d->cookie))
+		if (emit(ctx, dent_name(dir, d), &st, d->cookie))
 			break;
 		if (plus) {
 			inode_lookup_ref(in);

@@ -69,25 +69,26 @@ static void check_namespace(struct fsck *k, int *oom)
 	struct inode *in;
 
 	INODE_FOREACH(in, fs) {
-		struct dirent_node *d;
+		struct dent *d;
 		tick(k);
 		if (!S_ISDIR(in->mode))
 			continue;
 		uint64_t subdirs = 0;
-		RB_FOREACH(d, dir_cookies, &in->cookies) {
+		for (size_t i = 0; (d = dir_next(in, &i)); i++) {
 			struct inode *ch = inode_get(fs, d->ino);
 			if (!ch) {
 				problem(k, "directory %" PRIu64 " entry '%s' names "
-					"missing inode %" PRIu64, in->ino, d->name, d->ino);
+					"missing inode %" PRIu64, in->ino,
+					dent_name(in, d), d->ino);
 				continue;
 			}
 			count(&k->links, d->ino, 0, oom);
 			if (S_ISDIR(ch->mode)) {
 				subdirs++;
-				if (ch->parent != in->ino)
+				if (dir_parent(ch) != in->ino)
 					problem(k, "directory %" PRIu64 " has parent %"
 						PRIu64 " but is named in %" PRIu64,
-						ch->ino, ch->parent, in->ino);
+						ch->ino, dir_parent(ch), in->ino);
 			}
 		}
 		if (in->nlink != 2 + subdirs)
@@ -124,8 +125,8 @@ static void check_blocks(struct fsck *k, int *oom)
 		tick(k);
 		if (!S_ISREG(in->mode))
 			continue;
-		for (size_t i = 0; i < in->map.n; i++) {
-			struct extent *e = &in->map.v[i];
+		for (size_t i = 0; i < extmap_n(&in->map); i++) {
+			const struct extent *e = &extmap_v(&in->map)[i];
 			struct object *o = obj_get(fs, e->obj);
 			if (!o) {
 				problem(k, "inode %" PRIu64 " maps unknown object %016"

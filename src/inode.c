@@ -18,17 +18,6 @@
 
 #include "cowfs/fs_impl.h"
 
-static int name_cmp(struct dirent_node *a, struct dirent_node *b)
-{
-	return strcmp(a->name, b->name);
-}
-RB_GENERATE(dir_names, dirent_node, by_name, name_cmp)
-
-static int cookie_cmp(struct dirent_node *a, struct dirent_node *b)
-{
-	return (a->cookie < b->cookie) ? -1 : (a->cookie > b->cookie);
-}
-RB_GENERATE(dir_cookies, dirent_node, by_cookie, cookie_cmp)
 
 unsigned fs_block_size(const struct fs *fs)
 {
@@ -291,9 +280,6 @@ struct inode *inode_new(struct fs *fs, uint64_t ino)
 	if (!in)
 		return NULL;
 	in->ino = ino;
-	RB_INIT(&in->names);
-	RB_INIT(&in->cookies);
-	in->next_cookie = 3;
 	/* the map is all zero, as extmap_init() makes it; so is the rest
 	 * of the per-type union, whatever the type turns out to be */
 	if (itab_insert(&fs->itab, in)) {
@@ -529,7 +515,7 @@ void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st)
 	if (S_ISREG(in->mode)) {
 		/* Allocation as the host counts it: whole blocks, but the
 		 * block holding EOF only up to EOF in 4 KiB pages. */
-		uint64_t bytes = in->map.nblocks << fs->block_shift;
+		uint64_t bytes = extmap_nblocks(&in->map) << fs->block_shift;
 		uint64_t last = in->size ? (in->size - 1) >> fs->block_shift : 0;
 		struct extent e;
 		if (in->size && extmap_lookup(&in->map, last, &e)) {
@@ -540,23 +526,11 @@ void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st)
 		}
 		st->st_blocks = (blkcnt_t)(bytes / 512);
 	} else if (S_ISDIR(in->mode)) {
-		st->st_size = (off_t)(in->nentries + 2) * 32;
+		st->st_size = (off_t)(dir_nentries(in) + 2) * 32;
 		st->st_blocks = 8;
 	} else if (S_ISLNK(in->mode)) {
 		st->st_size = in->target ? (off_t)strlen(in->target) : 0;
 	}
-}
-
-struct dirent_node *dir_find(struct inode *dir, const char *name)
-{
-	size_t n = strlen(name);
-	char buf[sizeof(struct dirent_node) + COWFS_NAME_MAX + 1];
-	struct dirent_node *key = (struct dirent_node *)buf;
-
-	if (n > COWFS_NAME_MAX)
-		return NULL;
-	memcpy(key->name, name, n + 1);
-	return RB_FIND(dir_names, &dir->names, key);
 }
 
 int fs_name_check(const char *name, size_t len)
@@ -571,67 +545,608 @@ int fs_name_check(const char *name, size_t len)
 	return 0;
 }
 
-/* A new, unlinked entry (caller owns; free() it or give it to
- * dir_insert()).  NULL: out of memory. */
-struct dirent_node *dirent_new(const char *name, uint64_t ino,
-				      uint64_t cookie)
+/*
+ * Directories (struct dir in fs_impl.h).  Entries sit in one array in
+ * cookie order; names in one byte arena; a directory of more than
+ * DIR_HASH_MIN entries also has an open-addressing table of entry indexes
+ * by name (linear probing, at most 3/4 full, deletion by backward shift),
+ * so a lookup is O(1) in a directory of any size.  A delete leaves a
+ * tombstone in the array (so that nothing moves under a caller's pointer,
+ * and readdir still seeks by cookie); dir_reserve() squeezes the array and
+ * the arena when they are to grow and a quarter of them is dead.
+ *
+ * The arena and the table are refcounted: a clone's directory shares its
+ * source's (dir_clone_shape()), and so do equal directories of a loaded
+ * checkpoint (dir_pool_share()).  Whoever changes one copies it first
+ * (names_own(), hash_own()).  Only the arena's bytes up to a directory's
+ * nlen are its own to read; the entries' offsets are the same in all the
+ * directories that share it.
+ */
+#define DIR_HASH_MIN 8
+
+static struct dnames *names_alloc(size_t cap)
+{
+	struct dnames *nm = malloc(sizeof(*nm) + cap);
+
+	if (nm)
+		nm->refs = 1;
+	return nm;
+}
+
+static void names_drop(struct dir *d)
+{
+	if (d->names && --d->names->refs == 0)
+		free(d->names);
+	d->names = NULL;
+	d->ncap = 0;
+}
+
+static void hash_drop(struct dir *d)
+{
+	if (d->hash && --d->hash->refs == 0)
+		free(d->hash);
+	d->hash = NULL;
+	d->hcap = 0;
+}
+
+/* Make the arena d's own, with room for cap bytes.  -ENOMEM: unchanged. */
+static int names_own(struct dir *d, size_t cap)
+{
+	struct dnames *nm;
+
+	if (cap < d->ncap)
+		cap = d->ncap;
+	if (d->names && d->names->refs == 1) {
+		if (cap == d->ncap)
+			return 0;
+		if (!(nm = realloc(d->names, sizeof(*nm) + cap)))
+			return -ENOMEM;
+	} else {
+		if (!(nm = names_alloc(cap)))
+			return -ENOMEM;
+		if (d->nlen)
+			memcpy(nm->b, d->names->b, d->nlen);
+		names_drop(d);
+	}
+	d->names = nm;
+	d->ncap = (uint32_t)cap;
+	return 0;
+}
+
+/* Make the table d's own; when it cannot be copied, d goes without one
+ * (lookups scan; the next dir_reserve() builds it again).  1: d has a
+ * table to change. */
+static int hash_own(struct dir *d)
+{
+	struct dhash *h;
+
+	if (!d->hash)
+		return 0;
+	if (d->hash->refs == 1)
+		return 1;
+	h = malloc(sizeof(*h) + d->hcap * sizeof(*h->slot));
+	if (!h) {
+		hash_drop(d);
+		return 0;
+	}
+	h->refs = 1;
+	memcpy(h->slot, d->hash->slot, d->hcap * sizeof(*h->slot));
+	d->hash->refs--;
+	d->hash = h;
+	return 1;
+}
+
+int inode_make_dir(struct inode *in, uint64_t parent)
+{
+	if (!in->dir && !(in->dir = calloc(1, sizeof(*in->dir))))
+		return -ENOMEM;
+	in->dir->parent = parent;
+	if (in->dir->next_cookie < 3)
+		in->dir->next_cookie = 3;
+	return 0;
+}
+
+void dir_free(struct inode *in)
+{
+	struct dir *d = in->dir;
+
+	if (!d)
+		return;
+	free(d->v);
+	names_drop(d);
+	hash_drop(d);
+	free(d);
+	in->dir = NULL;
+}
+
+/* FNV-1a, with a final mix: names often differ only in their last bytes. */
+static uint32_t name_hash(const char *name, size_t len)
+{
+	uint32_t h = 2166136261u;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)name[i]) * 16777619u;
+	h ^= h >> 15;
+	h *= 0x2c1b3c6du;
+	h ^= h >> 12;
+	return h;
+}
+
+static uint32_t ent_home(const struct dir *d, uint32_t idx)
+{
+	const struct dent *e = &d->v[idx];
+	return name_hash(d->names->b + e->off, e->len) & (d->hcap - 1);
+}
+
+/* The table's functions below change it: d's own (hash_own()). */
+static void hash_put(struct dir *d, uint32_t idx)
+{
+	uint32_t mask = d->hcap - 1, h = ent_home(d, idx);
+
+	while (d->hash->slot[h])
+		h = (h + 1) & mask;
+	d->hash->slot[h] = idx + 1;
+}
+
+/* Fill the table from the live entries. */
+static void hash_fill(struct dir *d)
+{
+	memset(d->hash->slot, 0, d->hcap * sizeof(*d->hash->slot));
+	for (uint32_t i = 0; i < d->n; i++)
+		if (d->v[i].ino)
+			hash_put(d, i);
+}
+
+static void hash_remove(struct dir *d, uint32_t idx)
+{
+	uint32_t *slot = d->hash->slot;
+	uint32_t mask = d->hcap - 1, j = ent_home(d, idx), i;
+
+	while (slot[j] != idx + 1)
+		j = (j + 1) & mask;
+	/* shift back the entries of the run after j that may move */
+	for (i = (j + 1) & mask; slot[i]; i = (i + 1) & mask) {
+		uint32_t k = ent_home(d, slot[i] - 1);
+		if (j < i ? (j < k && k <= i) : (j < k || k <= i))
+			continue;	/* its home is after the hole: stays */
+		slot[j] = slot[i];
+		j = i;
+	}
+	slot[j] = 0;
+}
+
+static struct dent *find(const struct dir *d, const char *name, size_t len)
+{
+	if (d->hash) {
+		const uint32_t *slot = d->hash->slot;
+		uint32_t mask = d->hcap - 1;
+		for (uint32_t h = name_hash(name, len) & mask; slot[h];
+		     h = (h + 1) & mask) {
+			struct dent *e = &d->v[slot[h] - 1];
+			if (e->len == len && !memcmp(d->names->b + e->off, name, len))
+				return e;
+		}
+		return NULL;
+	}
+	for (uint32_t i = 0; i < d->n; i++) {
+		struct dent *e = &d->v[i];
+		if (e->ino && e->len == len &&
+		    !memcmp(d->names->b + e->off, name, len))
+			return e;
+	}
+	return NULL;
+}
+
+struct dent *dir_find(struct inode *dir, const char *name)
 {
 	size_t n = strlen(name);
-	struct dirent_node *d = malloc(sizeof(*d) + n + 1);
+
+	if (!dir->dir || n > COWFS_NAME_MAX)
+		return NULL;
+	return find(dir->dir, name, n);
+}
+
+/* Drop the tombstones (the cookies stay: they are stored, not
+ * positions).  Nothing is allocated but maybe a copy of the table. */
+static void squeeze(struct dir *d)
+{
+	uint32_t j = 0;
+
+	for (uint32_t i = 0; i < d->n; i++)
+		if (d->v[i].ino)
+			d->v[j++] = d->v[i];
+	d->n = j;
+	if (hash_own(d))
+		hash_fill(d);
+}
+
+/* Drop the dead names: a new arena of cap bytes for the live ones. */
+static int squeeze_names(struct dir *d, size_t cap)
+{
+	struct dnames *nm = names_alloc(cap);
+	uint32_t off = 0;
+
+	if (!nm)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < d->n; i++) {
+		struct dent *e = &d->v[i];
+		if (!e->ino)
+			continue;
+		memcpy(nm->b + off, d->names->b + e->off, e->len + 1);
+		e->off = off;
+		off += e->len + 1;
+	}
+	names_drop(d);
+	d->names = nm;
+	d->ncap = (uint32_t)cap;
+	d->nlen = off;
+	d->dead = 0;
+	return 0;
+}
+
+static int grow_v(struct dir *d, size_t need)
+{
+	size_t cap = d->cap ? 2 * (size_t)d->cap : 4;
+	struct dent *v;
+
+	if (need <= d->cap)
+		return 0;
+	if (cap < need)
+		cap = need;
+	if (cap > UINT32_MAX)
+		cap = UINT32_MAX;
+	if (!(v = realloc(d->v, cap * sizeof(*v))))
+		return -ENOMEM;
+	d->v = v;
+	d->cap = (uint32_t)cap;
+	return 0;
+}
+
+int dir_reserve(struct inode *in, size_t len)
+{
+	struct dir *d = in->dir;
+	size_t need;
+	int rc;
+
+	if (!d)
+		return -ENOTDIR;
+	need = (size_t)d->nlen + len + 1;
+	if ((size_t)d->n + 1 >= UINT32_MAX || need >= UINT32_MAX)
+		return -ENOSPC;
+	/* squeeze rather than grow when a quarter is dead */
+	if (d->n == d->cap && 4 * (size_t)(d->n - d->nentries) >= d->n)
+		squeeze(d);
+	if (need > d->ncap && d->dead && 4 * (size_t)d->dead >= d->nlen) {
+		size_t live = d->nlen - d->dead;
+		if (squeeze_names(d, live + live / 2 + len + 1))
+			return -ENOMEM;
+		need = (size_t)d->nlen + len + 1;
+	}
+	if ((rc = grow_v(d, (size_t)d->n + 1)))
+		return rc;
+	if (need > d->ncap || !d->names || d->names->refs > 1) {
+		size_t cap = d->ncap ? 2 * (size_t)d->ncap : 64;
+		if (need <= d->ncap)
+			cap = d->ncap;	/* only to own it */
+		if ((rc = names_own(d, cap < need ? need : cap)))
+			return rc;
+	}
+	/* the table: once past DIR_HASH_MIN entries, at most 3/4 full; best
+	 * effort (without one, lookups scan) */
+	hash_own(d);
+	if (d->nentries + 1 > DIR_HASH_MIN &&
+	    4 * ((size_t)d->nentries + 1) > 3 * (size_t)d->hcap) {
+		size_t hcap = d->hcap ? 2 * (size_t)d->hcap : 32;
+		while (4 * ((size_t)d->nentries + 1) > 3 * hcap)
+			hcap *= 2;
+		struct dhash *h = hcap <= UINT32_MAX ?
+			malloc(sizeof(*h) + hcap * sizeof(*h->slot)) : NULL;
+		hash_drop(d);
+		if (h) {
+			h->refs = 1;
+			d->hash = h;
+			d->hcap = (uint32_t)hcap;
+			hash_fill(d);
+		}
+	}
+	return 0;
+}
+
+int dir_prealloc(struct inode *in, const struct inode *like)
+{
+	struct dir *d = in->dir;
+	const struct dir *s = like->dir;
+
+	if (!d || !s || !s->nentries || d->cap || d->ncap || d->hcap)
+		return 0;
+	if (!(d->v = malloc(s->nentries * sizeof(*d->v))))
+		return -ENOMEM;
+	d->cap = s->nentries;
+	if (!(d->names = names_alloc(s->nlen - s->dead)))
+		return -ENOMEM;
+	d->ncap = s->nlen - s->dead;
+	d->next_cookie = s->next_cookie;
+	return 0;
+}
+
+int dir_clone_shape(struct inode *in, const struct inode *like)
+{
+	struct dir *d = in->dir;
+	const struct dir *s = like->dir;
+
+	if (!d || !s || d->n || d->cap || d->names || d->hash)
+		return -EINVAL;
+	d->next_cookie = s->next_cookie;
+	if (!s->nentries)
+		return 0;
+	if (s->n != s->nentries || s->dead)
+		return 1;	/* tombstones: entry by entry (dir_add) */
+	if (!(d->v = malloc(s->n * sizeof(*d->v))))
+		return -ENOMEM;
+	memcpy(d->v, s->v, s->n * sizeof(*d->v));
+	d->n = d->cap = s->n;
+	d->nentries = s->nentries;
+	d->names = s->names;
+	d->names->refs++;
+	d->ncap = s->ncap;
+	d->nlen = s->nlen;
+	if (s->hash) {
+		d->hash = s->hash;
+		d->hash->refs++;
+		d->hcap = s->hcap;
+	}
+	return 0;
+}
+
+void dir_trim(struct inode *in)
+{
+	struct dir *d = in->dir;
+	void *p;
+
+	if (!d)
+		return;
+	if (d->n < d->cap) {
+		if (!d->n) {
+			free(d->v);
+			d->v = NULL;
+			d->cap = 0;
+		} else if ((p = realloc(d->v, d->n * sizeof(*d->v)))) {
+			d->v = p;
+			d->cap = d->n;
+		}
+	}
+	if (d->nlen < d->ncap && d->names && d->names->refs == 1) {
+		if (!d->nlen) {
+			names_drop(d);
+		} else if ((p = realloc(d->names, sizeof(*d->names) + d->nlen))) {
+			d->names = p;
+			d->ncap = d->nlen;
+		}
+	}
+}
+
+/*
+ * A pool of arenas and tables by content, for the directories of a
+ * checkpoint being loaded: a clone's directory has the same names in the
+ * same order as its source, hence the same arena and the same table.
+ * The pool holds a reference to what it holds.
+ */
+struct dir_pool {
+	struct dir_pool_ent {
+		struct dnames *names;
+		struct dhash *hash;	/* NULL: none */
+		uint32_t nlen, hcap;
+	} *slot;			/* open addressing by the names' hash */
+	size_t cap, n;
+};
+
+struct dir_pool *dir_pool_new(void)
+{
+	return calloc(1, sizeof(struct dir_pool));
+}
+
+void dir_pool_free(struct dir_pool *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->cap; i++) {
+		struct dir t = { .names = p->slot[i].names, .hash = p->slot[i].hash };
+		names_drop(&t);
+		hash_drop(&t);
+	}
+	free(p->slot);
+	free(p);
+}
+
+static uint64_t bytes_hash(const char *b, size_t len)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
+	return h ^ (h >> 29);
+}
+
+static int dir_pool_grow(struct dir_pool *p)
+{
+	size_t cap = p->cap ? 2 * p->cap : 1024;
+	struct dir_pool_ent *slot = calloc(cap, sizeof(*slot));
+
+	if (!slot)
+		return -ENOMEM;
+	for (size_t i = 0; i < p->cap; i++) {
+		struct dir_pool_ent *e = &p->slot[i];
+		if (!e->names)
+			continue;
+		size_t h = bytes_hash(e->names->b, e->nlen) & (cap - 1);
+		while (slot[h].names)
+			h = (h + 1) & (cap - 1);
+		slot[h] = *e;
+	}
+	free(p->slot);
+	p->slot = slot;
+	p->cap = cap;
+	return 0;
+}
+
+/* Are the names in the arena in the entries' order, back to back?  Then
+ * two such directories with equal arenas have the same name at every
+ * index, and a table of one is a table of the other. */
+static int arena_in_order(const struct dir *d)
+{
+	uint32_t off = 0;
+
+	for (uint32_t i = 0; i < d->n; i++) {
+		if (d->v[i].off != off)
+			return 0;
+		off += d->v[i].len + 1;
+	}
+	return off == d->nlen;
+}
+
+void dir_pool_share(struct dir_pool *p, struct inode *in)
+{
+	struct dir *d = in->dir;
+	struct dir_pool_ent *e;
+	int full = 0;
+	size_t h;
+
+	/* only whole, tombstone-free arenas in order, cut to size (dir_trim) */
+	if (!p || !d || !d->names || d->dead || d->n != d->nentries ||
+	    d->ncap != d->nlen || !arena_in_order(d))
+		return;
+	/* past 1M slots (24 MiB), look up only */
+	if (2 * (p->n + 1) > p->cap &&
+	    (p->cap >= ((size_t)1 << 20) || dir_pool_grow(p)))
+		full = 1;
+	if (!p->cap)
+		return;
+	for (h = bytes_hash(d->names->b, d->nlen) & (p->cap - 1);
+	     (e = &p->slot[h])->names; h = (h + 1) & (p->cap - 1)) {
+		if (e->nlen != d->nlen || memcmp(e->names->b, d->names->b, d->nlen))
+			continue;
+		if (e->names != d->names) {
+			e->names->refs++;
+			names_drop(d);
+			d->names = e->names;
+			d->ncap = d->nlen;
+		}
+		/* the same names at the same indexes (arena_in_order):
+		 * e's table serves d; the same bytes, as a check */
+		if (e->hash && d->hash && e->hash != d->hash &&
+		    e->hcap == d->hcap &&
+		    !memcmp(e->hash->slot, d->hash->slot,
+			    d->hcap * sizeof(*d->hash->slot))) {
+			e->hash->refs++;
+			hash_drop(d);
+			d->hash = e->hash;
+			d->hcap = e->hcap;
+		}
+		return;
+	}
+	if (full)
+		return;
+	*e = (struct dir_pool_ent){ d->names, d->hash, d->nlen, d->hcap };
+	d->names->refs++;
+	if (d->hash)
+		d->hash->refs++;
+	p->n++;
+}
+
+/* The index of the first entry whose cookie is >= cookie. */
+static uint32_t seek(const struct dir *d, uint64_t cookie)
+{
+	uint32_t lo = 0, hi = d->n;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (d->v[mid].cookie < cookie)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+size_t dir_seek(const struct inode *dir, uint64_t cookie)
+{
+	return dir->dir ? seek(dir->dir, cookie) : 0;
+}
+
+struct dent *dir_next(const struct inode *dir, size_t *i)
+{
+	const struct dir *d = dir->dir;
 
 	if (!d)
 		return NULL;
-	memcpy(d->name, name, n + 1);
-	d->ino = ino;
-	d->cookie = cookie;
-	return d;
-}
-
-/* Link d into dir; on failure d is still the caller's.  A bad name is
- * -EINVAL or -ENAMETOOLONG; a name or a cookie already in dir is
- * -EEXIST (a replayed record that does not fit: never two entries with
- * one cookie, which would corrupt the cookie tree). */
-int dir_insert(struct inode *dir, struct dirent_node *d)
-{
-	int rc = fs_name_check(d->name, strlen(d->name));
-
-	if (rc)
-		return rc;
-	/* 1 and 2 are "." and ".."; readdir offsets are signed */
-	if (d->cookie < 3 || d->cookie >= (uint64_t)INT64_MAX)
-		return -EINVAL;
-	if (RB_FIND(dir_cookies, &dir->cookies, d))
-		return -EEXIST;
-	if (RB_INSERT(dir_names, &dir->names, d))
-		return -EEXIST;
-	RB_INSERT(dir_cookies, &dir->cookies, d);
-	if (d->cookie >= dir->next_cookie)
-		dir->next_cookie = d->cookie + 1;
-	dir->nentries++;
-	return 0;
+	for (; *i < d->n; (*i)++)
+		if (d->v[*i].ino)
+			return &d->v[*i];
+	return NULL;
 }
 
 int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 	    uint64_t cookie)
 {
-	struct dirent_node *d = dirent_new(name, ino, cookie);
-	int rc;
+	size_t len = strlen(name);
+	struct dir *d = dir->dir;
+	uint32_t pos;
+	int rc = fs_name_check(name, len), moved = 0;
 
 	(void)fs;
-	if (!d)
-		return -ENOMEM;
-	if ((rc = dir_insert(dir, d)))
-		free(d);
-	return rc;
+	if (rc)
+		return rc;
+	if (!d || !ino)
+		return -EINVAL;
+	/* 1 and 2 are "." and ".."; readdir offsets are signed */
+	if (cookie < 3 || cookie >= (uint64_t)INT64_MAX)
+		return -EINVAL;
+	if (find(d, name, len))
+		return -EEXIST;
+	if ((rc = dir_reserve(dir, len)))
+		return rc;
+	pos = d->n && cookie <= d->v[d->n - 1].cookie ? seek(d, cookie) : d->n;
+	if (pos < d->n && d->v[pos].cookie == cookie) {
+		/* never two entries with one cookie; a tombstone's slot is
+		 * reused (its name stays dead in the arena) */
+		if (d->v[pos].ino)
+			return -EEXIST;
+	} else {
+		/* out of order only for odd replayed records */
+		moved = pos < d->n;
+		memmove(&d->v[pos + 1], &d->v[pos], (d->n - pos) * sizeof(*d->v));
+		d->n++;
+	}
+	memcpy(d->names->b + d->nlen, name, len + 1);
+	d->v[pos] = (struct dent){ .ino = ino, .cookie = cookie,
+				   .off = d->nlen, .len = (uint32_t)len };
+	d->nlen += (uint32_t)len + 1;
+	d->nentries++;
+	if (d->hash && moved)
+		hash_fill(d);	/* the indexes after pos moved */
+	else if (d->hash)
+		hash_put(d, pos);
+	if (cookie >= d->next_cookie)
+		d->next_cookie = cookie + 1;
+	return 0;
 }
 
-void dir_del(struct fs *fs, struct inode *dir, struct dirent_node *d)
+void dir_del(struct fs *fs, struct inode *dir, struct dent *e)
 {
+	struct dir *d = dir->dir;
+	uint32_t idx = (uint32_t)(e - d->v);
+
 	(void)fs;
-	RB_REMOVE(dir_names, &dir->names, d);
-	RB_REMOVE(dir_cookies, &dir->cookies, d);
-	dir->nentries--;
-	free(d);
+	if (hash_own(d))
+		hash_remove(d, idx);
+	e->ino = 0;
+	d->dead += e->len + 1;
+	d->nentries--;
+	/* trailing tombstones go at once: nothing is after them */
+	while (d->n && !d->v[d->n - 1].ino)
+		d->n--;
+	if (d->nentries == 0)
+		d->nlen = d->dead = 0;
 }
 
 struct xattr **xattr_find(struct inode *in, const char *name)
@@ -687,8 +1202,8 @@ void inode_to_rec(const struct inode *in, struct rec *r)
 	r->u.inode.size = in->size;
 	r->u.inode.wobj = S_ISREG(in->mode) ? in->wobj : 0;
 	r->u.inode.rdev = inode_rdev(in);
-	r->u.inode.next_cookie = in->next_cookie;
-	r->u.inode.parent = in->parent;
+	r->u.inode.next_cookie = dir_next_cookie(in);
+	r->u.inode.parent = dir_parent(in);
 	r->u.inode.mode = in->mode;
 	r->u.inode.uid = in->uid;
 	r->u.inode.gid = in->gid;

@@ -527,21 +527,22 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			r.u.xattr.ino = in->ino;
 			img_add(&im, &r);
 		}
-		for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
+		for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++) {
 			r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NOREF };
 			r.u.ext.ino = in->ino;
-			r.u.ext.lblk = in->map.v[i].lblk;
-			r.u.ext.len = in->map.v[i].len;
-			r.u.ext.obj = in->map.v[i].obj;
-			r.u.ext.pblk = in->map.v[i].pblk;
+			r.u.ext.lblk = extmap_v(&in->map)[i].lblk;
+			r.u.ext.len = extmap_v(&in->map)[i].len;
+			r.u.ext.obj = extmap_v(&in->map)[i].obj;
+			r.u.ext.pblk = extmap_v(&in->map)[i].pblk;
 			img_add(&im, &r);
 		}
 	}
 	INODE_FOREACH(in, fs) {
-		struct dirent_node *d;
-		RB_FOREACH(d, dir_cookies, &in->cookies) {
-			r = (struct rec){ .type = REC_DIRENT_ADD, .name = d->name,
-					  .name_len = (uint32_t)strlen(d->name) };
+		struct dent *d;
+		for (size_t i = 0; (d = dir_next(in, &i)); i++) {
+			r = (struct rec){ .type = REC_DIRENT_ADD,
+					  .name = dent_name(in, d),
+					  .name_len = d->len };
 			r.u.dirent.parent = in->ino;
 			r.u.dirent.ino = d->ino;
 			r.u.dirent.cookie = d->cookie;
@@ -825,23 +826,23 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 
 	refcount_init(&t);
 	INODE_FOREACH(in, fs) {
-		struct dirent_node *d;
+		struct dent *d;
 		if (!S_ISDIR(in->mode))
 			continue;
 		ndirs++;
-		RB_FOREACH(d, dir_cookies, &in->cookies) {
+		for (size_t i = 0; (d = dir_next(in, &i)); i++) {
 			struct inode *ch = inode_get(fs, d->ino);
 			if (!ch) {
 				snprintf(err, errlen, "directory %llu entry '%s' "
 					 "names missing inode %llu",
-					 (unsigned long long)in->ino, d->name,
-					 (unsigned long long)d->ino);
+					 (unsigned long long)in->ino,
+					 dent_name(in, d), (unsigned long long)d->ino);
 				goto bad;
 			}
 			if (ch->nlink == 0) {
 				snprintf(err, errlen, "directory %llu entry '%s' "
 					 "names inode %llu, whose link count is 0",
-					 (unsigned long long)in->ino, d->name,
+					 (unsigned long long)in->ino, dent_name(in, d),
 					 (unsigned long long)d->ino);
 				goto bad;
 			}
@@ -851,11 +852,11 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 				goto bad;
 			}
 			if (S_ISDIR(ch->mode) && (tag_get(&t, ch->ino, TAG_NAMED) ||
-						  ch->parent != in->ino)) {
+						  dir_parent(ch) != in->ino)) {
 				snprintf(err, errlen, "directory %llu has two "
 					 "parents (%llu and %llu)",
 					 (unsigned long long)ch->ino,
-					 (unsigned long long)ch->parent,
+					 (unsigned long long)dir_parent(ch),
 					 (unsigned long long)in->ino);
 				goto bad;
 			}
@@ -884,7 +885,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 		uint64_t steps = 0;
 		while (p->ino != FS_ROOT_INO &&
 		       !tag_get(&t, p->ino, TAG_REACHES_ROOT)) {
-			if (++steps > ndirs || !(p = inode_get(fs, p->parent)) ||
+			if (++steps > ndirs || !(p = inode_get(fs, dir_parent(p))) ||
 			    !S_ISDIR(p->mode) || (p->ino != FS_ROOT_INO &&
 						  !tag_get(&t, p->ino, TAG_NAMED))) {
 				snprintf(err, errlen, "directory %llu does not "
@@ -895,7 +896,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 		}
 		for (p = in; p->ino != FS_ROOT_INO &&
 		     !tag_get(&t, p->ino, TAG_REACHES_ROOT);
-		     p = inode_get(fs, p->parent))
+		     p = inode_get(fs, dir_parent(p)))
 			if (tag_add(&t, p->ino, TAG_REACHES_ROOT))
 				goto out;
 	}

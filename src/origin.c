@@ -878,8 +878,9 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 		in->nlink = S_ISDIR(e->st.st_mode) ? 2 : 1;
 		if (e->target && !(in->target = strdup(e->target)))
 			return -ENOMEM;
-		if (S_ISDIR(in->mode))
-			in->parent = e->parent >= 0 ? w->v[e->parent].ino : dir->ino;
+		if (S_ISDIR(in->mode) &&
+		    inode_make_dir(in, e->parent >= 0 ? w->v[e->parent].ino : dir->ino))
+			return -ENOMEM;
 		inode_to_rec(in, &r);
 		if ((rc = journal_log(fs, &r)) || (rc = log_xattrs(fs, in, e)))
 			return rc;
@@ -916,13 +917,13 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 		const char *nm = e->parent < 0 && name ? name : e->name;
 		if (dir_find(p, nm))
 			return -EEXIST;
-		if ((rc = dir_add(fs, p, nm, e->ino, p->next_cookie)))
+		if ((rc = dir_add(fs, p, nm, e->ino, p->dir->next_cookie)))
 			return rc;
 		r = (struct rec){ .type = REC_DIRENT_ADD, .name = nm,
 				  .name_len = (uint32_t)strlen(nm) };
 		r.u.dirent.parent = p->ino;
 		r.u.dirent.ino = e->ino;
-		r.u.dirent.cookie = p->next_cookie - 1;
+		r.u.dirent.cookie = p->dir->next_cookie - 1;
 		if ((rc = journal_log(fs, &r)))
 			return rc;
 		if (S_ISDIR(in->mode) && e->link_of < 0)
@@ -947,7 +948,7 @@ static void unmaterialize(struct fs *fs, struct walk *w, struct inode *dir,
 	for (long i = 0; i < w->n; i++) {
 		struct hent *e = &w->v[i];
 		const char *nm = name ? name : e->name;
-		struct dirent_node *d;
+		struct dent *d;
 		if (e->parent >= 0 || !e->ino)
 			continue;
 		if ((d = dir_find(dir, nm)) && d->ino == e->ino)
@@ -1108,8 +1109,8 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 		struct extent run = { 0 };
 		struct object *o = NULL;
 		lock_take(fs, LOCK_FS);
-		for (size_t i = 0; i < in->map.n; i++) {
-			struct extent *e = &in->map.v[i];
+		for (size_t i = 0; i < extmap_n(&in->map); i++) {
+			const struct extent *e = &extmap_v(&in->map)[i];
 			struct object *x = obj_get(fs, e->obj);
 			if (x && x->origin) {
 				run = *e;
@@ -1190,7 +1191,7 @@ int fs_attach_origin(struct fs *fs, const char *dir, char *err, size_t errlen)
 	}
 	lock_take(fs, LOCK_FS);
 	struct inode *root = inode_get(fs, FS_ROOT_INO);
-	int empty = root && root->nentries == 0;
+	int empty = root && dir_nentries(root) == 0;
 	lock_drop(fs, LOCK_FS);
 	if (!empty) {
 		snprintf(err, errlen, "--origin needs a new or empty store; this one "

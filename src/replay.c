@@ -34,9 +34,12 @@ static int apply_inode(struct fs *fs, const struct rec *r)
 		return -EINVAL;
 	}
 	in->size = r->u.inode.size;
-	if (r->u.inode.next_cookie > in->next_cookie)
-		in->next_cookie = r->u.inode.next_cookie;
-	in->parent = r->u.inode.parent;
+	if (S_ISDIR(r->u.inode.mode)) {
+		if (inode_make_dir(in, r->u.inode.parent))
+			return -ENOMEM;
+		if (r->u.inode.next_cookie > in->dir->next_cookie)
+			in->dir->next_cookie = r->u.inode.next_cookie;
+	}
 	in->mode = r->u.inode.mode;
 	in->uid = r->u.inode.uid;
 	in->gid = r->u.inode.gid;
@@ -72,6 +75,20 @@ static int apply_inode(struct fs *fs, const struct rec *r)
 	return 0;
 }
 
+/* Likewise a checkpoint gives each directory's entries together: when the
+ * next directory's start, the last one is whole; its arrays are cut to
+ * size (what is cut is reused by the next one's). */
+static void dir_load_next(struct fs *fs, uint64_t next)
+{
+	struct inode *last = inode_get(fs, fs->dir_load_last);
+
+	if (last) {
+		dir_trim(last);
+		dir_pool_share(fs->dir_pool, last);
+	}
+	fs->dir_load_last = next;
+}
+
 static int apply_dirent(struct fs *fs, const struct rec *r)
 {
 	struct inode *dir = inode_get(fs, r->u.dirent.parent);
@@ -87,9 +104,11 @@ static int apply_dirent(struct fs *fs, const struct rec *r)
 	if (r->type == REC_DIRENT_ADD) {
 		if (!inode_get(fs, r->u.dirent.ino))
 			return -EINVAL;
+		if (fs->ext_pool && dir->ino != fs->dir_load_last)
+			dir_load_next(fs, dir->ino);
 		return dir_add(fs, dir, name, r->u.dirent.ino, r->u.dirent.cookie);
 	}
-	struct dirent_node *d = dir_find(dir, name);
+	struct dent *d = dir_find(dir, name);
 	if (!d)
 		return -EINVAL;
 	dir_del(fs, dir, d);
@@ -113,6 +132,34 @@ static int apply_xattr(struct fs *fs, const struct rec *r)
 		rc = xattr_del(in, name) ? -EINVAL : 0;
 	free(name);
 	return rc;
+}
+
+/*
+ * A checkpoint gives each file's extents together, file after file: when
+ * the next file's start, the last one's map is whole and may share an
+ * equal one's array (clones' maps are equal).  Done then, not after the
+ * load, so that the copy freed is reused by the next file's map.
+ */
+static void pool_last(struct fs *fs, uint64_t next)
+{
+	struct inode *last = inode_get(fs, fs->ext_pool_last);
+
+	if (last && S_ISREG(last->mode))
+		extmap_pool_share(fs->ext_pool, &last->map);
+	fs->ext_pool_last = next;
+}
+
+void replay_checkpoint_loaded(struct fs *fs)
+{
+	if (fs->ext_pool) {
+		pool_last(fs, 0);
+		dir_load_next(fs, 0);
+		extmap_pool_free(fs->ext_pool);
+		fs->ext_pool = NULL;
+		dir_pool_free(fs->dir_pool);
+		fs->dir_pool = NULL;
+	}
+	file_compute_nlive(fs);
 }
 
 /* Apply one record read from the metadata file.  -EINVAL: it does not fit
@@ -154,6 +201,8 @@ int apply_rec(struct fs *fs, const struct rec *r)
 		if (!in || !S_ISREG(in->mode) || r->u.ext.len == 0 ||
 		    r->u.ext.lblk + r->u.ext.len < r->u.ext.lblk)
 			return -EINVAL;
+		if (fs->ext_pool && in->ino != fs->ext_pool_last)
+			pool_last(fs, in->ino);
 		if (r->type == REC_EXT_PUNCH)
 			return file_map_punch(fs, in, r->u.ext.lblk, r->u.ext.len);
 		if (r->u.ext.obj == 0)

@@ -32,8 +32,8 @@ void fs_status_daemon(const char *log_target)
  * read from an origin?  With fs->lock held. */
 static int file_shares(struct fs *fs, const struct inode *in)
 {
-	for (size_t i = 0; i < in->map.n; i++) {
-		const struct extent *e = &in->map.v[i];
+	for (size_t i = 0; i < extmap_n(&in->map); i++) {
+		const struct extent *e = &extmap_v(&in->map)[i];
 		struct object *o = obj_get(fs, e->obj);
 		if (o && o->origin)
 			return 1;

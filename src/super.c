@@ -33,7 +33,11 @@ int fs_init_store(const char *path, unsigned block_shift, char *err,
 	root->nlink = 2;
 	root->uid = getuid();
 	root->gid = getgid();
-	root->parent = FS_ROOT_INO;
+	if (inode_make_dir(root, FS_ROOT_INO)) {
+		inode_free(&fs, root);
+		inode_table_free(&fs);
+		return -ENOMEM;
+	}
 	inode_touch(root, IT_BIT(IT_N) - 1, NULL);
 	rc = journal_encode_checkpoint(&fs, &img, &len);
 	inode_free(&fs, root);
@@ -134,9 +138,15 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	}
 	static const struct journal_load_ops load_ops = {
 		.apply = apply_rec,
-		.checkpoint_loaded = file_compute_nlive,
+		.checkpoint_loaded = replay_checkpoint_loaded,
 	};
+	fs->ext_pool = extmap_pool_new();	/* NULL: no sharing */
+	fs->dir_pool = dir_pool_new();
 	unclean = journal_load(fs, &load_ops, err, errlen);
+	extmap_pool_free(fs->ext_pool);	/* if the load stopped early */
+	fs->ext_pool = NULL;
+	dir_pool_free(fs->dir_pool);
+	fs->dir_pool = NULL;
 	if (unclean < 0) {
 		fs_free(fs);
 		return unclean;

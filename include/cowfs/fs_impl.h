@@ -80,15 +80,44 @@ struct xattr {
 	uint32_t len;
 };
 
-struct dirent_node {
-	RB_ENTRY(dirent_node) by_name;
-	RB_ENTRY(dirent_node) by_cookie;
-	uint64_t ino;
+/*
+ * A directory entry: 24 bytes in its directory's array (struct dir).  The
+ * array is in cookie order, so readdir resumes from a cookie by binary
+ * search; a deleted entry stays as a tombstone (ino 0) until the array is
+ * compacted, which keeps the cookies (stored, not positions).
+ */
+struct dent {
+	uint64_t ino;		/* 0: deleted */
 	uint64_t cookie;	/* readdir offset; stable while the entry lives */
-	char name[];
+	uint32_t off;		/* the name: NUL-terminated at names + off */
+	uint32_t len;		/* strlen of the name */
 };
-RB_HEAD(dir_names, dirent_node);
-RB_HEAD(dir_cookies, dirent_node);
+
+/* A directory's names, back to back; shared by clones (refs). */
+struct dnames {
+	uint32_t refs;
+	char b[];
+};
+
+/* A directory's table by name: index + 1 in v, 0 empty; shared too. */
+struct dhash {
+	uint32_t refs;
+	uint32_t slot[];
+};
+
+/* What only a directory has (struct inode's dir, NULL for the others). */
+struct dir {
+	struct dent *v;		/* by cookie; tombstones among them */
+	struct dnames *names;	/* the names' arena */
+	struct dhash *hash;	/* linear probing; NULL while small */
+	uint32_t n, cap;	/* v: used (tombstones too), allocated */
+	uint32_t nlen, ncap;	/* names: used, allocated */
+	uint32_t dead;		/* bytes of names of tombstones */
+	uint32_t hcap;		/* slots of hash, a power of 2 */
+	uint32_t nentries;	/* live entries */
+	uint64_t next_cookie;
+	uint64_t parent;
+};
 
 /*
  * Timestamps are kept as nanoseconds since the epoch in an int64_t, which
@@ -122,14 +151,10 @@ struct inode {
 	bool dirty;		/* attributes not yet journaled; then its
 				 * number is in fs->dirty */
 	uint8_t xtimes;		/* bit per enum inode_time: in the side table */
-	/* directories */
-	struct dir_names names;
-	struct dir_cookies cookies;
-	uint64_t next_cookie;
-	uint64_t parent;
-	uint64_t nentries;
+	struct dir *dir;	/* directories only (inode.c: dir_*); NULL
+				 * for the other types */
 	/* One type's fields; all zero for the other types (directories
-	 * too, for now).  Test the type before touching any of them. */
+	 * too).  Test the type before touching any of them. */
 	union {
 		struct {		/* regular files */
 			struct extmap map;
@@ -139,8 +164,6 @@ struct inode {
 		uint64_t rdev;		/* character and block devices */
 	};
 };
-RB_PROTOTYPE(dir_names, dirent_node, by_name, name_cmp)
-RB_PROTOTYPE(dir_cookies, dirent_node, by_cookie, cookie_cmp)
 
 /*
  * The inode table: a radix tree over the inode number, 64 slots a node,
@@ -201,6 +224,12 @@ struct fs {
 	int ext_coalesce;		/* last record is an EXT_SET we may extend */
 	size_t ext_last_off;
 	int replaying;			/* applying records from disk */
+	/* while the checkpoint loads: equal extent maps come to share one
+	 * array (replay.c), each map when the next inode's extents start */
+	struct extmap_pool *ext_pool;
+	uint64_t ext_pool_last;		/* inode whose map is being loaded */
+	struct dir_pool *dir_pool;	/* likewise names and tables */
+	uint64_t dir_load_last;		/* directory whose entries are, too */
 	/* REC_ORIGIN paths are stored as a prefix shared with the previous
 	 * REC_ORIGIN of the same batch (or checkpoint) plus a suffix: the
 	 * origin object of that previous record. */
@@ -301,14 +330,68 @@ static inline void inode_set_rdev(struct inode *in, uint64_t rdev)
 }
 void inode_stat(const struct fs *fs, const struct inode *in, struct stat *st);
 void now_ts(struct timespec *ts);
-struct dirent_node *dir_find(struct inode *dir, const char *name);
-/* A detached entry (caller owns it until dir_insert() takes it). */
-struct dirent_node *dirent_new(const char *name, uint64_t ino,
-			       uint64_t cookie);
-int dir_insert(struct inode *dir, struct dirent_node *d);
+/* A directory's part: in->dir made for a new directory inode; 0 or
+ * -ENOMEM.  Freed by dir_free(). */
+int inode_make_dir(struct inode *in, uint64_t parent);
+void dir_free(struct inode *in);
+/* Size the new, empty directory in for like's entries (a clone's copy
+ * of like: no growing, no slack); it takes like's next_cookie. */
+int dir_prealloc(struct inode *in, const struct inode *like);
+/* Give back the room for entries to come (after a load). */
+void dir_trim(struct inode *in);
+/* The new, empty directory in takes like's entries as they are (inos
+ * too, for the caller to replace, same index for same entry), sharing
+ * like's names and table.  1: like has tombstones, nothing done but
+ * next_cookie (add the entries one by one); 0 or -ENOMEM. */
+int dir_clone_shape(struct inode *in, const struct inode *like);
+/* Equal directories of a checkpoint being loaded come to share their
+ * names and tables: dir_pool_share() each directory once its entries are
+ * in and it is cut to size (dir_trim()). */
+struct dir_pool;
+struct dir_pool *dir_pool_new(void);
+void dir_pool_free(struct dir_pool *p);
+void dir_pool_share(struct dir_pool *p, struct inode *in);
+/*
+ * Entries.  A struct dent pointer stays valid until the next dir_add() or
+ * dir_reserve() on its directory (dir_del() moves nothing); so does a
+ * dent_name() pointer.
+ */
+struct dent *dir_find(struct inode *dir, const char *name);
+/* Room for one dir_add() of a name of len bytes: after it, that add
+ * fails only for a bad name, cookie or a duplicate, never -ENOMEM. */
+int dir_reserve(struct inode *dir, size_t len);
+/* A bad name is -EINVAL or -ENAMETOOLONG; a name or a live cookie already
+ * in dir is -EEXIST (a replayed record that does not fit). */
 int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 	    uint64_t cookie);
-void dir_del(struct fs *fs, struct inode *dir, struct dirent_node *d);
+void dir_del(struct fs *fs, struct inode *dir, struct dent *d);
+/* The first live entry at index *i or after (*i set to its index); NULL
+ * at the end.  Walk: for (i = 0; (d = dir_next(dir, &i)); i++). */
+struct dent *dir_next(const struct inode *dir, size_t *i);
+/* The index of the first entry whose cookie is >= cookie. */
+size_t dir_seek(const struct inode *dir, uint64_t cookie);
+
+static inline const char *dent_name(const struct inode *dir,
+				    const struct dent *d)
+{
+	return dir->dir->names->b + d->off;
+}
+
+static inline uint64_t dir_nentries(const struct inode *in)
+{
+	return in->dir ? in->dir->nentries : 0;
+}
+
+static inline uint64_t dir_parent(const struct inode *in)
+{
+	return in->dir ? in->dir->parent : 0;
+}
+
+static inline uint64_t dir_next_cookie(const struct inode *in)
+{
+	return in->dir ? in->dir->next_cookie : 3;
+}
+
 struct xattr **xattr_find(struct inode *in, const char *name);
 int xattr_set(struct inode *in, const char *name, const void *v, uint32_t len);
 int xattr_del(struct inode *in, const char *name);
@@ -324,6 +407,9 @@ int inode_may(const struct fs_ctx *c, const struct inode *in, unsigned want);
 /* Apply one record read from the metadata file; -EINVAL: it does not fit
  * the state (corruption). */
 int apply_rec(struct fs *fs, const struct rec *r);
+/* The checkpoint is in: end the sharing of equal maps (fs->ext_pool) and
+ * recount live blocks (file_compute_nlive). */
+void replay_checkpoint_loaded(struct fs *fs);
 
 /* file.c */
 void file_retire_wobj(struct fs *fs, struct inode *in);

@@ -90,12 +90,12 @@ static int continues(const struct extent *a, const struct extent *b)
 
 static void dump(const struct extmap *m)
 {
-	fprintf(stderr, "map: n=%zu cap=%zu nblocks=%" PRIu64 "\n", m->n, m->cap,
-		m->nblocks);
-	for (size_t i = 0; i < m->n && i < 200; i++)
+	fprintf(stderr, "map: n=%zu cap=%zu nblocks=%" PRIu64 "\n", extmap_n(m),
+		(size_t)(m->b ? m->b->cap : 0), extmap_nblocks(m));
+	for (size_t i = 0; i < extmap_n(m) && i < 200; i++)
 		fprintf(stderr, "  [%" PRIu64 ", +%" PRIu64 ") -> obj %" PRIu64
-			" pblk %" PRIu64 "\n", m->v[i].lblk, m->v[i].len,
-			m->v[i].obj, m->v[i].pblk);
+			" pblk %" PRIu64 "\n", extmap_v(m)[i].lblk, extmap_v(m)[i].len,
+			extmap_v(m)[i].obj, extmap_v(m)[i].pblk);
 }
 
 #define MCHECK(m, cond, ...)                                                \
@@ -111,26 +111,26 @@ static void check_shape(const struct extmap *m)
 {
 	uint64_t sum = 0;
 
-	MCHECK(m, m->n <= m->cap, "n %zu > cap %zu", m->n, m->cap);
-	MCHECK(m, m->n == 0 || m->v != NULL, "no array");
-	for (size_t i = 0; i < m->n; i++) {
-		const struct extent *e = &m->v[i];
+	MCHECK(m, !m->b || (m->b->n <= m->b->cap && m->b->n > 0 && m->b->refs > 0),
+	       "bad array header");
+	for (size_t i = 0; i < extmap_n(m); i++) {
+		const struct extent *e = &extmap_v(m)[i];
 		MCHECK(m, e->len > 0, "extent %zu empty", i);
 		MCHECK(m, e->lblk < NB && e->len <= NB - e->lblk,
 		       "extent %zu outside the blocks ever mapped", i);
 		MCHECK(m, e->obj != 0, "extent %zu obj 0", i);
-		if (i + 1 < m->n) {
-			MCHECK(m, e->lblk + e->len <= m->v[i + 1].lblk,
+		if (i + 1 < extmap_n(m)) {
+			MCHECK(m, e->lblk + e->len <= extmap_v(m)[i + 1].lblk,
 			       "extents %zu and %zu unsorted or overlapping", i,
 			       i + 1);
-			MCHECK(m, !continues(e, &m->v[i + 1]),
+			MCHECK(m, !continues(e, &extmap_v(m)[i + 1]),
 			       "extents %zu and %zu continue each other but are "
 			       "not merged", i, i + 1);
 		}
 		sum += e->len;
 	}
-	MCHECK(m, sum == m->nblocks, "nblocks %" PRIu64 " but extents sum to %"
-	       PRIu64, m->nblocks, sum);
+	MCHECK(m, sum == extmap_nblocks(m), "nblocks %" PRIu64 " but extents sum to %"
+	       PRIu64, extmap_nblocks(m), sum);
 }
 
 /* Every block (and a few far beyond) against the model. */
@@ -176,8 +176,8 @@ static void check_model(const struct extmap *m)
 		MCHECK(m, extmap_lookup(m, far[i], &e) == 0, "far block mapped");
 		MCHECK(m, e.len == UINT64_MAX, "far hole len %" PRIu64, e.len);
 	}
-	MCHECK(m, count == m->nblocks, "nblocks %" PRIu64 ", model has %" PRIu64,
-	       m->nblocks, count);
+	MCHECK(m, count == extmap_nblocks(m), "nblocks %" PRIu64 ", model has %" PRIu64,
+	       extmap_nblocks(m), count);
 }
 
 /* ---- operations, applied to both ---- */
@@ -268,23 +268,106 @@ static uint64_t pick_len(uint64_t lblk, int phase)
 	return 1 + rndn(max);
 }
 
-static void check_copy(const struct extmap *m)
+/* A copy shares the array; changing either copies it first, so the other
+ * never sees the change. */
+static void check_copy(struct extmap *m)
 {
 	struct extmap c;
+	/* the snapshots of random_test may share m's array too */
+	uint32_t refs = m->b ? m->b->refs : 0;
 
 	extmap_init(&c);
-	CHECK(c.n == 0 && c.nblocks == 0);
+	CHECK(extmap_n(&c) == 0 && extmap_nblocks(&c) == 0);
 	CHECK(extmap_copy(&c, m) == 0);
-	CHECK(c.n == m->n && c.nblocks == m->nblocks && c.cap >= c.n);
-	CHECK(m->n == 0 || memcmp(c.v, m->v, m->n * sizeof(*m->v)) == 0);
+	CHECK(extmap_n(&c) == extmap_n(m) &&
+	      extmap_nblocks(&c) == extmap_nblocks(m));
+	CHECK(c.b == m->b && (!m->b || m->b->refs == refs + 1));
 	check_model(&c);
-	/* The copy is deep: changing it leaves the original alone. */
+	/* Changing the copy leaves the original alone. */
 	CHECK(extmap_punch(&c, 0, UINT64_MAX, NULL, NULL) == 0);
-	CHECK(c.n == 0 && c.nblocks == 0);
+	CHECK(extmap_n(&c) == 0 && extmap_nblocks(&c) == 0 && c.b == NULL);
+	CHECK(!m->b || m->b->refs == refs);
+	CHECK(extmap_copy(&c, m) == 0);
 	CHECK(extmap_set(&c, 3, 7, 99, 1234, NULL, NULL) == 0);
+	CHECK(c.b != m->b && (!m->b || m->b->refs == refs) &&
+	      !extmap_shared(&c));
 	check_model(m);
 	extmap_release(&c);
-	CHECK(c.v == NULL && c.n == 0 && c.nblocks == 0);
+	CHECK(extmap_v(&c) == NULL && extmap_n(&c) == 0 &&
+	      extmap_nblocks(&c) == 0);
+	/* Changing the original leaves the copy alone (checked by the
+	 * snapshots of random_test too). */
+	CHECK(extmap_copy(&c, m) == 0);
+	if (extmap_n(m)) {
+		struct extent first = extmap_v(m)[0];
+		CHECK(extmap_punch(m, first.lblk, 1, NULL, NULL) == 0);
+		CHECK(c.b != m->b && extmap_v(&c)[0].lblk == first.lblk &&
+		      extmap_v(&c)[0].len == first.len);
+		/* put it back */
+		CHECK(extmap_set(m, first.lblk, 1, first.obj, first.pblk, NULL,
+				 NULL) == 0);
+		check_model(m);
+		check_model(&c);
+	}
+	extmap_release(&c);
+}
+
+/* Copies kept while the original goes on changing, each with the model
+ * it had; they share arrays with the original and with each other. */
+#define NSNAP 4
+static struct snap {
+	int live;
+	struct extmap map;
+	struct mblk model[NB];
+} snaps[NSNAP];
+
+static void check_snaps(void)
+{
+	static struct mblk saved[NB];
+
+	memcpy(saved, model, sizeof(model));
+	for (int i = 0; i < NSNAP; i++) {
+		if (!snaps[i].live)
+			continue;
+		memcpy(model, snaps[i].model, sizeof(model));
+		check_model(&snaps[i].map);
+	}
+	memcpy(model, saved, sizeof(model));
+}
+
+static void snap_op(struct extmap *m)
+{
+	struct snap *s = &snaps[rndn(NSNAP)];
+	int k = (int)rndn(4);
+
+	if (k == 0 || !s->live) {
+		/* take a copy of m, or of another snapshot */
+		struct snap *o = &snaps[rndn(NSNAP)];
+		int from_snap = o != s && o->live && rndn(2);
+		extmap_release(&s->map);
+		CHECK(extmap_copy(&s->map, from_snap ? &o->map : m) == 0);
+		memcpy(s->model, from_snap ? o->model : model, sizeof(model));
+		s->live = 1;
+	} else if (k == 1) {
+		extmap_release(&s->map);
+		s->live = 0;
+	} else {
+		/* change the snapshot: m and the others must not see it */
+		uint64_t lblk = rndn(NB), len = 1 + rndn(NB - lblk);
+		if (k == 2) {
+			uint64_t obj = 1 + rndn(3);
+			CHECK(extmap_set(&s->map, lblk, len, obj, lblk, NULL,
+					 NULL) == 0);
+			for (uint64_t i = 0; i < len; i++)
+				s->model[lblk + i] = (struct mblk){ 1, obj, lblk + i };
+		} else {
+			CHECK(extmap_punch(&s->map, lblk, len, NULL, NULL) == 0);
+			for (uint64_t i = 0; i < len; i++)
+				s->model[lblk + i].mapped = 0;
+		}
+		check_model(m);
+	}
+	check_snaps();
 }
 
 static void random_test(long nops)
@@ -368,20 +451,29 @@ static void random_test(long nops)
 			if (model[lblk].mapped) {
 				struct extent e;
 				CHECK(extmap_lookup(&m, lblk, &e) == 1);
-				size_t n = m.n;
+				size_t n = extmap_n(&m);
 				do_set(&m, lblk, e.len, e.obj, e.pblk);
-				CHECK(m.n == n);
+				CHECK(extmap_n(&m) == n);
 			}
 		} else if (k < 99) {
-			check_copy(&m);
+			if (rndn(4))
+				snap_op(&m);
+			else
+				check_copy(&m);
 		} else if (rndn(20) == 0) {
 			do_punch(&m, 0, UINT64_MAX);
-			CHECK(m.n == 0 && m.nblocks == 0);
+			CHECK(extmap_n(&m) == 0 && extmap_nblocks(&m) == 0);
 		}
+		if (op_no % 16 == 0)
+			check_snaps();
+	}
+	for (int i = 0; i < NSNAP; i++) {
+		extmap_release(&snaps[i].map);
+		snaps[i].live = 0;
 	}
 	printf("  %ld ops (%ld sets, %ld punches, %ld continuing sets), "
 	       "final %zu extents / %" PRIu64 " blocks ok\n", nops, sets, punches,
-	       merged, m.n, m.nblocks);
+	       merged, extmap_n(&m), extmap_nblocks(&m));
 	extmap_release(&m);
 	op_no = -1;
 }
@@ -399,28 +491,28 @@ static void fixed_cases(void)
 	/* Sequential appends merge into one extent. */
 	for (uint64_t b = 0; b < 100; b++)
 		CHECK(extmap_set(&m, b, 1, 7, b, NULL, NULL) == 0);
-	CHECK(m.n == 1 && m.v[0].len == 100 && m.nblocks == 100);
+	CHECK(extmap_n(&m) == 1 && extmap_v(&m)[0].len == 100 && extmap_nblocks(&m) == 100);
 	/* A run that does not continue splits; putting the original back
 	 * merges the three pieces again. */
 	CHECK(extmap_set(&m, 40, 10, 8, 40, NULL, NULL) == 0);
-	CHECK(m.n == 3 && m.nblocks == 100);
+	CHECK(extmap_n(&m) == 3 && extmap_nblocks(&m) == 100);
 	CHECK(extmap_set(&m, 40, 10, 7, 40, NULL, NULL) == 0);
-	CHECK(m.n == 1 && m.v[0].len == 100);
+	CHECK(extmap_n(&m) == 1 && extmap_v(&m)[0].len == 100);
 	/* A hole in the middle, then filled from both sides. */
 	CHECK(extmap_punch(&m, 10, 80, NULL, NULL) == 0);
-	CHECK(m.n == 2 && m.nblocks == 20);
+	CHECK(extmap_n(&m) == 2 && extmap_nblocks(&m) == 20);
 	CHECK(extmap_lookup(&m, 10, &e) == 0 && e.len == 80);
 	CHECK(extmap_set(&m, 89, 1, 7, 89, NULL, NULL) == 0);
-	CHECK(m.n == 2);
+	CHECK(extmap_n(&m) == 2);
 	CHECK(extmap_set(&m, 10, 79, 7, 10, NULL, NULL) == 0);
-	CHECK(m.n == 1 && m.nblocks == 100);
+	CHECK(extmap_n(&m) == 1 && extmap_nblocks(&m) == 100);
 	/* Continuing in pblk but not in lblk does not merge. */
 	CHECK(extmap_punch(&m, 0, UINT64_MAX, NULL, NULL) == 0);
 	CHECK(extmap_set(&m, 0, 4, 1, 0, NULL, NULL) == 0);
 	CHECK(extmap_set(&m, 5, 4, 1, 4, NULL, NULL) == 0);
-	CHECK(m.n == 2);
+	CHECK(extmap_n(&m) == 2);
 	CHECK(extmap_set(&m, 9, 4, 2, 9, NULL, NULL) == 0);
-	CHECK(m.n == 3);
+	CHECK(extmap_n(&m) == 3);
 
 	/* Near the top of the block range. */
 	CHECK(extmap_punch(&m, 0, UINT64_MAX, NULL, NULL) == 0);
@@ -431,16 +523,16 @@ static void fixed_cases(void)
 	drops.n = drops.calls = 0;
 	CHECK(extmap_punch(&m, top + 2, UINT64_MAX - (top + 2), drop_cb,
 			   &drops) == 0);
-	CHECK(drops.n == 8 && m.nblocks == 2);
+	CHECK(drops.n == 8 && extmap_nblocks(&m) == 2);
 	CHECK(extmap_set(&m, UINT64_MAX - 5, 5, 4, 100, NULL, NULL) == 0);
 	CHECK(extmap_lookup(&m, UINT64_MAX - 1, &e) == 1 && e.len == 1 &&
 	      e.pblk == 104);
 	CHECK(extmap_lookup(&m, top + 2, &e) == 0 && e.len == UINT64_MAX - 5 -
 	      (top + 2));
-	CHECK(m.n == 2 && m.nblocks == 7);
+	CHECK(extmap_n(&m) == 2 && extmap_nblocks(&m) == 7);
 	drops.n = drops.calls = 0;
 	CHECK(extmap_punch(&m, 0, UINT64_MAX, drop_cb, &drops) == 0);
-	CHECK(drops.n == 7 && m.n == 0 && m.nblocks == 0);
+	CHECK(drops.n == 7 && extmap_n(&m) == 0 && extmap_nblocks(&m) == 0);
 
 	extmap_release(&m);
 	/* Release of a map that never held anything, twice. */
@@ -450,11 +542,53 @@ static void fixed_cases(void)
 	printf("  fixed cases ok\n");
 }
 
+/* Equal maps built apart come to share one array through a pool; a
+ * change to one of them shows in none of the others. */
+static void pool_cases(void)
+{
+	enum { N = 300 };
+	static struct extmap m[N];
+	struct extmap_pool *p = extmap_pool_new();
+	struct extent e;
+
+	CHECK(p != NULL);
+	for (int i = 0; i < N; i++) {
+		extmap_init(&m[i]);
+		/* three kinds of content: i % 3; kind 2 has 3 extents */
+		uint64_t obj = 1 + (uint64_t)(i % 3);
+		CHECK(extmap_set(&m[i], 0, 4, obj, 10, NULL, NULL) == 0);
+		if (i % 3 == 2) {
+			CHECK(extmap_set(&m[i], 10, 2, 9, 0, NULL, NULL) == 0);
+			CHECK(extmap_set(&m[i], 20, 2, 9, 5, NULL, NULL) == 0);
+		}
+		extmap_pool_share(p, &m[i]);
+		CHECK(m[i].b->cap == m[i].b->n);	/* cut to size */
+	}
+	for (int i = 3; i < N; i++)
+		CHECK(m[i].b == m[i % 3].b);
+	CHECK(m[0].b != m[1].b && m[1].b != m[2].b);
+	/* the pool's own reference: the arrays are shared even for one map */
+	CHECK(m[0].b->refs == N / 3 + 1);
+	extmap_pool_share(p, &m[0]);	/* twice: no change */
+	CHECK(m[0].b->refs == N / 3 + 1);
+	CHECK(extmap_set(&m[5], 1, 1, 7, 7, NULL, NULL) == 0);
+	CHECK(m[5].b != m[2].b && extmap_n(&m[5]) == 5);
+	CHECK(extmap_lookup(&m[2], 1, &e) == 1 && e.obj == 3 && e.pblk == 11);
+	CHECK(extmap_lookup(&m[8], 1, &e) == 1 && e.obj == 3 && e.pblk == 11);
+	extmap_pool_free(p);
+	CHECK(m[0].b->refs == N / 3);
+	extmap_pool_share(NULL, &m[1]);	/* no pool: nothing */
+	for (int i = 0; i < N; i++)
+		extmap_release(&m[i]);
+	printf("  pool ok\n");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	init_seed("test_extmap");
 	fixed_cases();
+	pool_cases();
 	random_test(30000);
 	free(drops.v);
 	printf("test_extmap: all ok\n");

@@ -344,8 +344,8 @@ static void check_internal(int after_unclean)
 	for (size_t it_ = 0; (o = obj_next(fs, &it_));) {
 		uint64_t live = 0;
 		INODE_FOREACH(in, fs) {
-			for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
-				const struct extent *e = &in->map.v[i];
+			for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++) {
+				const struct extent *e = &extmap_v(&in->map)[i];
 				if (e->obj != o->id)
 					continue;
 				for (uint64_t b = 0; b < e->len; b++)
@@ -366,10 +366,10 @@ static void check_internal(int after_unclean)
 			       o->id);
 	}
 	INODE_FOREACH(in, fs) {
-		for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++) {
-			o = obj_get(fs, in->map.v[i].obj);
+		for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++) {
+			o = obj_get(fs, extmap_v(&in->map)[i].obj);
 			CHECKF(o != NULL, "inode %" PRIu64 " maps unknown object %"
-			       PRIu64, in->ino, in->map.v[i].obj);
+			       PRIu64, in->ino, extmap_v(&in->map)[i].obj);
 		}
 		if (S_ISREG(in->mode) && in->wobj) {
 			CHECKF(!after_unclean, "inode %" PRIu64 " kept write object %"
@@ -982,13 +982,13 @@ static void sb_add(struct sbuf *b, const char *fmt, ...)
 	}
 }
 
-struct dent {
+struct rdent {
 	char name[COWFS_NAME_MAX + 1];
 	uint64_t ino, off;
 };
 
 struct dlist {
-	struct dent *v;
+	struct rdent *v;
 	size_t n, cap;
 };
 

@@ -144,10 +144,10 @@ static uint64_t rc_sum(void)
 	struct inode *in;
 	uint64_t sum = 0;
 	INODE_FOREACH(in, fs)
-		for (size_t i = 0; S_ISREG(in->mode) && i < in->map.n; i++)
-			for (uint64_t b = 0; b < in->map.v[i].len; b++)
-				sum += refcount_get(&fs->rc, in->map.v[i].obj,
-						    in->map.v[i].pblk + b);
+		for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++)
+			for (uint64_t b = 0; b < extmap_v(&in->map)[i].len; b++)
+				sum += refcount_get(&fs->rc, extmap_v(&in->map)[i].obj,
+						    extmap_v(&in->map)[i].pblk + b);
 	return sum;
 }
 
@@ -156,8 +156,8 @@ static void take_snap(struct snap *s)
 	struct inode *root_in = inode_get(fs, FS_ROOT_INO);
 	pthread_mutex_lock(&fs->lock);
 	s->ninodes = fs->ninodes;
-	s->nentries = root_in->nentries;
-	s->next_cookie = root_in->next_cookie;
+	s->nentries = dir_nentries(root_in);
+	s->next_cookie = dir_next_cookie(root_in);
 	s->jlen = fs->jlen;
 	s->jrecs = fs->jrecs;
 	s->nfrees = fs->nfrees;
