@@ -135,7 +135,7 @@ enum inode_time {
 };
 
 /*
- * One inode (168 bytes): the table (fs->itab) holds pointers to it,
+ * One inode (112 bytes): the table (fs->itab) holds pointers to it,
  * the dirty list holds its number, its io_lock is a stripe of a shared
  * table (lock.c), so nothing here links it to anything else.
  */
