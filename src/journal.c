@@ -793,19 +793,18 @@ static const char *check_rec(struct fs *fs, const struct rec *r,
 	return NULL;
 }
 
-/* Set-like use of a refcount table: key (ino, tag) -> a small count. */
-static uint32_t tag_get(struct refcount *t, uint64_t ino, uint64_t tag)
+/* verify_graph()'s marks: bits of in->vtags, all clear between loads. */
+enum { TAG_NAMED = 1, TAG_REACHES_ROOT = 2 };
+
+static bool tag_get(const struct inode *in, unsigned tag)
 {
-	return refcount_get(t, ino, tag) - 1;	/* absent: 0 */
+	return in->vtags & tag;
 }
 
-static int tag_add(struct refcount *t, uint64_t ino, uint64_t tag)
+static void tag_add(struct inode *in, unsigned tag)
 {
-	uint32_t v = refcount_get(t, ino, tag);
-	return refcount_set(t, ino, tag, v < UINT32_MAX ? v + 1 : v);
+	in->vtags |= (uint8_t)tag;
 }
-
-enum { TAG_NAMED = 0, TAG_REACHES_ROOT = 1 };
 
 /*
  * After load: the namespace must be a tree hanging from the root.  Every
@@ -819,12 +818,10 @@ enum { TAG_NAMED = 0, TAG_REACHES_ROOT = 1 };
  */
 static int verify_graph(struct fs *fs, char *err, size_t errlen)
 {
-	struct refcount t;
 	struct inode *in;
 	uint64_t ndirs = 0;
-	int rc = -ENOMEM;
+	int rc;
 
-	refcount_init(&t);
 	INODE_FOREACH(in, fs) {
 		struct dent *d;
 		if (!S_ISDIR(in->mode))
@@ -851,7 +848,7 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 					 "root directory", (unsigned long long)in->ino);
 				goto bad;
 			}
-			if (S_ISDIR(ch->mode) && (tag_get(&t, ch->ino, TAG_NAMED) ||
+			if (S_ISDIR(ch->mode) && (tag_get(ch, TAG_NAMED) ||
 						  dir_parent(ch) != in->ino)) {
 				snprintf(err, errlen, "directory %llu has two "
 					 "parents (%llu and %llu)",
@@ -860,12 +857,11 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 					 (unsigned long long)in->ino);
 				goto bad;
 			}
-			if (tag_add(&t, ch->ino, TAG_NAMED))
-				goto out;
+			tag_add(ch, TAG_NAMED);
 		}
 	}
 	INODE_FOREACH(in, fs) {
-		if (in->ino == FS_ROOT_INO || tag_get(&t, in->ino, TAG_NAMED))
+		if (in->ino == FS_ROOT_INO || tag_get(in, TAG_NAMED))
 			continue;
 		if (in->nlink) {	/* nlink 0: an orphan, freed at open */
 			snprintf(err, errlen, "%s %llu is in no directory",
@@ -878,16 +874,16 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 	 * Directories found to reach the root are tagged: linear overall. */
 	INODE_FOREACH(in, fs) {
 		if (!S_ISDIR(in->mode) || in->ino == FS_ROOT_INO ||
-		    !tag_get(&t, in->ino, TAG_NAMED) ||
-		    tag_get(&t, in->ino, TAG_REACHES_ROOT))
+		    !tag_get(in, TAG_NAMED) ||
+		    tag_get(in, TAG_REACHES_ROOT))
 			continue;
 		struct inode *p = in;
 		uint64_t steps = 0;
 		while (p->ino != FS_ROOT_INO &&
-		       !tag_get(&t, p->ino, TAG_REACHES_ROOT)) {
+		       !tag_get(p, TAG_REACHES_ROOT)) {
 			if (++steps > ndirs || !(p = inode_get(fs, dir_parent(p))) ||
 			    !S_ISDIR(p->mode) || (p->ino != FS_ROOT_INO &&
-						  !tag_get(&t, p->ino, TAG_NAMED))) {
+						  !tag_get(p, TAG_NAMED))) {
 				snprintf(err, errlen, "directory %llu does not "
 					 "reach the root (a cycle or a lost parent)",
 					 (unsigned long long)in->ino);
@@ -895,19 +891,17 @@ static int verify_graph(struct fs *fs, char *err, size_t errlen)
 			}
 		}
 		for (p = in; p->ino != FS_ROOT_INO &&
-		     !tag_get(&t, p->ino, TAG_REACHES_ROOT);
+		     !tag_get(p, TAG_REACHES_ROOT);
 		     p = inode_get(fs, dir_parent(p)))
-			if (tag_add(&t, p->ino, TAG_REACHES_ROOT))
-				goto out;
+			tag_add(p, TAG_REACHES_ROOT);
 	}
 	rc = 0;
 	goto out;
 bad:
 	rc = -EUCLEAN;
 out:
-	if (rc == -ENOMEM)
-		snprintf(err, errlen, "out of memory checking the namespace");
-	refcount_release(&t);
+	INODE_FOREACH(in, fs)
+		in->vtags = 0;
 	return rc;
 }
 

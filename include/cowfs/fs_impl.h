@@ -151,6 +151,8 @@ struct inode {
 	bool dirty;		/* attributes not yet journaled; then its
 				 * number is in fs->dirty */
 	uint8_t xtimes;		/* bit per enum inode_time: in the side table */
+	uint8_t vtags;		/* journal.c verify_graph()'s marks (load
+				 * only; in what was padding) */
 	struct dir *dir;	/* directories only (inode.c: dir_*); NULL
 				 * for the other types */
 	/* One type's fields; all zero for the other types (directories
