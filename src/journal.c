@@ -793,16 +793,60 @@ static const char *check_rec(struct fs *fs, const struct rec *r,
 	return NULL;
 }
 
-/* Set-like use of a refcount table: key (ino, tag) -> a small count. */
-static uint32_t tag_get(struct refcount *t, uint64_t ino, uint64_t tag)
+/*
+ * Two flags per inode number for verify_graph(): a bitmap over the numbers
+ * when they are dense (2 bits a number: 1M inodes take 256 KiB, where a
+ * hash of 24-byte slots took some 70 MB at its peak), else a refcount
+ * table used as a set, key (ino, tag).
+ */
+struct tags {
+	uint8_t *bits;		/* NULL: use the table */
+	uint64_t n;		/* numbers the bitmap covers */
+	struct refcount t;
+};
+
+static int tags_init(struct tags *g, struct fs *fs)
 {
-	return refcount_get(t, ino, tag) - 1;	/* absent: 0 */
+	uint64_t max = 0;
+	struct inode *in;
+
+	memset(g, 0, sizeof(*g));
+	refcount_init(&g->t);
+	INODE_FOREACH(in, fs)
+		max = in->ino;	/* number order: the last is the largest */
+	if (max / 16 > fs->ninodes + 4096)
+		return 0;	/* sparse: the table is smaller */
+	g->n = max + 1;
+	g->bits = calloc((size_t)(g->n / 4 + 1), 1);
+	return g->bits ? 0 : -ENOMEM;
 }
 
-static int tag_add(struct refcount *t, uint64_t ino, uint64_t tag)
+static void tags_free(struct tags *g)
 {
-	uint32_t v = refcount_get(t, ino, tag);
-	return refcount_set(t, ino, tag, v < UINT32_MAX ? v + 1 : v);
+	free(g->bits);
+	refcount_release(&g->t);
+}
+
+static uint32_t tag_get(struct tags *g, uint64_t ino, uint64_t tag)
+{
+	if (g->bits) {
+		uint64_t b = ino * 2 + tag;
+		return ino < g->n && (g->bits[b / 8] >> (b % 8) & 1);
+	}
+	return refcount_get(&g->t, ino, tag) - 1;	/* absent: 0 */
+}
+
+static int tag_add(struct tags *g, uint64_t ino, uint64_t tag)
+{
+	if (g->bits) {
+		uint64_t b = ino * 2 + tag;
+		if (ino >= g->n)
+			return -ENOMEM;	/* not an inode of the table */
+		g->bits[b / 8] |= (uint8_t)(1u << (b % 8));
+		return 0;
+	}
+	uint32_t v = refcount_get(&g->t, ino, tag);
+	return refcount_set(&g->t, ino, tag, v < UINT32_MAX ? v + 1 : v);
 }
 
 enum { TAG_NAMED = 0, TAG_REACHES_ROOT = 1 };
@@ -819,12 +863,14 @@ enum { TAG_NAMED = 0, TAG_REACHES_ROOT = 1 };
  */
 static int verify_graph(struct fs *fs, char *err, size_t errlen)
 {
-	struct refcount t;
+	struct tags t;
 	struct inode *in;
 	uint64_t ndirs = 0;
-	int rc = -ENOMEM;
+	int rc = tags_init(&t, fs);
 
-	refcount_init(&t);
+	if (rc)
+		goto out;
+	rc = -ENOMEM;
 	INODE_FOREACH(in, fs) {
 		struct dent *d;
 		if (!S_ISDIR(in->mode))
@@ -907,7 +953,7 @@ bad:
 out:
 	if (rc == -ENOMEM)
 		snprintf(err, errlen, "out of memory checking the namespace");
-	refcount_release(&t);
+	tags_free(&t);
 	return rc;
 }
 
