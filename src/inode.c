@@ -13,6 +13,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -166,8 +168,15 @@ void inode_table_free(struct fs *fs)
 /*
  * Inodes come from slabs of ISLAB_BYTES, aligned to their size so that an
  * inode's slab is its address rounded down: no malloc header or rounding
- * per inode, and a store's load makes one allocation per ~90 inodes.  A
- * slab that empties is freed unless it is the only one with room.  Under
+ * per inode, and a store's load makes one allocation per ~145 inodes.
+ * Slabs are carved, as needed, out of chunks of ISLAB_CHUNK bytes mapped
+ * with mmap(), not malloc'ed: an aligned_alloc() of 16 KiB from the heap
+ * leaves up to 16 KiB of free heap around each slab, which the small
+ * allocations made between slabs (entries, maps) fill only in part, so
+ * that a store of a million inodes kept some 30 MB of free but resident
+ * heap.  A slab that empties goes to a spare list with its pages but the
+ * first returned to the kernel (MADV_DONTNEED), unless it is the only one
+ * with room; chunks are unmapped only when the table is freed.  Under
  * AddressSanitizer every inode is its own allocation, so that a use after
  * free is still caught.
  */
@@ -180,6 +189,7 @@ void inode_table_free(struct fs *fs)
 #endif
 
 #define ISLAB_BYTES 16384
+#define ISLAB_CHUNK (64 * ISLAB_BYTES)
 struct islab {
 	struct islab *next, *prev;	/* in fs->itab.slabs while it has room */
 	struct inode *free;		/* free slots, linked by their first word */
@@ -187,6 +197,11 @@ struct islab {
 	struct inode slot[];
 };
 #define ISLAB_N ((ISLAB_BYTES - sizeof(struct islab)) / sizeof(struct inode))
+
+struct islab_chunk {
+	struct islab_chunk *next;
+	void *base;			/* ISLAB_CHUNK bytes, mapped */
+};
 
 #ifndef ISLAB_OFF
 static void islab_unlink(struct inode_table *t, struct islab *s)
@@ -209,6 +224,66 @@ static void islab_link(struct inode_table *t, struct islab *s)
 	t->slabs = s;
 }
 
+/* Map a chunk aligned to ISLAB_BYTES: map a slab more and cut the ends. */
+static int islab_chunk_new(struct inode_table *t)
+{
+	struct islab_chunk *c = malloc(sizeof(*c));
+	size_t len = ISLAB_CHUNK + ISLAB_BYTES;
+	char *p, *a;
+
+	if (!c)
+		return -ENOMEM;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	if (p == MAP_FAILED) {
+		free(c);
+		return -ENOMEM;
+	}
+	a = (char *)(((uintptr_t)p + ISLAB_BYTES - 1) & ~(uintptr_t)(ISLAB_BYTES - 1));
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (p + len > a + ISLAB_CHUNK)
+		munmap(a + ISLAB_CHUNK, (size_t)(p + len - (a + ISLAB_CHUNK)));
+	c->base = a;
+	c->next = t->chunks;
+	t->chunks = c;
+	t->carve = a;
+	t->carve_end = a + ISLAB_CHUNK;
+	return 0;
+}
+
+static struct islab *islab_new(struct inode_table *t)
+{
+	struct islab *s = t->spare;
+
+	if (s) {
+		t->spare = s->next;
+	} else {
+		if (t->carve == t->carve_end && islab_chunk_new(t))
+			return NULL;
+		s = (struct islab *)t->carve;
+		t->carve += ISLAB_BYTES;
+	}
+	s->free = NULL;
+	s->used = 0;
+	for (size_t i = ISLAB_N; i-- > 0;) {
+		*(struct inode **)&s->slot[i] = s->free;
+		s->free = &s->slot[i];
+	}
+	return s;
+}
+
+/* An empty slab: keep its first page for the spare list's link, give the
+ * kernel back the rest (page sizes above half a slab keep it all). */
+static void islab_retire(struct inode_table *t, struct islab *s)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+
+	if (pg > 0 && (size_t)pg <= ISLAB_BYTES / 2)
+		madvise((char *)s + pg, ISLAB_BYTES - (size_t)pg, MADV_DONTNEED);
+	s->next = t->spare;
+	t->spare = s;
+}
 #endif
 
 static struct inode *inode_alloc(struct inode_table *t)
@@ -221,14 +296,8 @@ static struct inode *inode_alloc(struct inode_table *t)
 	struct inode *in;
 
 	if (!s) {
-		if (!(s = aligned_alloc(ISLAB_BYTES, ISLAB_BYTES)))
+		if (!(s = islab_new(t)))
 			return NULL;
-		s->free = NULL;
-		s->used = 0;
-		for (size_t i = ISLAB_N; i-- > 0;) {
-			*(struct inode **)&s->slot[i] = s->free;
-			s->free = &s->slot[i];
-		}
 		islab_link(t, s);
 	}
 	in = s->free;
@@ -255,22 +324,24 @@ static void inode_dealloc(struct inode_table *t, struct inode *in)
 	s->free = in;
 	if (--s->used == 0 && (s->prev || s->next)) {
 		islab_unlink(t, s);
-		free(s);
+		islab_retire(t, s);
 	}
 #endif
 }
 
+/* Unmap every chunk: inodes still in them are gone with the table. */
 static void islab_free_all(struct inode_table *t)
 {
-#ifdef ISLAB_OFF
-	(void)t;
-#else
-	while (t->slabs) {
-		struct islab *s = t->slabs;
-		islab_unlink(t, s);
-		free(s);	/* inodes still in it are leaked anyway */
+#ifndef ISLAB_OFF
+	while (t->chunks) {
+		struct islab_chunk *c = t->chunks;
+		t->chunks = c->next;
+		munmap(c->base, ISLAB_CHUNK);
+		free(c);
 	}
 #endif
+	t->slabs = t->spare = NULL;
+	t->carve = t->carve_end = NULL;
 }
 
 struct inode *inode_new(struct fs *fs, uint64_t ino)

@@ -184,6 +184,11 @@ struct inode_table {
 	struct itab_node *root;
 	unsigned height;		/* levels; 0: empty */
 	struct islab *slabs;		/* inode.c: slabs with a free slot */
+	struct islab *spare;		/* inode.c: emptied slabs, their
+					 * pages returned to the kernel */
+	char *carve, *carve_end;	/* inode.c: unused part of the
+					 * newest chunk of slabs */
+	struct islab_chunk *chunks;	/* inode.c: every chunk, to unmap */
 };
 
 struct pending_free {

@@ -2087,6 +2087,23 @@ static void test_refused(void)
 	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 3, "b", 4);
 	mb_dirent(&ckm, REC_DIRENT_ADD, 3, 2, "again", 3);
 	BUILD("a directory with two parents", "two parents");
+	/* the same with sparse numbers: the check's flags are then in a
+	 * table instead of a bitmap over the numbers */
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 1ull << 40, S_IFDIR | 0755);	/* parent 1 */
+	mb_inode(&ckm, 1ull << 41, S_IFDIR | 0755);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 1ull << 40, "a", 3);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1, 1ull << 41, "b", 4);
+	mb_dirent(&ckm, REC_DIRENT_ADD, 1ull << 41, 1ull << 40, "again", 3);
+	BUILD("a directory with two parents, sparse numbers", "two parents");
+	RESET();
+	mb_super(&ckm);
+	mb_inode(&ckm, 1, S_IFDIR | 0755);
+	mb_inode(&ckm, 1ull << 40, S_IFREG | 0644);
+	BUILD("a linked inode in no directory, sparse numbers",
+	      "in no directory");
 	RESET();
 	mb_super(&ckm);
 	mb_inode(&ckm, 1, S_IFDIR | 0755);
