@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +148,10 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	fs->ext_pool = NULL;
 	dir_pool_free(fs->dir_pool);
 	fs->dir_pool = NULL;
+	/* The load's transient buffers and tables (the journal read buffer,
+	 * the pools, the tables outgrown on the way) were freed between the
+	 * long-lived inodes, maps and objects: give their pages back. */
+	malloc_trim(0);
 	if (unclean < 0) {
 		fs_free(fs);
 		return unclean;
