@@ -236,7 +236,7 @@ struct object *obj_new_origin(struct fs *fs, uint64_t id, const char *path,
 	}
 	memcpy(g->name, slash + 1, nlen + 1);
 	g->ino = ino;
-	g->size = size;
+	g->obj.len = size;
 	g->mtime = mtime;
 	g->ctime = ctime;
 	g->obj.id = id;
@@ -246,7 +246,6 @@ struct object *obj_new_origin(struct fs *fs, uint64_t id, const char *path,
 		/* replay: extents named the id before its REC_ORIGIN */
 		g->obj.nlive = old->nlive;
 		g->obj.owner = old->owner;
-		g->obj.len = old->len;
 		obj_forget(fs, old);
 	}
 	if (table_add(t, &g->obj)) {
@@ -522,7 +521,7 @@ static int origin_match(struct fs *fs, struct object *o, const struct stat *st)
 	const struct origin *g = obj_origin(o);
 
 	if (S_ISREG(st->st_mode) && st->st_dev == g->dir->dev &&
-	    st->st_ino == g->ino && (uint64_t)st->st_size == g->size &&
+	    st->st_ino == g->ino && (uint64_t)st->st_size == g->obj.len &&
 	    ts_ns(&st->st_mtim) == g->mtime && ts_ns(&st->st_ctim) == g->ctime)
 		return 0;
 	origin_warn(fs, o, "changed since it was cloned", S_ISREG(st->st_mode) ? "" :
@@ -737,7 +736,7 @@ void origin_to_rec(const struct object *o, struct rec *r,
 	r->u.origin.obj = o->id;
 	r->u.origin.dev = g->dir->dev;
 	r->u.origin.ino = g->ino;
-	r->u.origin.size = g->size;
+	r->u.origin.size = g->obj.len;
 	r->u.origin.mtime_ns = g->mtime;
 	r->u.origin.ctime_ns = g->ctime;
 	r->data = buf + k;

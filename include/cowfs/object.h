@@ -61,7 +61,9 @@ struct object {
 	uint64_t owner;		/* ino whose write object it is, 0: retired;
 				 * fs->lock */
 	uint64_t len;		/* the object file is at least this long;
-				 * the owner's io_lock (only the owner writes) */
+				 * the owner's io_lock (only the owner writes).
+				 * An origin's: its host file's size, part of
+				 * its identity (immutable) */
 	struct object *dirty_next;	/* fs->dirty_objs; fs->lock */
 	int fd;			/* -1: closed.  Changed under fs->lock; stable
 				 * while pinned once obj_ready() returned it.
@@ -84,7 +86,7 @@ struct object {
 struct origin {
 	struct object obj;
 	struct odir *dir;	/* holds a reference */
-	uint64_t ino, size;	/* the host file's identity */
+	uint64_t ino;		/* the host file's identity, with obj.len */
 	int64_t mtime, ctime;	/* ns */
 	char name[];
 };

@@ -122,7 +122,7 @@ static void origins(void)
 		CHECK(origin_path(o[i], buf) == strlen(path) && !strcmp(buf, path));
 		struct origin *g = obj_origin(o[i]);
 		CHECK(g->dir->dev == dev && g->ino == 5 + (uint64_t)i &&
-		      g->size == (uint64_t)i * 3 && g->mtime == -1);
+		      g->obj.len == (uint64_t)i * 3 && g->mtime == -1);
 		/* the record decodes to the same path against the previous */
 		origin_to_rec(o[i], &r, &prev, buf);
 		CHECK(prev == o[i] && r.u.origin.obj == o[i]->id &&
