@@ -121,7 +121,7 @@ static void origins(void)
 		CHECK(o[i] && o[i]->origin && obj_get(fs, 1000 + (uint64_t)i) == o[i]);
 		CHECK(origin_path(o[i], buf) == strlen(path) && !strcmp(buf, path));
 		struct origin *g = obj_origin(o[i]);
-		CHECK(g->dir->dev == dev && g->ino == 5 + (uint64_t)i &&
+		CHECK(g->obj.odir->dev == dev && g->ino == 5 + (uint64_t)i &&
 		      g->obj.len == (uint64_t)i * 3 && g->mtime == -1);
 		/* the record decodes to the same path against the previous */
 		origin_to_rec(o[i], &r, &prev, buf);
@@ -137,9 +137,9 @@ static void origins(void)
 	for (int i = 0; i < 600; i++)
 		for (int j = i + 1; j < 600; j += 37) {
 			struct origin *a = obj_origin(o[i]), *b = obj_origin(o[j]);
-			CHECK((a->dir == b->dir) ==
-			      (a->dir->dev == b->dir->dev &&
-			       !strcmp(a->dir->path, b->dir->path)));
+			CHECK((a->obj.odir == b->obj.odir) ==
+			      (a->obj.odir->dev == b->obj.odir->dev &&
+			       !strcmp(a->obj.odir->path, b->obj.odir->path)));
 		}
 	/* replay: an id named by extents first becomes an origin */
 	struct object *s = obj_new(fs, 5000, 0);
