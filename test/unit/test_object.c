@@ -123,6 +123,9 @@ static void origins(void)
 		struct origin *g = obj_origin(o[i]);
 		CHECK(g->obj.odir->dev == dev && g->ino == 5 + (uint64_t)i &&
 		      g->obj.len == (uint64_t)i * 3 && g->mtime == -1);
+		/* never dirty: its odir shares the slot of dirty_next */
+		obj_mark_dirty(fs, o[i]);
+		CHECK(!o[i]->dirty && !fs->dirty_objs && g->obj.odir->dev == dev);
 		/* the record decodes to the same path against the previous */
 		origin_to_rec(o[i], &r, &prev, buf);
 		CHECK(prev == o[i] && r.u.origin.obj == o[i]->id &&
