@@ -230,13 +230,13 @@ struct object *obj_new_origin(struct fs *fs, uint64_t id, const char *path,
 	size_t nlen = strlen(slash + 1);
 	if (!(g = calloc(1, sizeof(*g) + nlen + 1)))
 		return NULL;
-	if (!(g->dir = odir_get(t, path, (size_t)(slash - path), dev))) {
+	if (!(g->obj.odir = odir_get(t, path, (size_t)(slash - path), dev))) {
 		free(g);
 		return NULL;
 	}
 	memcpy(g->name, slash + 1, nlen + 1);
 	g->ino = ino;
-	g->size = size;
+	g->obj.len = size;
 	g->mtime = mtime;
 	g->ctime = ctime;
 	g->obj.id = id;
@@ -246,11 +246,10 @@ struct object *obj_new_origin(struct fs *fs, uint64_t id, const char *path,
 		/* replay: extents named the id before its REC_ORIGIN */
 		g->obj.nlive = old->nlive;
 		g->obj.owner = old->owner;
-		g->obj.len = old->len;
 		obj_forget(fs, old);
 	}
 	if (table_add(t, &g->obj)) {
-		odir_put(t, g->dir);
+		odir_put(t, g->obj.odir);
 		free(g);
 		return NULL;
 	}
@@ -262,10 +261,10 @@ struct object *obj_new_origin(struct fs *fs, uint64_t id, const char *path,
 size_t origin_path(const struct object *o, char *buf)
 {
 	const struct origin *g = obj_origin(o);
-	size_t dl = g->dir->len, nl = strlen(g->name);
+	size_t dl = g->obj.odir->len, nl = strlen(g->name);
 
 	/* both parts were cut from one path shorter than PATH_MAX */
-	memcpy(buf, g->dir->path, dl);
+	memcpy(buf, g->obj.odir->path, dl);
 	buf[dl] = '/';
 	memcpy(buf + dl + 1, g->name, nl + 1);
 	return dl + 1 + nl;
@@ -440,7 +439,7 @@ void obj_maybe_doom(struct fs *fs, struct object *o)
 
 void obj_mark_dirty(struct fs *fs, struct object *o)
 {
-	if (o->dirty)
+	if (o->dirty || o->origin)	/* an origin's odir is in dirty_next */
 		return;
 	o->dirty = true;
 	o->dirty_next = fs->dirty_objs;
@@ -452,7 +451,7 @@ static void obj_free(struct obj_table *t, struct object *o)
 	struct origin *g = obj_origin(o);
 
 	if (g)
-		odir_put(t, g->dir);
+		odir_put(t, g->obj.odir);
 	free(o);
 }
 
@@ -521,8 +520,8 @@ static int origin_match(struct fs *fs, struct object *o, const struct stat *st)
 {
 	const struct origin *g = obj_origin(o);
 
-	if (S_ISREG(st->st_mode) && st->st_dev == g->dir->dev &&
-	    st->st_ino == g->ino && (uint64_t)st->st_size == g->size &&
+	if (S_ISREG(st->st_mode) && st->st_dev == g->obj.odir->dev &&
+	    st->st_ino == g->ino && (uint64_t)st->st_size == g->obj.len &&
 	    ts_ns(&st->st_mtim) == g->mtime && ts_ns(&st->st_ctim) == g->ctime)
 		return 0;
 	origin_warn(fs, o, "changed since it was cloned", S_ISREG(st->st_mode) ? "" :
@@ -720,9 +719,9 @@ void origin_to_rec(const struct object *o, struct rec *r,
 		char pbuf[PATH_MAX];
 		const char *pp = pbuf;
 		size_t skip = 0;
-		if (p->dir == g->dir) {
+		if (p->obj.odir == g->obj.odir) {
 			/* the same directory: only the names differ */
-			skip = g->dir->len + 1;
+			skip = g->obj.odir->len + 1;
 			pp = p->name;
 		} else {
 			origin_path(*prev, pbuf);
@@ -735,9 +734,9 @@ void origin_to_rec(const struct object *o, struct rec *r,
 	r->type = REC_ORIGIN;
 	r->flags = (uint16_t)k;
 	r->u.origin.obj = o->id;
-	r->u.origin.dev = g->dir->dev;
+	r->u.origin.dev = g->obj.odir->dev;
 	r->u.origin.ino = g->ino;
-	r->u.origin.size = g->size;
+	r->u.origin.size = g->obj.len;
 	r->u.origin.mtime_ns = g->mtime;
 	r->u.origin.ctime_ns = g->ctime;
 	r->data = buf + k;

@@ -61,8 +61,15 @@ struct object {
 	uint64_t owner;		/* ino whose write object it is, 0: retired;
 				 * fs->lock */
 	uint64_t len;		/* the object file is at least this long;
-				 * the owner's io_lock (only the owner writes) */
-	struct object *dirty_next;	/* fs->dirty_objs; fs->lock */
+				 * the owner's io_lock (only the owner writes).
+				 * An origin's: its host file's size, part of
+				 * its identity (immutable) */
+	union {
+		struct object *dirty_next;	/* fs->dirty_objs; fs->lock */
+		struct odir *odir;	/* an origin's host directory (never
+					 * dirty: it is never written); holds
+					 * a reference; immutable */
+	};
 	int fd;			/* -1: closed.  Changed under fs->lock; stable
 				 * while pinned once obj_ready() returned it.
 				 * While open and unpinned, o is in the fd LRU
@@ -78,13 +85,13 @@ struct object {
 /*
  * An origin object: a host file read in place, never written.  These
  * fields are set before the object is published and never change, so they
- * are read without fs->lock by a pin holder.  Its path is dir->path + "/"
- * + name, built only to open it (origin_path()).
+ * are read without fs->lock by a pin holder.  Its path is obj.odir->path +
+ * "/" + name, built only to open it (origin_path()).
  */
 struct origin {
 	struct object obj;
-	struct odir *dir;	/* holds a reference */
-	uint64_t ino, size;	/* the host file's identity */
+	uint64_t ino;		/* the host file's identity, with obj.len
+				 * and obj.odir's device */
 	int64_t mtime, ctime;	/* ns */
 	char name[];
 };

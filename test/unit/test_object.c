@@ -121,8 +121,11 @@ static void origins(void)
 		CHECK(o[i] && o[i]->origin && obj_get(fs, 1000 + (uint64_t)i) == o[i]);
 		CHECK(origin_path(o[i], buf) == strlen(path) && !strcmp(buf, path));
 		struct origin *g = obj_origin(o[i]);
-		CHECK(g->dir->dev == dev && g->ino == 5 + (uint64_t)i &&
-		      g->size == (uint64_t)i * 3 && g->mtime == -1);
+		CHECK(g->obj.odir->dev == dev && g->ino == 5 + (uint64_t)i &&
+		      g->obj.len == (uint64_t)i * 3 && g->mtime == -1);
+		/* never dirty: its odir shares the slot of dirty_next */
+		obj_mark_dirty(fs, o[i]);
+		CHECK(!o[i]->dirty && !fs->dirty_objs && g->obj.odir->dev == dev);
 		/* the record decodes to the same path against the previous */
 		origin_to_rec(o[i], &r, &prev, buf);
 		CHECK(prev == o[i] && r.u.origin.obj == o[i]->id &&
@@ -137,9 +140,9 @@ static void origins(void)
 	for (int i = 0; i < 600; i++)
 		for (int j = i + 1; j < 600; j += 37) {
 			struct origin *a = obj_origin(o[i]), *b = obj_origin(o[j]);
-			CHECK((a->dir == b->dir) ==
-			      (a->dir->dev == b->dir->dev &&
-			       !strcmp(a->dir->path, b->dir->path)));
+			CHECK((a->obj.odir == b->obj.odir) ==
+			      (a->obj.odir->dev == b->obj.odir->dev &&
+			       !strcmp(a->obj.odir->path, b->obj.odir->path)));
 		}
 	/* replay: an id named by extents first becomes an origin */
 	struct object *s = obj_new(fs, 5000, 0);
