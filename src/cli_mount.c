@@ -290,7 +290,9 @@ static int mount_main(int argc, char **argv, const char *cmd)
 	 * big block freed (up to 32 MiB), so that the big transient buffers
 	 * of a load or a clone (tables, the metadata read) come from the
 	 * heap and leave resident holes under the inodes' data: 6-7 bytes of
-	 * RSS an inode in a 1M-inode store.  Mapped, they go back whole. */
+	 * RSS an inode in a 1M-inode store.  Mapped, they go back whole.  A
+	 * fixed mmap threshold also stops the trim threshold (128 KiB) from
+	 * moving up, so freed heap tops go back too. */
 	mallopt(M_MMAP_THRESHOLD, 1 << 20);
 	memset(&a, 0, sizeof(a));
 	opterr = 0;

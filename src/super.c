@@ -141,16 +141,6 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 		.apply = apply_rec,
 		.checkpoint_loaded = replay_checkpoint_loaded,
 	};
-	/*
-	 * glibc raises its mmap threshold to the size of the biggest mmapped
-	 * block freed (the metadata file read below, tens of MB), and its trim
-	 * threshold to twice that: the big transient tables that follow (the
-	 * load's pools and checks, the tables of every `cowfs status` or du)
-	 * would then stay in the heap or a thread's arena, resident for good.
-	 * Fixed thresholds keep them mmapped, returned when freed.
-	 */
-	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-	mallopt(M_TRIM_THRESHOLD, 128 * 1024);
 	fs->ext_pool = extmap_pool_new();	/* NULL: no sharing */
 	fs->dir_pool = dir_pool_new();
 	unclean = journal_load(fs, &load_ops, err, errlen);
@@ -160,7 +150,8 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 	fs->dir_pool = NULL;
 	/* The load's transient buffers and tables (the journal read buffer,
 	 * the pools, the tables outgrown on the way) were freed between the
-	 * long-lived inodes, maps and objects: give their pages back. */
+	 * long-lived inodes, maps and objects: give their pages back.  (The
+	 * daemon also fixes malloc's mmap threshold: cli_mount.c.) */
 	malloc_trim(0);
 	if (unclean < 0) {
 		fs_free(fs);
