@@ -434,6 +434,24 @@ def user():
 # comparing trees
 
 
+def proc_status(pid, key):
+    """A size field of /proc/PID/status (VmRSS, VmData...), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no " + key)
+
+
+def fsync_path(path):
+    """fsync a file or directory (in the mount: commits the journal)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def kill_daemon(store, mnt):
     """A real crash: kill -9 the daemon serving store (pid from
     STORE/lock), wait until it is gone, and detach its dead mount."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kill_daemon, tree_snapshot
+from conftest import fsync_path, kill_daemon, tree_snapshot
 
 pytestmark = pytest.mark.needs_store
 
@@ -27,14 +27,6 @@ def fsck_ok(m):
     p = m.cowfs("fsck", m.store)
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout
-
-
-def fsync_path(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.mount_opts("commit=3600")

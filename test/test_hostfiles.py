@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import is_mounted, run
+from conftest import is_mounted, proc_status, run
 
 pytestmark = pytest.mark.needs_store
 
@@ -377,14 +377,6 @@ def test_clone_not_starved_by_writes(mount, tmp_path):
         assert os.stat(mount.p(f"copy{k}")).st_size == 32 << 20
 
 
-def vm_data(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmData")
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.block_size(4096)
 @pytest.mark.mount_opts("commit=3600")
@@ -397,7 +389,7 @@ def test_unlogged_extent_change_fails_the_store(mount):
     succeeded."""
     import resource
     pid = mount.daemon_pid()
-    if vm_data(pid) > 1 << 40:
+    if proc_status(pid, "VmData") > 1 << 40:
         pytest.skip("a sanitizer build reserves terabytes of shadow memory")
     block = b"\xab" * 4096
     fds = [os.open(mount.p(n), os.O_CREAT | os.O_RDWR, 0o644)
@@ -418,7 +410,7 @@ def test_unlogged_extent_change_fails_the_store(mount):
     # but no record extends the previous one, so the journal buffer grows.
     soft, hard = resource.prlimit(pid, resource.RLIMIT_DATA)
     resource.prlimit(pid, resource.RLIMIT_DATA,
-                     (vm_data(pid) + (1 << 20), hard))
+                     (proc_status(pid, "VmData") + (1 << 20), hard))
     failed = None
     try:
         for i in range(1, 400_000):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import kill_daemon
+from conftest import fsync_path, kill_daemon, proc_status
 
 pytestmark = pytest.mark.needs_store
 
@@ -237,23 +237,6 @@ def test_copy_file_range_shared_stripe(mount):
     mount.remount()
     for x in (a, b, c):
         assert len(x.read_bytes()) == 4 * B
-
-
-def proc_status(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no " + key)
-
-
-def fsync_path(path):
-    """Commit the journal (its buffer is memory until then)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.timeout(300)

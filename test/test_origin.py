@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, tree_snapshot, sha256_file, Mount, make_mount_dir
+from conftest import (run, tree_snapshot, sha256_file, Mount, make_mount_dir,
+                      proc_status)
 
 pytestmark = pytest.mark.needs_store
 
@@ -307,22 +308,6 @@ def test_many_files_bounded_fds(mount_factory, tmp_path):
             assert (m.mnt / "c" / f"f{i}").read_bytes() == b"%d\n" % i
 
 
-def vm_rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-def vm_data(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmData")
-
-
 @pytest.mark.timeout(300)
 def test_clone_by_reference_memory(mount, tmp_path):
     """A clone by reference keeps no more memory than the same tree loaded
@@ -330,7 +315,7 @@ def test_clone_by_reference_memory(mount, tmp_path):
     after the clone and a big batch is committed at once, instead of
     staying in the daemon's heap under the inodes it made.  Each origin
     file's object is small: its host directory's path is stored once."""
-    if vm_data(mount.daemon_pid()) > 1 << 40:
+    if proc_status(mount.daemon_pid(), "VmData") > 1 << 40:
         pytest.skip("a sanitizer build's allocator keeps its own memory")
     origin = tmp_path / "origin"
     ndirs, nfiles = 100, 150
@@ -341,12 +326,12 @@ def test_clone_by_reference_memory(mount, tmp_path):
             (sub / f"file-{i:04d}.txt").write_bytes(b"%d %d\n" % (d, i))
     n = 1 + 2 * ndirs + ndirs * nfiles
     os.listdir(mount.mnt)
-    rss0 = vm_rss(mount.daemon_pid())
+    rss0 = proc_status(mount.daemon_pid(), "VmRSS")
     mount.cowfs("clone", origin, mount.p("c"), check=True)
-    per_clone = (vm_rss(mount.daemon_pid()) - rss0) / n
+    per_clone = (proc_status(mount.daemon_pid(), "VmRSS") - rss0) / n
     mount.remount()
     pid = mount.daemon_pid()
-    per_load = (vm_rss(pid) - rss0) / n
+    per_load = (proc_status(pid, "VmRSS") - rss0) / n
     # every file reads back through its rebuilt host path
     for d in (0, ndirs // 2, ndirs - 1):
         sub = mount.p("c", f"some-directory-{d:03d}", "with-a-longer-path")
