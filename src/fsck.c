@@ -126,7 +126,7 @@ static void check_blocks(struct fsck *k, int *oom)
 		if (!S_ISREG(in->mode))
 			continue;
 		for (size_t i = 0; i < extmap_n(&in->map); i++) {
-			const struct extent *e = &extmap_v(&in->map)[i];
+			const struct extent ev = extmap_at(&in->map, i), *e = &ev;
 			struct object *o = obj_get(fs, e->obj);
 			if (!o) {
 				problem(k, "inode %" PRIu64 " maps unknown object %016"

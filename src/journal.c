@@ -530,10 +530,10 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 		for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++) {
 			r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NOREF };
 			r.u.ext.ino = in->ino;
-			r.u.ext.lblk = extmap_v(&in->map)[i].lblk;
-			r.u.ext.len = extmap_v(&in->map)[i].len;
-			r.u.ext.obj = extmap_v(&in->map)[i].obj;
-			r.u.ext.pblk = extmap_v(&in->map)[i].pblk;
+			r.u.ext.lblk = extmap_at(&in->map, i).lblk;
+			r.u.ext.len = extmap_at(&in->map, i).len;
+			r.u.ext.obj = extmap_at(&in->map, i).obj;
+			r.u.ext.pblk = extmap_at(&in->map, i).pblk;
 			img_add(&im, &r);
 		}
 	}

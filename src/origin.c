@@ -1110,7 +1110,7 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 		struct object *o = NULL;
 		lock_take(fs, LOCK_FS);
 		for (size_t i = 0; i < extmap_n(&in->map); i++) {
-			const struct extent *e = &extmap_v(&in->map)[i];
+			const struct extent ev = extmap_at(&in->map, i), *e = &ev;
 			struct object *x = obj_get(fs, e->obj);
 			if (x && x->origin) {
 				run = *e;
