@@ -181,7 +181,7 @@ static void check_objects(struct fsck *k)
 				continue;
 			}
 			struct object *o = obj_get(fs, id);
-			if (!o || (o->nlive == 0 && o->owner == 0)) {
+			if (!o || (o->nlive == 0 && obj_owner(o) == 0)) {
 				k->leaked_objects++;
 				if (k->verbose)
 					fprintf(k->out, "leak: object %016" PRIx64

@@ -301,7 +301,7 @@ static void finish_batch(struct fs *fs, struct batch *b)
 	size_t nfds = 0, nids = 0;
 	for (size_t i = 0; i < b->nunlinks; i++) {
 		struct object *o = b->unlinks[i];
-		if (o->nlive || o->owner) {	/* revived during replay */
+		if (o->nlive || obj_owner(o)) {	/* revived during replay */
 			o->doomed = false;
 			continue;
 		}

@@ -58,8 +58,14 @@ struct odir {
 struct object {
 	uint64_t id;		/* immutable */
 	uint64_t nlive;		/* blocks some extent maps; fs->lock */
-	uint64_t owner;		/* ino whose write object it is, 0: retired;
-				 * fs->lock */
+	union {
+		uint64_t owner;		/* ino whose write object it is, 0:
+					 * retired; fs->lock.  Read it with
+					 * obj_owner(): an origin has none */
+		uint64_t host_ino;	/* an origin's: its host file's inode
+					 * number, part of its identity
+					 * (immutable) */
+	};
 	uint64_t len;		/* the object file is at least this long;
 				 * the owner's io_lock (only the owner writes).
 				 * An origin's: its host file's size, part of
@@ -83,18 +89,24 @@ struct object {
 };
 
 /*
- * An origin object: a host file read in place, never written.  These
+ * An origin object: a host file read in place, never written.  Carved,
+ * with its name, from a chunk of origins (object.c), not malloc'ed.  These
  * fields are set before the object is published and never change, so they
  * are read without fs->lock by a pin holder.  Its path is obj.odir->path +
  * "/" + name, built only to open it (origin_path()).
  */
 struct origin {
-	struct object obj;
-	uint64_t ino;		/* the host file's identity, with obj.len
-				 * and obj.odir's device */
+	struct object obj;	/* its identity: obj.host_ino, obj.len and
+				 * obj.odir's device, with: */
 	int64_t mtime, ctime;	/* ns */
 	char name[];
 };
+
+/* The ino whose write object o is; 0: none (always for an origin). */
+static inline uint64_t obj_owner(const struct object *o)
+{
+	return o->origin ? 0 : o->owner;
+}
 
 static inline struct origin *obj_origin(const struct object *o)
 {
@@ -118,6 +130,8 @@ struct obj_table {
 	struct lru_slot *lru;	/* by fd */
 	size_t lru_cap;
 	int lru_head, lru_tail;	/* fd + 1, 0: empty; least recent first */
+	struct ochunk *ochunk;	/* the chunk origins are carved from now */
+	char *ocur;		/* its unused part starts here */
 };
 
 struct pf_item {		/* an origin file to prefetch */

@@ -121,7 +121,7 @@ static void origins(void)
 		CHECK(o[i] && o[i]->origin && obj_get(fs, 1000 + (uint64_t)i) == o[i]);
 		CHECK(origin_path(o[i], buf) == strlen(path) && !strcmp(buf, path));
 		struct origin *g = obj_origin(o[i]);
-		CHECK(g->obj.odir->dev == dev && g->ino == 5 + (uint64_t)i &&
+		CHECK(g->obj.odir->dev == dev && g->obj.host_ino == 5 + (uint64_t)i &&
 		      g->obj.len == (uint64_t)i * 3 && g->mtime == -1);
 		/* never dirty: its odir shares the slot of dirty_next */
 		obj_mark_dirty(fs, o[i]);
