@@ -528,12 +528,13 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			img_add(&im, &r);
 		}
 		for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++) {
+			struct extent e = extmap_at(&in->map, i);
 			r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NOREF };
 			r.u.ext.ino = in->ino;
-			r.u.ext.lblk = extmap_at(&in->map, i).lblk;
-			r.u.ext.len = extmap_at(&in->map, i).len;
-			r.u.ext.obj = extmap_at(&in->map, i).obj;
-			r.u.ext.pblk = extmap_at(&in->map, i).pblk;
+			r.u.ext.lblk = e.lblk;
+			r.u.ext.len = e.len;
+			r.u.ext.obj = e.obj;
+			r.u.ext.pblk = e.pblk;
 			img_add(&im, &r);
 		}
 	}
