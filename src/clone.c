@@ -58,7 +58,7 @@ static int ref_map(struct fs *fs, const struct extmap *map)
 	uint64_t b = 0;
 
 	for (i = 0; i < extmap_n(map); i++) {
-		const struct extent *e = &extmap_v(map)[i];
+		const struct extent ev = extmap_at(map, i), *e = &ev;
 		for (b = 0; b < e->len; b++)
 			if (refcount_inc(&fs->rc, e->obj, e->pblk + b))
 				goto undo;
@@ -66,12 +66,12 @@ static int ref_map(struct fs *fs, const struct extmap *map)
 	return 0;
 undo:
 	for (;;) {
-		const struct extent *e = &extmap_v(map)[i];
+		const struct extent ev = extmap_at(map, i), *e = &ev;
 		while (b-- > 0)
 			refcount_dec(&fs->rc, e->obj, e->pblk + b);
 		if (i-- == 0)
 			break;
-		b = extmap_v(map)[i].len;
+		b = extmap_at(map, i).len;
 	}
 	return -ENOMEM;
 }
@@ -573,7 +573,7 @@ static int du_visit(void *ctx, struct inode *in)
 	dc->u->logical += in->size;
 	note_tail(fs, &dc->tails, in, &err);
 	for (size_t i = 0; i < extmap_n(&in->map) && !err; i++) {
-		const struct extent *e = &extmap_v(&in->map)[i];
+		const struct extent ev = extmap_at(&in->map, i), *e = &ev;
 		for (uint64_t b = 0; b < e->len; b++) {
 			uint32_t v = refcount_get(&dc->local, e->obj, e->pblk + b);
 			if (refcount_set(&dc->local, e->obj, e->pblk + b, v + 1))

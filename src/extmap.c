@@ -3,6 +3,8 @@
  * to the last extent, so the common case costs O(1); random changes cost a
  * memmove of the array, which stays short because runs merge.  The array
  * is shared between clones and copied by the first change (make_room()).
+ * A map of one extent from block 0 to block 0 is packed into its word
+ * (pack()): a file cloned by reference from the host costs no array.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -12,14 +14,49 @@
 
 void extmap_init(struct extmap *m)
 {
-	m->b = NULL;
+	m->w = 0;
 }
 
 void extmap_release(struct extmap *m)
 {
-	if (m->b && --m->b->refs == 0)
-		free(m->b);
-	m->b = NULL;
+	struct extbuf *b = extmap_buf(m);
+
+	if (b && --b->refs == 0)
+		free(b);
+	m->w = 0;
+}
+
+static void set_buf(struct extmap *m, struct extbuf *b)
+{
+	m->w = (uint64_t)(uintptr_t)b;
+}
+
+/* Whether e alone can be the packed word. */
+static int can_pack(const struct extent *e)
+{
+	return e->lblk == 0 && e->pblk == 0 && e->len > 0 &&
+	       e->len <= EXTMAP_LEN_MAX && e->obj <= EXTMAP_OBJ_MAX;
+}
+
+static uint64_t pack(const struct extent *e)
+{
+	return e->obj << (1 + EXTMAP_LEN_BITS) | e->len << 1 | 1;
+}
+
+/* m's extents as an array, *n of them: a packed map's one is put in
+ * *one.  Valid until m changes. */
+static const struct extent *view(const struct extmap *m, struct extent *one,
+				 size_t *n)
+{
+	const struct extbuf *b = extmap_buf(m);
+
+	if (extmap_packed(m)) {
+		*one = extmap_at(m, 0);
+		*n = 1;
+		return one;
+	}
+	*n = b ? b->n : 0;
+	return b ? b->v : NULL;
 }
 
 static size_t buf_size(size_t cap)
@@ -28,10 +65,9 @@ static size_t buf_size(size_t cap)
 }
 
 /* Index of the first extent whose end is after lblk (n if none). */
-static size_t first_after(const struct extmap *m, uint64_t lblk)
+static size_t first_after(const struct extent *v, size_t n, uint64_t lblk)
 {
-	const struct extent *v = extmap_v(m);
-	size_t lo = 0, hi = extmap_n(m);
+	size_t lo = 0, hi = n;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -45,8 +81,10 @@ static size_t first_after(const struct extmap *m, uint64_t lblk)
 
 int extmap_lookup(const struct extmap *m, uint64_t lblk, struct extent *out)
 {
-	const struct extent *v = extmap_v(m);
-	size_t i = first_after(m, lblk), n = extmap_n(m);
+	struct extent one;
+	size_t n;
+	const struct extent *v = view(m, &one, &n);
+	size_t i = first_after(v, n, lblk);
 
 	if (i < n && v[i].lblk <= lblk) {
 		uint64_t d = lblk - v[i].lblk;
@@ -66,11 +104,12 @@ int extmap_lookup(const struct extmap *m, uint64_t lblk, struct extent *out)
 /*
  * Make m's array its own (copy a shared one) with room for need extents.
  * Small arrays are sized exactly: most files have one extent, and a clone's
- * copy is made when it first changes.  -ENOMEM: m unchanged.
+ * copy is made when it first changes.  A packed map is unpacked into an
+ * array.  -ENOMEM: m unchanged.
  */
 static int make_room(struct extmap *m, size_t need)
 {
-	struct extbuf *b = m->b, *nb;
+	struct extbuf *b = extmap_buf(m), *nb;
 	size_t cap;
 
 	if (need > UINT32_MAX)
@@ -90,6 +129,10 @@ static int make_room(struct extmap *m, size_t need)
 		if (b) {
 			memcpy(nb, b, buf_size(b->n));
 			b->refs--;
+		} else if (extmap_packed(m)) {
+			nb->n = 1;
+			nb->v[0] = extmap_at(m, 0);
+			nb->nblocks = nb->v[0].len;
 		} else {
 			nb->n = 0;
 			nb->nblocks = 0;
@@ -97,7 +140,7 @@ static int make_room(struct extmap *m, size_t need)
 		nb->refs = 1;
 	}
 	nb->cap = (uint32_t)cap;
-	m->b = nb;
+	set_buf(m, nb);
 	return 0;
 }
 
@@ -110,16 +153,30 @@ static int continues(const struct extent *a, const struct extent *b)
 /* Append ins after the last extent (which ends at or before it). */
 static int append(struct extmap *m, const struct extent *ins)
 {
-	size_t n = extmap_n(m);
-	int merge = n && continues(&extmap_v(m)[n - 1], ins);
+	struct extent one;
+	size_t n;
+	const struct extent *v = view(m, &one, &n);
+	int merge = n && continues(&v[n - 1], ins);
 
+	if (n == 0 && can_pack(ins)) {
+		m->w = pack(ins);
+		return 0;
+	}
+	if (merge && extmap_packed(m)) {
+		one.len += ins->len;
+		if (can_pack(&one)) {
+			m->w = pack(&one);
+			return 0;
+		}
+	}
 	if (make_room(m, merge ? n : n + 1))
 		return -ENOMEM;
+	struct extbuf *b = extmap_buf(m);
 	if (merge)
-		m->b->v[n - 1].len += ins->len;
+		b->v[n - 1].len += ins->len;
 	else
-		m->b->v[m->b->n++] = *ins;
-	m->b->nblocks += ins->len;
+		b->v[b->n++] = *ins;
+	b->nblocks += ins->len;
 	return 0;
 }
 
@@ -127,10 +184,12 @@ static int append(struct extmap *m, const struct extent *ins)
  * not, and the map lets go of it (a clone's delete copies nothing). */
 static void drop_all(struct extmap *m, extmap_drop_fn drop, void *ctx)
 {
-	for (size_t i = 0; drop && i < extmap_n(m); i++) {
-		const struct extent *e = &m->b->v[i];
-		drop(ctx, e->obj, e->pblk, e->len);
-	}
+	struct extent one;
+	size_t n;
+	const struct extent *v = view(m, &one, &n);
+
+	for (size_t i = 0; drop && i < n; i++)
+		drop(ctx, v[i].obj, v[i].pblk, v[i].len);
 	extmap_release(m);
 }
 
@@ -143,8 +202,9 @@ static int replace(struct extmap *m, uint64_t lblk, uint64_t len,
 		   const struct extent *ins, extmap_drop_fn drop, void *ctx)
 {
 	uint64_t end = lblk + len;
-	const struct extent *v = extmap_v(m);
-	size_t n = extmap_n(m), i0, i1;
+	struct extent one;
+	size_t n, i0, i1;
+	const struct extent *v = view(m, &one, &n);
 	int has_left, has_right;
 
 	if (len == 0)
@@ -153,7 +213,7 @@ static int replace(struct extmap *m, uint64_t lblk, uint64_t len,
 	if (ins && (n == 0 || v[n - 1].lblk + v[n - 1].len <= lblk))
 		return append(m, ins);
 
-	i0 = first_after(m, lblk);
+	i0 = first_after(v, n, lblk);
 	i1 = i0;
 	while (i1 < n && v[i1].lblk < end)
 		i1++;
@@ -172,7 +232,7 @@ static int replace(struct extmap *m, uint64_t lblk, uint64_t len,
 	if (make_room(m, after > n ? after : n))
 		return -ENOMEM;
 
-	struct extbuf *b = m->b;
+	struct extbuf *b = extmap_buf(m);
 	struct extent pieces[3];
 	size_t k = 0;
 	if (has_left) {
@@ -217,8 +277,13 @@ static int replace(struct extmap *m, uint64_t lblk, uint64_t len,
 		}
 	}
 	b->n = (uint32_t)n;
-	if (n == 0)
+	if (n == 0) {
 		extmap_release(m);
+	} else if (n == 1 && can_pack(&b->v[0])) {
+		struct extent e = b->v[0];	/* b is m's own (make_room) */
+		extmap_release(m);
+		m->w = pack(&e);
+	}
 	return 0;
 }
 
@@ -237,11 +302,12 @@ int extmap_punch(struct extmap *m, uint64_t lblk, uint64_t len,
 
 int extmap_copy(struct extmap *dst, const struct extmap *src)
 {
+	struct extbuf *b = extmap_buf(src);
+
 	extmap_release(dst);
-	if (src->b) {
-		src->b->refs++;
-		dst->b = src->b;
-	}
+	if (b)
+		b->refs++;
+	dst->w = src->w;
 	return 0;
 }
 
@@ -264,7 +330,8 @@ void extmap_pool_free(struct extmap_pool *p)
 	if (!p)
 		return;
 	for (size_t i = 0; i < p->cap; i++) {
-		struct extmap m = { p->slot[i] };
+		struct extmap m;
+		set_buf(&m, p->slot[i]);
 		extmap_release(&m);
 	}
 	free(p->slot);
@@ -315,7 +382,7 @@ static int pool_grow(struct extmap_pool *p)
 
 void extmap_pool_share(struct extmap_pool *p, struct extmap *m)
 {
-	struct extbuf *b = m->b;
+	struct extbuf *b = extmap_buf(m);
 	int full = 0;
 	size_t h;
 
@@ -331,8 +398,8 @@ void extmap_pool_share(struct extmap_pool *p, struct extmap *m)
 			return;
 		if (buf_equal(p->slot[h], b)) {
 			extmap_release(m);
-			m->b = p->slot[h];
-			m->b->refs++;
+			set_buf(m, p->slot[h]);
+			p->slot[h]->refs++;
 			return;
 		}
 	}
@@ -343,7 +410,8 @@ void extmap_pool_share(struct extmap_pool *p, struct extmap *m)
 		struct extbuf *nb = realloc(b, buf_size(b->n));
 		if (nb) {
 			nb->cap = nb->n;
-			m->b = b = nb;
+			set_buf(m, nb);
+			b = nb;
 		}
 	}
 	b->refs++;

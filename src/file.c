@@ -140,7 +140,7 @@ void file_compute_nlive(struct fs *fs)
 		if (!S_ISREG(in->mode))
 			continue;
 		for (size_t k = 0; k < extmap_n(&in->map); k++) {
-			const struct extent *e = &extmap_v(&in->map)[k];
+			const struct extent ev = extmap_at(&in->map, k), *e = &ev;
 			o = obj_get(fs, e->obj);
 			if (!o)
 				continue;

@@ -815,7 +815,7 @@ static void note_prefetch(struct fs *fs, struct inode *in,
 
 	if (!S_ISREG(in->mode) || extmap_n(&in->map) == 0 || *n >= 256)
 		return;
-	o = obj_get(fs, extmap_v(&in->map)[0].obj);
+	o = obj_get(fs, extmap_at(&in->map, 0).obj);
 	if (!o || !o->origin || o->fd >= 0)
 		return;
 	if (!*pf && !(*pf = calloc(256, sizeof(**pf))))

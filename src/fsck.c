@@ -126,7 +126,7 @@ static void check_blocks(struct fsck *k, int *oom)
 		if (!S_ISREG(in->mode))
 			continue;
 		for (size_t i = 0; i < extmap_n(&in->map); i++) {
-			const struct extent *e = &extmap_v(&in->map)[i];
+			const struct extent ev = extmap_at(&in->map, i), *e = &ev;
 			struct object *o = obj_get(fs, e->obj);
 			if (!o) {
 				problem(k, "inode %" PRIu64 " maps unknown object %016"
@@ -181,7 +181,7 @@ static void check_objects(struct fsck *k)
 				continue;
 			}
 			struct object *o = obj_get(fs, id);
-			if (!o || (o->nlive == 0 && o->owner == 0)) {
+			if (!o || (o->nlive == 0 && obj_owner(o) == 0)) {
 				k->leaked_objects++;
 				if (k->verbose)
 					fprintf(k->out, "leak: object %016" PRIx64

@@ -301,7 +301,7 @@ static void finish_batch(struct fs *fs, struct batch *b)
 	size_t nfds = 0, nids = 0;
 	for (size_t i = 0; i < b->nunlinks; i++) {
 		struct object *o = b->unlinks[i];
-		if (o->nlive || o->owner) {	/* revived during replay */
+		if (o->nlive || obj_owner(o)) {	/* revived during replay */
 			o->doomed = false;
 			continue;
 		}
@@ -528,12 +528,13 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 			img_add(&im, &r);
 		}
 		for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++) {
+			struct extent e = extmap_at(&in->map, i);
 			r = (struct rec){ .type = REC_EXT_SET, .flags = EXT_NOREF };
 			r.u.ext.ino = in->ino;
-			r.u.ext.lblk = extmap_v(&in->map)[i].lblk;
-			r.u.ext.len = extmap_v(&in->map)[i].len;
-			r.u.ext.obj = extmap_v(&in->map)[i].obj;
-			r.u.ext.pblk = extmap_v(&in->map)[i].pblk;
+			r.u.ext.lblk = e.lblk;
+			r.u.ext.len = e.len;
+			r.u.ext.obj = e.obj;
+			r.u.ext.pblk = e.pblk;
 			img_add(&im, &r);
 		}
 	}

@@ -851,6 +851,41 @@ static int log_xattrs(struct fs *fs, struct inode *in, struct hent *e)
 	return 0;
 }
 
+/* fs->lock held.  Size each new directory for the entries pass 2 of
+ * materialize() gives it, as a mount's load sizes them: arrays grown by
+ * doubling would leave their slack, and the holes of their old copies
+ * between the long-lived objects, to the daemon's RSS. */
+static int presize_dirs(struct fs *fs, struct walk *w)
+{
+	size_t *cnt = arena_alloc(&w->a, 2 * (size_t)w->n * sizeof(*cnt));
+
+	if (!cnt)
+		return 0;	/* only an optimisation */
+	size_t *bytes = cnt + w->n;
+	memset(cnt, 0, 2 * (size_t)w->n * sizeof(*cnt));
+	for (long i = 0; i < w->n; i++) {
+		long p = w->v[i].parent;
+		if (p >= 0) {
+			cnt[p]++;
+			bytes[p] += strlen(w->v[i].name) + 1;
+		}
+	}
+	for (long i = 0; i < w->n; i++) {
+		struct hent *e = &w->v[i];
+		if (e->link_of >= 0 || !S_ISDIR(e->st.st_mode) || !cnt[i])
+			continue;
+		struct inode *in = inode_get(fs, e->ino);
+		struct dir shape = { .nentries = (uint32_t)cnt[i],
+				     .nlen = (uint32_t)bytes[i],
+				     .next_cookie = in->dir->next_cookie };
+		struct inode like = { .dir = &shape };
+		int rc = dir_prealloc(in, &like);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /* fs->lock held.  Make the walked entries under dir (top entries named
  * as walked, or 'name' for a single top entry). */
 static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
@@ -909,6 +944,9 @@ static int materialize(struct fs *fs, const struct fs_ctx *c, struct walk *w,
 			}
 		}
 	}
+	/* the new directories sized for their entries: no growing */
+	if (!rc && (rc = presize_dirs(fs, w)))
+		return rc;
 	/* pass 2: directory entries, parents first (walk order) */
 	for (long i = 0; i < w->n && !rc; i++) {
 		struct hent *e = &w->v[i];
@@ -1110,7 +1148,7 @@ int64_t fs_detach(struct fs *fs, const struct fs_ctx *c, uint64_t ino)
 		struct object *o = NULL;
 		lock_take(fs, LOCK_FS);
 		for (size_t i = 0; i < extmap_n(&in->map); i++) {
-			const struct extent *e = &extmap_v(&in->map)[i];
+			const struct extent ev = extmap_at(&in->map, i), *e = &ev;
 			struct object *x = obj_get(fs, e->obj);
 			if (x && x->origin) {
 				run = *e;

@@ -68,6 +68,8 @@ static int apply_inode(struct fs *fs, const struct rec *r)
 				o = obj_new(fs, r->u.inode.wobj, in->ino);
 			if (!o)
 				return -ENOMEM;
+			if (o->origin)
+				return -EINVAL;	/* an origin is never written */
 			o->owner = in->ino;
 			in->wobj = o->id;
 		}

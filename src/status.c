@@ -33,7 +33,7 @@ void fs_status_daemon(const char *log_target)
 static int file_shares(struct fs *fs, const struct inode *in)
 {
 	for (size_t i = 0; i < extmap_n(&in->map); i++) {
-		const struct extent *e = &extmap_v(&in->map)[i];
+		const struct extent ev = extmap_at(&in->map, i), *e = &ev;
 		struct object *o = obj_get(fs, e->obj);
 		if (o && o->origin)
 			return 1;

@@ -4,11 +4,14 @@
  * extents that continue each other are merged.  Not thread-safe: the
  * owner (struct inode) is protected by fs->lock.
  *
- * The map is one pointer to a refcounted array (NULL: empty), so that a
- * clone shares its source's map: extmap_copy() takes a reference, and the
- * first extmap_set()/extmap_punch() on a shared array copies it first
- * (copy-on-write of the map itself).  A one-extent map is one allocation
- * of 56 bytes.
+ * The map is one word.  A map of one extent that starts at block 0 of
+ * both the file and the object (a file cloned by reference from the host,
+ * a file written once from its start) is packed into the word itself:
+ * no allocation at all.  Any other map is a pointer to a refcounted
+ * array (0: empty), so that a clone shares its source's map:
+ * extmap_copy() takes a reference, and the first extmap_set() /
+ * extmap_punch() on a shared array copies it first (copy-on-write of the
+ * map itself).  Read the extents with extmap_n() and extmap_at().
  */
 #ifndef COWFS_EXTMAP_H
 #define COWFS_EXTMAP_H
@@ -32,8 +35,63 @@ struct extbuf {
 };
 
 struct extmap {
-	struct extbuf *b;	/* NULL: no extent */
+	uint64_t w;	/* 0: no extent; low bit set: the packed extent
+			 * {0, len, obj, 0} (EXTMAP_*); else a struct
+			 * extbuf * (refcounted, n >= 1) */
 };
+
+/* The packed extent: bit 0 set, len in bits 1..27, obj in bits 28..63.
+ * A larger file or object id takes an array. */
+#define EXTMAP_LEN_BITS 27
+#define EXTMAP_OBJ_BITS 36
+#define EXTMAP_LEN_MAX ((1ull << EXTMAP_LEN_BITS) - 1)
+#define EXTMAP_OBJ_MAX ((1ull << EXTMAP_OBJ_BITS) - 1)
+
+static inline int extmap_packed(const struct extmap *m)
+{
+	return (int)(m->w & 1);
+}
+
+/* The array, or NULL (empty or packed). */
+static inline struct extbuf *extmap_buf(const struct extmap *m)
+{
+	return m->w & 1 ? NULL : (struct extbuf *)(uintptr_t)m->w;
+}
+
+static inline uint64_t extmap_packed_len(const struct extmap *m)
+{
+	return (m->w >> 1) & EXTMAP_LEN_MAX;
+}
+
+static inline uint64_t extmap_packed_obj(const struct extmap *m)
+{
+	return m->w >> (1 + EXTMAP_LEN_BITS);
+}
+
+static inline size_t extmap_n(const struct extmap *m)
+{
+	if (extmap_packed(m))
+		return 1;
+	return m->w ? extmap_buf(m)->n : 0;
+}
+
+/* Extent i (< extmap_n()), by value. */
+static inline struct extent extmap_at(const struct extmap *m, size_t i)
+{
+	if (extmap_packed(m)) {
+		struct extent e = { 0, extmap_packed_len(m),
+				    extmap_packed_obj(m), 0 };
+		return e;
+	}
+	return extmap_buf(m)->v[i];
+}
+
+static inline uint64_t extmap_nblocks(const struct extmap *m)
+{
+	if (extmap_packed(m))
+		return extmap_packed_len(m);
+	return m->w ? extmap_buf(m)->nblocks : 0;
+}
 
 /* Called for every mapped piece that set/punch removes. */
 typedef void (*extmap_drop_fn)(void *ctx, uint64_t obj, uint64_t pblk,
@@ -41,22 +99,6 @@ typedef void (*extmap_drop_fn)(void *ctx, uint64_t obj, uint64_t pblk,
 
 void extmap_init(struct extmap *m);
 void extmap_release(struct extmap *m);
-
-static inline size_t extmap_n(const struct extmap *m)
-{
-	return m->b ? m->b->n : 0;
-}
-
-/* The extents, extmap_n() of them; valid until the map changes. */
-static inline const struct extent *extmap_v(const struct extmap *m)
-{
-	return m->b ? m->b->v : NULL;
-}
-
-static inline uint64_t extmap_nblocks(const struct extmap *m)
-{
-	return m->b ? m->b->nblocks : 0;
-}
 
 /*
  * Look up lblk.  Returns 1 and the mapped run starting at lblk (clipped) if
@@ -74,8 +116,8 @@ int extmap_set(struct extmap *m, uint64_t lblk, uint64_t len, uint64_t obj,
 int extmap_punch(struct extmap *m, uint64_t lblk, uint64_t len,
 		 extmap_drop_fn drop, void *ctx);
 
-/* dst, initialised and empty, becomes a copy of src sharing its array
- * (copied on the first change of either).  Cannot fail; returns 0. */
+/* dst becomes a copy of src sharing its array (copied on the first change
+ * of either), or its packed word.  Cannot fail; returns 0. */
 int extmap_copy(struct extmap *dst, const struct extmap *src);
 
 /*
@@ -90,13 +132,16 @@ struct extmap_pool *extmap_pool_new(void);
 /* Drops the pool's references. */
 void extmap_pool_free(struct extmap_pool *p);
 /* m shares an equal array of p (its own goes), or its array (cut to size)
- * joins p.  Out of memory: m stays as it is.  p may be NULL. */
+ * joins p.  Out of memory: m stays as it is.  p may be NULL.  A packed
+ * map has no array: nothing to share. */
 void extmap_pool_share(struct extmap_pool *p, struct extmap *m);
 
 /* Whether two maps share one array (for tests and figures). */
 static inline int extmap_shared(const struct extmap *m)
 {
-	return m->b && m->b->refs > 1;
+	const struct extbuf *b = extmap_buf(m);
+
+	return b && b->refs > 1;
 }
 
 #endif

@@ -43,23 +43,36 @@ struct fs;
 
 /*
  * A host directory that origin files are in, with the device they are
- * on: its path is stored once for all of them (a file on another device
- * than its directory's other files gets a node of its own).  Shared by
- * reference count; in fs->objects' directory hash; fs->lock.
+ * on: a node of a tree of such directories, each holding only its last
+ * path component, so that a path is stored once for all the files in it
+ * and a component once for all the directories under it (a file on
+ * another device than its directory's other files gets a chain of nodes
+ * of its own).  Shared by reference count; in fs->objects' directory
+ * hash by (parent, name, dev); fs->lock.  Carved from the chunks of
+ * origins (object.c).
  */
 struct odir {
 	struct odir *next;	/* hash chain */
+	struct odir *parent;	/* NULL: "/" itself, whose path is "" */
 	uint64_t dev;
-	uint32_t refs;		/* origin objects in it */
-	uint32_t len;		/* strlen(path) */
-	char path[];		/* "" for "/": a file's path is path/name */
+	uint32_t refs;		/* origin objects in it, nodes under it */
+	uint16_t len;		/* strlen of its path (< PATH_MAX): a
+				 * file's path is path/name */
+	uint16_t nlen;		/* strlen(name) */
+	char name[];		/* the last component of its path */
 };
 
 struct object {
 	uint64_t id;		/* immutable */
 	uint64_t nlive;		/* blocks some extent maps; fs->lock */
-	uint64_t owner;		/* ino whose write object it is, 0: retired;
-				 * fs->lock */
+	union {
+		uint64_t owner;		/* ino whose write object it is, 0:
+					 * retired; fs->lock.  Read it with
+					 * obj_owner(): an origin has none */
+		uint64_t host_ino;	/* an origin's: its host file's inode
+					 * number, part of its identity
+					 * (immutable) */
+	};
 	uint64_t len;		/* the object file is at least this long;
 				 * the owner's io_lock (only the owner writes).
 				 * An origin's: its host file's size, part of
@@ -83,18 +96,24 @@ struct object {
 };
 
 /*
- * An origin object: a host file read in place, never written.  These
+ * An origin object: a host file read in place, never written.  Carved,
+ * with its name, from a chunk of origins (object.c), not malloc'ed.  These
  * fields are set before the object is published and never change, so they
- * are read without fs->lock by a pin holder.  Its path is obj.odir->path +
- * "/" + name, built only to open it (origin_path()).
+ * are read without fs->lock by a pin holder.  Its path is obj.odir's path
+ * + "/" + name, built only to open it (origin_path()).
  */
 struct origin {
-	struct object obj;
-	uint64_t ino;		/* the host file's identity, with obj.len
-				 * and obj.odir's device */
+	struct object obj;	/* its identity: obj.host_ino, obj.len and
+				 * obj.odir's device, with: */
 	int64_t mtime, ctime;	/* ns */
 	char name[];
 };
+
+/* The ino whose write object o is; 0: none (always for an origin). */
+static inline uint64_t obj_owner(const struct object *o)
+{
+	return o->origin ? 0 : o->owner;
+}
 
 static inline struct origin *obj_origin(const struct object *o)
 {
@@ -115,9 +134,12 @@ struct obj_table {
 	size_t cap, n;		/* cap: 0 or a power of two */
 	struct odir **dirs;	/* hash chains of struct odir */
 	size_t dcap, dn;
+	struct odir *dlast;	/* the node last asked for (no reference) */
 	struct lru_slot *lru;	/* by fd */
 	size_t lru_cap;
 	int lru_head, lru_tail;	/* fd + 1, 0: empty; least recent first */
+	struct ochunk *ochunk;	/* the chunk origins are carved from now */
+	char *ocur;		/* its unused part starts here */
 };
 
 struct pf_item {		/* an origin file to prefetch */

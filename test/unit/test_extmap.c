@@ -91,11 +91,11 @@ static int continues(const struct extent *a, const struct extent *b)
 static void dump(const struct extmap *m)
 {
 	fprintf(stderr, "map: n=%zu cap=%zu nblocks=%" PRIu64 "\n", extmap_n(m),
-		(size_t)(m->b ? m->b->cap : 0), extmap_nblocks(m));
+		(size_t)(extmap_buf(m) ? extmap_buf(m)->cap : 0), extmap_nblocks(m));
 	for (size_t i = 0; i < extmap_n(m) && i < 200; i++)
 		fprintf(stderr, "  [%" PRIu64 ", +%" PRIu64 ") -> obj %" PRIu64
-			" pblk %" PRIu64 "\n", extmap_v(m)[i].lblk, extmap_v(m)[i].len,
-			extmap_v(m)[i].obj, extmap_v(m)[i].pblk);
+			" pblk %" PRIu64 "\n", extmap_at(m, i).lblk, extmap_at(m, i).len,
+			extmap_at(m, i).obj, extmap_at(m, i).pblk);
 }
 
 #define MCHECK(m, cond, ...)                                                \
@@ -111,19 +111,27 @@ static void check_shape(const struct extmap *m)
 {
 	uint64_t sum = 0;
 
-	MCHECK(m, !m->b || (m->b->n <= m->b->cap && m->b->n > 0 && m->b->refs > 0),
+	const struct extbuf *b = extmap_buf(m);
+
+	MCHECK(m, !b || (b->n <= b->cap && b->n > 0 && b->refs > 0),
 	       "bad array header");
+	/* a map that fits in its word is packed, never an array */
+	if (b && b->n == 1)
+		MCHECK(m, b->v[0].lblk != 0 || b->v[0].pblk != 0 ||
+		       b->v[0].len > EXTMAP_LEN_MAX || b->v[0].obj > EXTMAP_OBJ_MAX,
+		       "a one-extent array that should be packed");
 	for (size_t i = 0; i < extmap_n(m); i++) {
-		const struct extent *e = &extmap_v(m)[i];
+		const struct extent ev = extmap_at(m, i), *e = &ev;
 		MCHECK(m, e->len > 0, "extent %zu empty", i);
 		MCHECK(m, e->lblk < NB && e->len <= NB - e->lblk,
 		       "extent %zu outside the blocks ever mapped", i);
 		MCHECK(m, e->obj != 0, "extent %zu obj 0", i);
 		if (i + 1 < extmap_n(m)) {
-			MCHECK(m, e->lblk + e->len <= extmap_v(m)[i + 1].lblk,
+			MCHECK(m, e->lblk + e->len <= extmap_at(m, i + 1).lblk,
 			       "extents %zu and %zu unsorted or overlapping", i,
 			       i + 1);
-			MCHECK(m, !continues(e, &extmap_v(m)[i + 1]),
+			struct extent next = extmap_at(m, i + 1);
+			MCHECK(m, !continues(e, &next),
 			       "extents %zu and %zu continue each other but are "
 			       "not merged", i, i + 1);
 		}
@@ -274,35 +282,36 @@ static void check_copy(struct extmap *m)
 {
 	struct extmap c;
 	/* the snapshots of random_test may share m's array too */
-	uint32_t refs = m->b ? m->b->refs : 0;
+	const struct extbuf *b = extmap_buf(m);
+	uint32_t refs = b ? b->refs : 0;
 
 	extmap_init(&c);
 	CHECK(extmap_n(&c) == 0 && extmap_nblocks(&c) == 0);
 	CHECK(extmap_copy(&c, m) == 0);
 	CHECK(extmap_n(&c) == extmap_n(m) &&
 	      extmap_nblocks(&c) == extmap_nblocks(m));
-	CHECK(c.b == m->b && (!m->b || m->b->refs == refs + 1));
+	CHECK(c.w == m->w && (!b || b->refs == refs + 1));
 	check_model(&c);
 	/* Changing the copy leaves the original alone. */
 	CHECK(extmap_punch(&c, 0, UINT64_MAX, NULL, NULL) == 0);
-	CHECK(extmap_n(&c) == 0 && extmap_nblocks(&c) == 0 && c.b == NULL);
-	CHECK(!m->b || m->b->refs == refs);
+	CHECK(extmap_n(&c) == 0 && extmap_nblocks(&c) == 0 && c.w == 0);
+	CHECK(!b || b->refs == refs);
 	CHECK(extmap_copy(&c, m) == 0);
 	CHECK(extmap_set(&c, 3, 7, 99, 1234, NULL, NULL) == 0);
-	CHECK(c.b != m->b && (!m->b || m->b->refs == refs) &&
+	CHECK(c.w != m->w && (!b || b->refs == refs) &&
 	      !extmap_shared(&c));
 	check_model(m);
 	extmap_release(&c);
-	CHECK(extmap_v(&c) == NULL && extmap_n(&c) == 0 &&
+	CHECK(c.w == 0 && extmap_n(&c) == 0 &&
 	      extmap_nblocks(&c) == 0);
 	/* Changing the original leaves the copy alone (checked by the
 	 * snapshots of random_test too). */
 	CHECK(extmap_copy(&c, m) == 0);
 	if (extmap_n(m)) {
-		struct extent first = extmap_v(m)[0];
+		struct extent first = extmap_at(m, 0);
 		CHECK(extmap_punch(m, first.lblk, 1, NULL, NULL) == 0);
-		CHECK(c.b != m->b && extmap_v(&c)[0].lblk == first.lblk &&
-		      extmap_v(&c)[0].len == first.len);
+		CHECK(c.w != m->w && extmap_at(&c, 0).lblk == first.lblk &&
+		      extmap_at(&c, 0).len == first.len);
 		/* put it back */
 		CHECK(extmap_set(m, first.lblk, 1, first.obj, first.pblk, NULL,
 				 NULL) == 0);
@@ -373,7 +382,7 @@ static void snap_op(struct extmap *m)
 static void random_test(long nops)
 {
 	struct extmap m;
-	long sets = 0, punches = 0, merged = 0;
+	long sets = 0, punches = 0, merged = 0, packed = 0;
 
 	memset(model, 0, sizeof(model));
 	extmap_init(&m);
@@ -421,7 +430,11 @@ static void random_test(long nops)
 		} else if (k < 95) {
 			uint64_t lblk = rndn(NB + 16), len;
 			switch (rndn(5)) {
-			case 0:		/* to the end, as truncate does */
+			case 0:		/* to the end, as truncate does; often
+					 * near the start, which leaves one
+					 * run from block 0 (packed) */
+				if (rndn(2))
+					lblk = rndn(8);
 				len = UINT64_MAX - lblk;
 				break;
 			case 1:
@@ -466,14 +479,16 @@ static void random_test(long nops)
 		}
 		if (op_no % 16 == 0)
 			check_snaps();
+		packed += extmap_packed(&m);
 	}
+	CHECKF(packed > 0, "no op left a packed map (of %ld)", nops);
 	for (int i = 0; i < NSNAP; i++) {
 		extmap_release(&snaps[i].map);
 		snaps[i].live = 0;
 	}
-	printf("  %ld ops (%ld sets, %ld punches, %ld continuing sets), "
-	       "final %zu extents / %" PRIu64 " blocks ok\n", nops, sets, punches,
-	       merged, extmap_n(&m), extmap_nblocks(&m));
+	printf("  %ld ops (%ld sets, %ld punches, %ld continuing sets, "
+	       "%ld packed), final %zu extents / %" PRIu64 " blocks ok\n", nops, sets, punches,
+	       merged, packed, extmap_n(&m), extmap_nblocks(&m));
 	extmap_release(&m);
 	op_no = -1;
 }
@@ -491,13 +506,13 @@ static void fixed_cases(void)
 	/* Sequential appends merge into one extent. */
 	for (uint64_t b = 0; b < 100; b++)
 		CHECK(extmap_set(&m, b, 1, 7, b, NULL, NULL) == 0);
-	CHECK(extmap_n(&m) == 1 && extmap_v(&m)[0].len == 100 && extmap_nblocks(&m) == 100);
+	CHECK(extmap_n(&m) == 1 && extmap_at(&m, 0).len == 100 && extmap_nblocks(&m) == 100);
 	/* A run that does not continue splits; putting the original back
 	 * merges the three pieces again. */
 	CHECK(extmap_set(&m, 40, 10, 8, 40, NULL, NULL) == 0);
 	CHECK(extmap_n(&m) == 3 && extmap_nblocks(&m) == 100);
 	CHECK(extmap_set(&m, 40, 10, 7, 40, NULL, NULL) == 0);
-	CHECK(extmap_n(&m) == 1 && extmap_v(&m)[0].len == 100);
+	CHECK(extmap_n(&m) == 1 && extmap_at(&m, 0).len == 100);
 	/* A hole in the middle, then filled from both sides. */
 	CHECK(extmap_punch(&m, 10, 80, NULL, NULL) == 0);
 	CHECK(extmap_n(&m) == 2 && extmap_nblocks(&m) == 20);
@@ -542,6 +557,89 @@ static void fixed_cases(void)
 	printf("  fixed cases ok\n");
 }
 
+/* A map of one extent from block 0 to block 0 lives in its word: no array
+ * until the map takes another shape, and back in the word when it returns
+ * to that shape; the limits of the packed fields take an array. */
+static void packed_cases(void)
+{
+	struct extmap m, c;
+	struct extent e;
+
+	memset(model, 0, sizeof(model));
+	extmap_init(&m);
+	extmap_init(&c);
+	/* a file cloned by reference: one run of its origin object */
+	CHECK(extmap_set(&m, 0, 10, 42, 0, NULL, NULL) == 0);
+	CHECK(extmap_packed(&m) && !extmap_buf(&m) && extmap_n(&m) == 1 &&
+	      extmap_nblocks(&m) == 10);
+	e = extmap_at(&m, 0);
+	CHECK(e.lblk == 0 && e.len == 10 && e.obj == 42 && e.pblk == 0);
+	CHECK(extmap_lookup(&m, 3, &e) == 1 && e.len == 7 && e.pblk == 3 &&
+	      e.obj == 42);
+	CHECK(extmap_lookup(&m, 10, &e) == 0 && e.len == UINT64_MAX);
+	/* appends that continue it stay packed */
+	CHECK(extmap_set(&m, 10, 5, 42, 10, NULL, NULL) == 0);
+	CHECK(extmap_packed(&m) && extmap_nblocks(&m) == 15);
+	/* a copy is the word itself; changing it leaves m alone */
+	CHECK(extmap_copy(&c, &m) == 0 && c.w == m.w && !extmap_shared(&c));
+	CHECK(extmap_set(&c, 3, 1, 7, 100, NULL, NULL) == 0);
+	CHECK(!extmap_packed(&c) && extmap_n(&c) == 3);
+	CHECK(extmap_packed(&m) && extmap_nblocks(&m) == 15);
+	/* putting the block back packs it again (the array goes) */
+	CHECK(extmap_set(&c, 3, 1, 42, 3, NULL, NULL) == 0);
+	CHECK(extmap_packed(&c) && c.w == m.w);
+	/* a write to the middle unpacks; the drops are the packed blocks */
+	drops.n = drops.calls = 0;
+	CHECK(extmap_set(&m, 4, 2, 9, 4, drop_cb, &drops) == 0);
+	CHECK(drops.n == 2 && drops.v[0].obj == 42 && drops.v[0].pblk == 4 &&
+	      drops.v[1].pblk == 5);
+	CHECK(!extmap_packed(&m) && extmap_n(&m) == 3 && extmap_nblocks(&m) == 15);
+	/* truncate to 4 blocks: one run from 0 again, packed */
+	CHECK(extmap_punch(&m, 4, UINT64_MAX - 4, NULL, NULL) == 0);
+	CHECK(extmap_packed(&m) && extmap_nblocks(&m) == 4);
+	/* a hole before the run, or a run not at pblk 0: an array */
+	CHECK(extmap_punch(&m, 0, 1, NULL, NULL) == 0);
+	CHECK(!extmap_packed(&m) && extmap_n(&m) == 1 && extmap_at(&m, 0).lblk == 1);
+	CHECK(extmap_punch(&m, 0, UINT64_MAX, NULL, NULL) == 0 && m.w == 0);
+	CHECK(extmap_set(&m, 0, 4, 42, 1, NULL, NULL) == 0 && !extmap_packed(&m));
+	/* punching the whole packed map drops it all and empties it */
+	CHECK(extmap_punch(&m, 0, UINT64_MAX, NULL, NULL) == 0);
+	CHECK(extmap_set(&m, 0, 6, 42, 0, NULL, NULL) == 0 && extmap_packed(&m));
+	drops.n = drops.calls = 0;
+	CHECK(extmap_punch(&m, 0, UINT64_MAX, drop_cb, &drops) == 0);
+	CHECK(drops.n == 6 && drops.calls == 1 && m.w == 0 && extmap_n(&m) == 0);
+	/* the limits: the largest length and object id pack, one more
+	 * takes an array, and coming back under the limit packs again */
+	CHECK(extmap_set(&m, 0, EXTMAP_LEN_MAX, EXTMAP_OBJ_MAX, 0, NULL, NULL) == 0);
+	CHECK(extmap_packed(&m) && extmap_nblocks(&m) == EXTMAP_LEN_MAX);
+	e = extmap_at(&m, 0);
+	CHECK(e.obj == EXTMAP_OBJ_MAX && e.len == EXTMAP_LEN_MAX);
+	CHECK(extmap_set(&m, EXTMAP_LEN_MAX, 1, EXTMAP_OBJ_MAX, EXTMAP_LEN_MAX,
+			 NULL, NULL) == 0);
+	CHECK(!extmap_packed(&m) && extmap_n(&m) == 1 &&
+	      extmap_nblocks(&m) == EXTMAP_LEN_MAX + 1);
+	CHECK(extmap_lookup(&m, EXTMAP_LEN_MAX, &e) == 1 && e.len == 1 &&
+	      e.obj == EXTMAP_OBJ_MAX);
+	CHECK(extmap_punch(&m, 5, UINT64_MAX - 5, NULL, NULL) == 0);
+	CHECK(extmap_packed(&m) && extmap_nblocks(&m) == 5);
+	CHECK(extmap_punch(&m, 0, UINT64_MAX, NULL, NULL) == 0);
+	CHECK(extmap_set(&m, 0, 3, EXTMAP_OBJ_MAX + 1, 0, NULL, NULL) == 0);
+	CHECK(!extmap_packed(&m) && extmap_at(&m, 0).obj == EXTMAP_OBJ_MAX + 1);
+	/* a pool has nothing to share of a packed map */
+	struct extmap_pool *p = extmap_pool_new();
+	CHECK(p != NULL);
+	CHECK(extmap_punch(&m, 0, UINT64_MAX, NULL, NULL) == 0);
+	CHECK(extmap_set(&m, 0, 3, 5, 0, NULL, NULL) == 0);
+	uint64_t w = m.w;
+	extmap_pool_share(p, &m);
+	CHECK(m.w == w);
+	extmap_pool_free(p);
+	extmap_release(&m);
+	extmap_release(&c);
+	CHECK(m.w == 0 && c.w == 0);
+	printf("  packed ok\n");
+}
+
 /* Equal maps built apart come to share one array through a pool; a
  * change to one of them shows in none of the others. */
 static void pool_cases(void)
@@ -562,21 +660,21 @@ static void pool_cases(void)
 			CHECK(extmap_set(&m[i], 20, 2, 9, 5, NULL, NULL) == 0);
 		}
 		extmap_pool_share(p, &m[i]);
-		CHECK(m[i].b->cap == m[i].b->n);	/* cut to size */
+		CHECK(extmap_buf(&m[i])->cap == extmap_buf(&m[i])->n);	/* cut to size */
 	}
 	for (int i = 3; i < N; i++)
-		CHECK(m[i].b == m[i % 3].b);
-	CHECK(m[0].b != m[1].b && m[1].b != m[2].b);
+		CHECK(m[i].w == m[i % 3].w);
+	CHECK(m[0].w != m[1].w && m[1].w != m[2].w);
 	/* the pool's own reference: the arrays are shared even for one map */
-	CHECK(m[0].b->refs == N / 3 + 1);
+	CHECK(extmap_buf(&m[0])->refs == N / 3 + 1);
 	extmap_pool_share(p, &m[0]);	/* twice: no change */
-	CHECK(m[0].b->refs == N / 3 + 1);
+	CHECK(extmap_buf(&m[0])->refs == N / 3 + 1);
 	CHECK(extmap_set(&m[5], 1, 1, 7, 7, NULL, NULL) == 0);
-	CHECK(m[5].b != m[2].b && extmap_n(&m[5]) == 5);
+	CHECK(m[5].w != m[2].w && extmap_n(&m[5]) == 5);
 	CHECK(extmap_lookup(&m[2], 1, &e) == 1 && e.obj == 3 && e.pblk == 11);
 	CHECK(extmap_lookup(&m[8], 1, &e) == 1 && e.obj == 3 && e.pblk == 11);
 	extmap_pool_free(p);
-	CHECK(m[0].b->refs == N / 3);
+	CHECK(extmap_buf(&m[0])->refs == N / 3);
 	extmap_pool_share(NULL, &m[1]);	/* no pool: nothing */
 	for (int i = 0; i < N; i++)
 		extmap_release(&m[i]);
@@ -588,6 +686,7 @@ int main(void)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	init_seed("test_extmap");
 	fixed_cases();
+	packed_cases();
 	pool_cases();
 	random_test(30000);
 	free(drops.v);

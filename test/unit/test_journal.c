@@ -345,7 +345,7 @@ static void check_internal(int after_unclean)
 		uint64_t live = 0;
 		INODE_FOREACH(in, fs) {
 			for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++) {
-				const struct extent *e = &extmap_v(&in->map)[i];
+				const struct extent ev = extmap_at(&in->map, i), *e = &ev;
 				if (e->obj != o->id)
 					continue;
 				for (uint64_t b = 0; b < e->len; b++)
@@ -367,9 +367,9 @@ static void check_internal(int after_unclean)
 	}
 	INODE_FOREACH(in, fs) {
 		for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++) {
-			o = obj_get(fs, extmap_v(&in->map)[i].obj);
+			o = obj_get(fs, extmap_at(&in->map, i).obj);
 			CHECKF(o != NULL, "inode %" PRIu64 " maps unknown object %"
-			       PRIu64, in->ino, extmap_v(&in->map)[i].obj);
+			       PRIu64, in->ino, extmap_at(&in->map, i).obj);
 		}
 		if (S_ISREG(in->mode) && in->wobj) {
 			CHECKF(!after_unclean, "inode %" PRIu64 " kept write object %"

@@ -145,9 +145,9 @@ static uint64_t rc_sum(void)
 	uint64_t sum = 0;
 	INODE_FOREACH(in, fs)
 		for (size_t i = 0; S_ISREG(in->mode) && i < extmap_n(&in->map); i++)
-			for (uint64_t b = 0; b < extmap_v(&in->map)[i].len; b++)
-				sum += refcount_get(&fs->rc, extmap_v(&in->map)[i].obj,
-						    extmap_v(&in->map)[i].pblk + b);
+			for (uint64_t b = 0; b < extmap_at(&in->map, i).len; b++)
+				sum += refcount_get(&fs->rc, extmap_at(&in->map, i).obj,
+						    extmap_at(&in->map, i).pblk + b);
 	return sum;
 }
 
