@@ -324,6 +324,19 @@ out:
 	return rc;
 }
 
+/*
+ * With the kernel's writeback cache (the default), data written a moment
+ * ago may still be dirty pages in the kernel, not yet in the daemon: a
+ * clone would copy, and du/df would count, the older bytes.  Write the
+ * mount's dirty pages back first.  An error here is a write error that
+ * belongs to the writer (it sees it at its own fsync or close), so the
+ * command goes on with what the daemon has.
+ */
+static void flush_mount(int fd)
+{
+	(void)syncfs(fd);
+}
+
 int cmd_clone(int argc, char **argv)
 {
 	struct cowfs_ioc_clone a;
@@ -379,6 +392,7 @@ int cmd_clone(int argc, char **argv)
 		goto out;
 	}
 	strlcpy(a.name, name, sizeof(a.name));
+	flush_mount(fd);
 	if (ioctl(fd, COWFS_IOC_CLONE, &a) < 0) {
 		int e = errno;
 		if (e == ENOTTY || e == ENOSYS)
@@ -528,6 +542,7 @@ static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 ioctl:
 	if (fd < 0)
 		return -1;
+	flush_mount(fd);
 	if (ioctl(fd, nr, u) < 0) {
 		int e = errno;
 		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path,
@@ -836,6 +851,7 @@ int cmd_detach(int argc, char **argv)
 			detach_status = 1;
 			continue;
 		}
+		flush_mount(fd);
 		if (ioctl(fd, COWFS_IOC_DF, &u) < 0) {
 			int e = errno;
 			fprintf(stderr, "cowfs: detach: '%s': %s\n", argv[i],

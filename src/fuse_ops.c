@@ -29,6 +29,7 @@
 static char *zero_buf;
 static struct fuse_session *session;	/* for cache invalidation */
 static int wb_want = 1;			/* -o nowriteback_cache clears it */
+static int wb_on;			/* the kernel took it (op_init) */
 
 static struct fs *FS(fuse_req_t req)
 {
@@ -136,6 +137,7 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 	 * kernel's back (see "Kernel caching" in docs/design.md). */
 	if (wb_want && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
 		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+		wb_on = 1;
 		fs_log(fs, "kernel writeback cache on");
 	} else {
 		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
@@ -639,6 +641,14 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		     struct fuse_file_info *fi)
 {
 	(void)fi;
+	/* The kernel does not write dirty pages back before it asks where
+	 * data is: have it do so now (an invalidation launders the dirty
+	 * pages of the range, which reach us as writes served by other
+	 * threads).  No lock of ours is held here, so those writes go
+	 * through; the cost is that the clean pages of the range are
+	 * dropped from the page cache too. */
+	if (wb_on && (whence == SEEK_DATA || whence == SEEK_HOLE))
+		fuse_lowlevel_notify_inval_inode(session, ino, off, 0);
 	off_t r = fs_lseek(FS(req), ino, off, whence);
 	if (r < 0)
 		fuse_reply_err(req, (int)-r);
