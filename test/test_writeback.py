@@ -121,18 +121,27 @@ def test_times_are_stored_exactly(wbm):
     assert f.read_bytes() == b"z" * 5000
 
 
+def cowfs_keeping(m, fd, *args):
+    """Run the cowfs command with fd open in it: every close of a file
+    (an exec closing an O_CLOEXEC fd, subprocess closing what it does not
+    pass) makes the kernel write its dirty pages back, which would hide
+    whether the command flushes by itself."""
+    os.set_inheritable(fd, True)
+    return run([m.bin, *args], env=m.env, pass_fds=(fd,))
+
+
 def test_clone_sees_unsynced_writes(wbm):
     """cowfs clone writes the mount's dirty pages back before it clones:
-    a file, a tree and an mmap'ed file written a moment before are cloned
-    whole."""
+    a file still open for writing, a tree, and pages dirtied through an
+    mmap whose fd is closed are cloned whole."""
     f = wbm.p("f")
     fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
     os.write(fd, rand(1 << 20, 2))
     os.pwrite(fd, b"late", 123_456)
-    wbm.cowfs("clone", f, wbm.p("f2"), check=True)
     want = os.pread(fd, 2 << 20, 0)
-    os.close(fd)
+    cowfs_keeping(wbm, fd, "clone", f, wbm.p("f2"))
     assert wbm.p("f2").read_bytes() == want
+    os.close(fd)
     d = wbm.p("d")
     d.mkdir()
     for i in range(20):
@@ -142,9 +151,10 @@ def test_clone_sees_unsynced_writes(wbm):
     m.write_bytes(bytes(65536))
     with open(m, "r+b") as fm:
         mm = mmap.mmap(fm.fileno(), 65536)
-        mm[100:104] = b"mmap"
-        mm.close()
+    mm[100:104] = b"mmap"
     wbm.cowfs("clone", m, wbm.p("m2"), check=True)
+    assert wbm.p("m2").read_bytes()[96:108] == bytes(4) + b"mmap" + bytes(4)
+    mm.close()
     fresh(wbm)
     assert wbm.p("f2").read_bytes() == want
     for i in range(20):
@@ -154,8 +164,11 @@ def test_clone_sees_unsynced_writes(wbm):
 
 def test_du_counts_unsynced_writes(wbm):
     f = wbm.p("f")
-    f.write_bytes(rand(3 << 20, 3))
-    out = json.loads(wbm.cowfs("du", "--json", f, check=True).stdout)[0]
+    fd = os.open(f, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, rand(3 << 20, 3))
+    p = cowfs_keeping(wbm, fd, "du", "--json", f)
+    os.close(fd)
+    out = json.loads(p.stdout)[0]
     assert out["exclusive"] >= 3 << 20, out
 
 
