@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <fuse_log.h>
 #include <fuse_lowlevel.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -637,23 +638,108 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 	fuse_reply_err(req, -fs_fallocate(FS(req), ino, mode, off, len));
 }
 
-static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
-		     struct fuse_file_info *fi)
+/*
+ * SEEK_DATA and SEEK_HOLE with the writeback cache.  The kernel does not
+ * write dirty pages back before it asks the daemon where data is, so the
+ * daemon has it do so first: an invalidation of [off, EOF) launders the
+ * range's dirty pages (they reach the daemon as WRITEs, served by the
+ * loop's workers) and waits for them.  A worker must not wait like that:
+ * with every worker in such a wait, no one would serve the WRITEs.  So the
+ * request goes to one thread of its own, which invalidates (no lock of
+ * ours held), asks the core and replies; the worker is free at once.
+ */
+struct seek_job {
+	fuse_req_t req;
+	fuse_ino_t ino;
+	off_t off;
+	int whence;
+	struct seek_job *next;
+};
+
+static pthread_mutex_t seek_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t seek_cv = PTHREAD_COND_INITIALIZER;
+static struct seek_job *seek_head, **seek_tail = &seek_head;
+static pthread_t seek_thread;
+static int seek_started, seek_stop;
+
+static void do_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence)
 {
-	(void)fi;
-	/* The kernel does not write dirty pages back before it asks where
-	 * data is: have it do so now (an invalidation launders the dirty
-	 * pages of the range, which reach us as writes served by other
-	 * threads).  No lock of ours is held here, so those writes go
-	 * through; the cost is that the clean pages of the range are
-	 * dropped from the page cache too. */
-	if (wb_on && (whence == SEEK_DATA || whence == SEEK_HOLE))
-		fuse_lowlevel_notify_inval_inode(session, ino, off, 0);
 	off_t r = fs_lseek(FS(req), ino, off, whence);
 	if (r < 0)
 		fuse_reply_err(req, (int)-r);
 	else
 		fuse_reply_lseek(req, r);
+}
+
+static void *seek_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&seek_mu);
+	for (;;) {
+		while (!seek_head && !seek_stop)
+			pthread_cond_wait(&seek_cv, &seek_mu);
+		struct seek_job *j = seek_head;
+		if (!j)
+			break;	/* stopping, nothing left */
+		if (!(seek_head = j->next))
+			seek_tail = &seek_head;
+		pthread_mutex_unlock(&seek_mu);
+		fuse_lowlevel_notify_inval_inode(session, j->ino, j->off, 0);
+		do_lseek(j->req, j->ino, j->off, j->whence);
+		free(j);
+		pthread_mutex_lock(&seek_mu);
+	}
+	pthread_mutex_unlock(&seek_mu);
+	return NULL;
+}
+
+/* Queue the request for seek_main; 0, or -errno (the caller answers). */
+static int seek_queue(fuse_req_t req, fuse_ino_t ino, off_t off, int whence)
+{
+	struct seek_job *j = malloc(sizeof(*j));
+	int rc = 0;
+
+	if (!j)
+		return -ENOMEM;
+	*j = (struct seek_job){ req, ino, off, whence, NULL };
+	pthread_mutex_lock(&seek_mu);
+	if (!seek_started) {
+		rc = -pthread_create(&seek_thread, NULL, seek_main, NULL);
+		seek_started = !rc;
+	}
+	if (!rc) {
+		*seek_tail = j;
+		seek_tail = &j->next;
+		pthread_cond_signal(&seek_cv);
+	}
+	pthread_mutex_unlock(&seek_mu);
+	if (rc)
+		free(j);
+	return rc;
+}
+
+static void seek_thread_stop(void)
+{
+	pthread_mutex_lock(&seek_mu);
+	seek_stop = 1;
+	pthread_cond_signal(&seek_cv);
+	int started = seek_started;
+	pthread_mutex_unlock(&seek_mu);
+	if (started)
+		pthread_join(seek_thread, NULL);
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	(void)fi;
+	if (wb_on && (whence == SEEK_DATA || whence == SEEK_HOLE)) {
+		int rc = seek_queue(req, ino, off, whence);
+		if (rc)
+			fuse_reply_err(req, -rc);
+		return;
+	}
+	do_lseek(req, ino, off, whence);
 }
 
 static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
@@ -1062,6 +1148,7 @@ int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 	fuse_loop_cfg_set_idle_threads(cfg, 8);
 	rc = fuse_session_loop_mt(se, cfg);
 	rc = rc < 0 ? rc : 0;
+	seek_thread_stop();
 	fuse_loop_cfg_destroy(cfg);
 out_unmount:
 	fuse_session_unmount(se);
