@@ -5,7 +5,8 @@
 #   scripts/test.sh [PYTEST ARGS...]
 #
 # By default runs the suite twice: a normal build in build/, then an
-# AddressSanitizer+UBSan build in build-asan/.
+# AddressSanitizer+UBSan build in build-asan/.  The normal pass then runs
+# the core data tests once more without the kernel's writeback cache.
 #   COWFS_QUICK=1      normal build only
 #   COWFS_SANITIZE=1   sanitizer build only
 #   COWFS_BUILD=DIR    build directory of the normal build (default build)
@@ -34,6 +35,13 @@ harness_trap "$work" 'rm -rf -- "$work"'
 
 cowfs_install_deps
 
+# The core data tests once more with -o nowriteback_cache (conftest.py
+# reads COWFS_TEST_WRITEBACK): the suite's mounts use the kernel's
+# writeback cache by default, and the synchronous write path must stay
+# right too.  Fewer random examples: the main pass has the long runs.
+NOWB_TESTS="test/test_ops.py test/test_model.py test/test_clone.py
+test/test_clone_model.py test/test_enospc.py"
+
 # run_suite NAME BUILDDIR [meson args...]  (called in an || list, so no
 # set -e inside: every step checks its own status)
 run_suite() {
@@ -50,6 +58,14 @@ run_suite() {
 	COWFS_BIN="$top/$dir/cowfs" COWFS_MNT_ROOT="$work/$name/mnt" \
 		"$py" -m pytest -q -p no:cacheprovider \
 		--basetemp="$work/$name/tmp" "${pytest_args[@]}" test/ || rc=1
+	if [ "$name" = normal ] && [ ${#pytest_args[@]} -eq 0 ]; then
+		echo "=== $name: core data tests without the writeback cache"
+		# shellcheck disable=SC2086
+		COWFS_TEST_WRITEBACK=0 COWFS_MODEL_EXAMPLES=10 \
+		COWFS_BIN="$top/$dir/cowfs" COWFS_MNT_ROOT="$work/$name/mnt" \
+			"$py" -m pytest -q -p no:cacheprovider \
+			--basetemp="$work/$name/tmp-nowb" $NOWB_TESTS || rc=1
+	fi
 	# Whatever a crashed test left mounted.
 	if ! harness_cleanup_under "$work/$name"; then
 		echo "$name: the suite left mounts behind" >&2

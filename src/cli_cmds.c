@@ -324,6 +324,85 @@ out:
 	return rc;
 }
 
+/*
+ * With the kernel's writeback cache (the default), data written a moment
+ * ago may still be dirty pages in the kernel, not yet in the daemon: a
+ * clone would copy, and du/df would count, the older bytes.  So the
+ * command has the kernel write back first, and waits for it.
+ *
+ * syncfs() sends every dirty page of the mount on its way, but on recent
+ * kernels it does not wait for a FUSE mount's writeback to finish (a
+ * daemon must not be able to hang sync(2)).  What is sent is counted in
+ * /proc/meminfo's Writeback (WritebackTmp on kernels before 6.14) until
+ * the daemon has answered; when that is 0 nothing of ours is in flight.
+ * Otherwise (some other filesystem is writing too) the files concerned are
+ * waited for one by one: sync_file_range() waits for a file's writeback
+ * and sends no FSYNC to the daemon.  Errors here are write errors that
+ * belong to the writer (it sees them at its own fsync or close): the
+ * command goes on with what the daemon has.
+ */
+static long writeback_kb(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[128];
+	long kb, sum = 0;
+	int seen = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Writeback: %ld kB", &kb) == 1 ||
+		    sscanf(line, "WritebackTmp: %ld kB", &kb) == 1) {
+			sum += kb;
+			seen++;
+		}
+	fclose(f);
+	return seen ? sum : -1;
+}
+
+static void wait_file(int fd)
+{
+	(void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE |
+			      SYNC_FILE_RANGE_WRITE |
+			      SYNC_FILE_RANGE_WAIT_AFTER);
+}
+
+static void wait_one(const char *path, const char *acc, const struct stat *st)
+{
+	(void)path;
+	if (!S_ISREG(st->st_mode))
+		return;
+	/* O_NONBLOCK: a FIFO swapped in since the walk must not block */
+	int fd = open(acc, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+			   O_CLOEXEC);
+	if (fd >= 0) {
+		wait_file(fd);
+		close(fd);
+	}
+}
+
+/* Write back the mount of fd and wait for path's data (the whole mount
+ * when path is NULL: then wait a bounded while only). */
+static void flush_mount(int fd, const char *path)
+{
+	struct stat st;
+
+	(void)syncfs(fd);
+	if (writeback_kb() == 0)
+		return;
+	if (!path) {
+		for (int i = 0; i < 200 && writeback_kb() > 0; i++)
+			usleep(10000);
+		return;
+	}
+	if (lstat(path, &st) < 0)
+		return;
+	if (S_ISDIR(st.st_mode))
+		walk_tree(path, 1, wait_one);
+	else
+		wait_one(path, path, &st);
+}
+
 int cmd_clone(int argc, char **argv)
 {
 	struct cowfs_ioc_clone a;
@@ -379,6 +458,7 @@ int cmd_clone(int argc, char **argv)
 		goto out;
 	}
 	strlcpy(a.name, name, sizeof(a.name));
+	flush_mount(fd, src);
 	if (ioctl(fd, COWFS_IOC_CLONE, &a) < 0) {
 		int e = errno;
 		if (e == ENOTTY || e == ENOSYS)
@@ -528,6 +608,7 @@ static int usage_ioctl(const char *cmd, const char *path, unsigned long nr,
 ioctl:
 	if (fd < 0)
 		return -1;
+	flush_mount(fd, nr == COWFS_IOC_DF ? NULL : path);
 	if (ioctl(fd, nr, u) < 0) {
 		int e = errno;
 		fprintf(stderr, "cowfs: %s: '%s': %s\n", cmd, path,
@@ -786,6 +867,8 @@ static void detach_one(const char *path, const char *acc,
 	int fd = open(acc, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
 			    O_CLOEXEC);
 	memset(&d, 0, sizeof(d));
+	if (fd >= 0)
+		wait_file(fd);	/* see flush_mount() */
 	if (fd < 0 || ioctl(fd, COWFS_IOC_DETACH, &d) < 0) {
 		int e = errno;
 		progress_clear(&dprog);
@@ -836,6 +919,7 @@ int cmd_detach(int argc, char **argv)
 			detach_status = 1;
 			continue;
 		}
+		(void)syncfs(fd);	/* detach_one() waits file by file */
 		if (ioctl(fd, COWFS_IOC_DF, &u) < 0) {
 			int e = errno;
 			fprintf(stderr, "cowfs: detach: '%s': %s\n", argv[i],

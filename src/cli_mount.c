@@ -93,6 +93,13 @@ static int split_opts(const char *in, struct mount_args *a, const char *cmd)
 		}
 		if (ignored_opt(tok))
 			continue;
+		/* libfuse's own spelling is no_writeback_cache; take both */
+		if (!strcmp(tok, "writeback_cache") ||
+		    !strcmp(tok, "nowriteback_cache") ||
+		    !strcmp(tok, "no_writeback_cache")) {
+			a->m.no_writeback = tok[0] == 'n';
+			continue;
+		}
 		if (!strcmp(tok, "ro"))
 			a->fo.ro = 1;
 		if (!strcmp(tok, "rw"))

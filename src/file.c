@@ -12,9 +12,11 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <linux/falloc.h>
 
@@ -559,6 +561,55 @@ static struct inode *get_reg(struct fs *fs, uint64_t ino, int *rc)
 	return in;
 }
 
+/*
+ * Host space kept for metadata.  A write of file data that would leave
+ * less than this free on the store's filesystem (as an unprivileged user
+ * sees it, f_bavail) fails with ENOSPC, so that the journal commits and
+ * the checkpoint that give space back (a freed block is punched only
+ * after the commit that frees it, journal.c (3)) still find room.  With
+ * the kernel's writeback cache, writeback fills a disk to its last block
+ * before any writer hears of it, and a store whose unlink of the big file
+ * cannot be committed cannot free anything.  fstatvfs() is called again
+ * once a quarter of the room seen last time (at most 64 MiB) has been
+ * written, so every write when the disk is nearly full, rarely otherwise.
+ */
+#define META_RESERVE ((uint64_t)8 << 20)
+static _Atomic uint64_t space_credit;	/* bytes to write before a check */
+static _Atomic uint64_t space_inflight;	/* bytes of writes under way */
+
+/* 0, and len counted in flight (give it back with data_space_done()),
+ * or -ENOSPC. */
+static int data_space_take(struct fs *fs, size_t len)
+{
+	struct statvfs sv;
+	uint64_t c = atomic_load(&space_credit), avail, f;
+
+	f = atomic_fetch_add(&space_inflight, len) + len;
+	/* concurrent writers may both spend the same credit: it is a
+	 * quarter of the room, so they cannot overrun the reserve */
+	if (c >= len) {
+		atomic_store(&space_credit, c - len);
+		return 0;
+	}
+	if (fstatvfs(fs->store.objfd, &sv) < 0)
+		return 0;	/* no figure: the write decides */
+	/* writes under way have passed the check but may not show in
+	 * f_bavail yet: they count against the room too */
+	avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	if (avail < META_RESERVE + f) {
+		atomic_fetch_sub(&space_inflight, len);
+		return -ENOSPC;
+	}
+	c = (avail - META_RESERVE - f) / 4;
+	atomic_store(&space_credit, c < ((uint64_t)64 << 20) ? c : (uint64_t)64 << 20);
+	return 0;
+}
+
+static void data_space_done(size_t len)
+{
+	atomic_fetch_sub(&space_inflight, len);
+}
+
 ssize_t fs_write(struct fs *fs, uint64_t ino, off_t off, size_t len,
 		 fs_fill_fn fill, void *ctx)
 {
@@ -568,16 +619,20 @@ ssize_t fs_write(struct fs *fs, uint64_t ino, off_t off, size_t len,
 
 	if (fs->opt.ro)
 		return -EROFS;
+	if ((rc = data_space_take(fs, len)))
+		return rc;
 	lock_take_shared(fs);
 	in = get_reg(fs, ino, &rc);
 	if (!in) {
 		lock_drop(fs, LOCK_DATA);
+		data_space_done(len);
 		return rc;
 	}
 	lock_io_take(in);
 	n = file_write_locked(fs, in, off, len, fill, ctx);
 	lock_io_drop(in);
 	lock_drop(fs, LOCK_DATA);
+	data_space_done(len);
 	return n;
 }
 

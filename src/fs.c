@@ -344,7 +344,10 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 		inode_touch(in, IT_BIT(IT_MTIME), NULL);
 	else if (to_set & FS_SET_MTIME)
 		inode_set_time(in, IT_MTIME, a->st_mtim);
-	inode_touch(in, IT_BIT(IT_CTIME), NULL);
+	if (to_set & FS_SET_CTIME)
+		inode_set_time(in, IT_CTIME, a->st_ctim);	/* the kernel's */
+	else
+		inode_touch(in, IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, in);
 	inode_stat(fs, in, st);
 out:

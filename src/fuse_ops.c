@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <fuse_log.h>
 #include <fuse_lowlevel.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,9 +24,13 @@
 #define ENTRY_TIMEOUT 3600.0
 #define ATTR_TIMEOUT 3600.0
 #define ZERO_BUF (1u << 20)
+/* the mount's share of the dirty page limit, percent (see bdi_tune) */
+#define BDI_MAX_RATIO "50"
 
 static char *zero_buf;
 static struct fuse_session *session;	/* for cache invalidation */
+static int wb_want = 1;			/* -o nowriteback_cache clears it */
+static int wb_on;			/* the kernel took it (op_init) */
 
 static struct fs *FS(fuse_req_t req)
 {
@@ -122,7 +127,24 @@ static void reply_entry(fuse_req_t req, const struct stat *st)
 
 static void op_init(void *ud, struct fuse_conn_info *conn)
 {
-	(void)ud;
+	struct fs *fs = ud;
+
+	/* The kernel's writeback cache: writes land in the page cache and
+	 * reach the daemon in the background, merged into big requests
+	 * where pages are contiguous.  The kernel then owns a regular
+	 * file's size, mtime and ctime while it has the inode: it sends
+	 * them back with setattr (op_setattr) and ignores ours.  Nothing
+	 * the daemon does changes a cached file's bytes or size behind the
+	 * kernel's back (see "Kernel caching" in docs/design.md). */
+	if (wb_want && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
+		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+		wb_on = 1;
+		fs_log(fs, "kernel writeback cache on");
+	} else {
+		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+		fs_log(fs, "kernel writeback cache off%s", wb_want ?
+		       " (the kernel does not offer it)" : "");
+	}
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
 	if (conn->capable & FUSE_CAP_SPLICE_READ)
@@ -219,6 +241,11 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		set |= FS_SET_ATIME_NOW;
 	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
 		set |= FS_SET_MTIME_NOW;
+	/* With the writeback cache the kernel keeps a file's times and sends
+	 * them (mtime without _NOW, and ctime) when it writes the inode back
+	 * or truncates: they are stored exactly. */
+	if (to_set & FUSE_SET_ATTR_CTIME)
+		set |= FS_SET_CTIME;
 	rc = fs_setattr(FS(req), &c, ino, attr, set, &st);
 	if (rc)
 		fuse_reply_err(req, -rc);
@@ -611,15 +638,108 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 	fuse_reply_err(req, -fs_fallocate(FS(req), ino, mode, off, len));
 }
 
-static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
-		     struct fuse_file_info *fi)
+/*
+ * SEEK_DATA and SEEK_HOLE with the writeback cache.  The kernel does not
+ * write dirty pages back before it asks the daemon where data is, so the
+ * daemon has it do so first: an invalidation of [off, EOF) launders the
+ * range's dirty pages (they reach the daemon as WRITEs, served by the
+ * loop's workers) and waits for them.  A worker must not wait like that:
+ * with every worker in such a wait, no one would serve the WRITEs.  So the
+ * request goes to one thread of its own, which invalidates (no lock of
+ * ours held), asks the core and replies; the worker is free at once.
+ */
+struct seek_job {
+	fuse_req_t req;
+	fuse_ino_t ino;
+	off_t off;
+	int whence;
+	struct seek_job *next;
+};
+
+static pthread_mutex_t seek_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t seek_cv = PTHREAD_COND_INITIALIZER;
+static struct seek_job *seek_head, **seek_tail = &seek_head;
+static pthread_t seek_thread;
+static int seek_started, seek_stop;
+
+static void do_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence)
 {
-	(void)fi;
 	off_t r = fs_lseek(FS(req), ino, off, whence);
 	if (r < 0)
 		fuse_reply_err(req, (int)-r);
 	else
 		fuse_reply_lseek(req, r);
+}
+
+static void *seek_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&seek_mu);
+	for (;;) {
+		while (!seek_head && !seek_stop)
+			pthread_cond_wait(&seek_cv, &seek_mu);
+		struct seek_job *j = seek_head;
+		if (!j)
+			break;	/* stopping, nothing left */
+		if (!(seek_head = j->next))
+			seek_tail = &seek_head;
+		pthread_mutex_unlock(&seek_mu);
+		fuse_lowlevel_notify_inval_inode(session, j->ino, j->off, 0);
+		do_lseek(j->req, j->ino, j->off, j->whence);
+		free(j);
+		pthread_mutex_lock(&seek_mu);
+	}
+	pthread_mutex_unlock(&seek_mu);
+	return NULL;
+}
+
+/* Queue the request for seek_main; 0, or -errno (the caller answers). */
+static int seek_queue(fuse_req_t req, fuse_ino_t ino, off_t off, int whence)
+{
+	struct seek_job *j = malloc(sizeof(*j));
+	int rc = 0;
+
+	if (!j)
+		return -ENOMEM;
+	*j = (struct seek_job){ req, ino, off, whence, NULL };
+	pthread_mutex_lock(&seek_mu);
+	if (!seek_started) {
+		rc = -pthread_create(&seek_thread, NULL, seek_main, NULL);
+		seek_started = !rc;
+	}
+	if (!rc) {
+		*seek_tail = j;
+		seek_tail = &j->next;
+		pthread_cond_signal(&seek_cv);
+	}
+	pthread_mutex_unlock(&seek_mu);
+	if (rc)
+		free(j);
+	return rc;
+}
+
+static void seek_thread_stop(void)
+{
+	pthread_mutex_lock(&seek_mu);
+	seek_stop = 1;
+	pthread_cond_signal(&seek_cv);
+	int started = seek_started;
+	pthread_mutex_unlock(&seek_mu);
+	if (started)
+		pthread_join(seek_thread, NULL);
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	(void)fi;
+	if (wb_on && (whence == SEEK_DATA || whence == SEEK_HOLE)) {
+		int rc = seek_queue(req, ino, off, whence);
+		if (rc)
+			fuse_reply_err(req, -rc);
+		return;
+	}
+	do_lseek(req, ino, off, whence);
 }
 
 static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
@@ -892,6 +1012,93 @@ int cowfs_fuse_check_opts(const char *opts, char *bad, size_t badlen)
 	return rc;
 }
 
+/* mountinfo's escapes (\040 for a space, ...) taken out, in place */
+static void unescape_octal(char *s)
+{
+	char *d = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' &&
+		    s[2] >= '0' && s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
+			*d++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 +
+				      (s[3] - '0'));
+			s += 3;
+		} else {
+			*d++ = *s;
+		}
+	}
+	*d = 0;
+}
+
+/* The device of the topmost mount at path ("MAJ:MIN", the name of its
+ * backing_dev_info), read from mountinfo: a stat() of the mount point
+ * would wait for the INIT that this thread has not answered yet. */
+static int mount_dev(const char *path, char *dev, size_t len)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	int found = -ENOENT;
+
+	if (!f)
+		return -errno;
+	while (getline(&line, &cap, f) > 0) {
+		char mdev[64], mpt[4096];
+		if (sscanf(line, "%*s %*s %63s %*s %4095s", mdev, mpt) != 2)
+			continue;
+		unescape_octal(mpt);
+		if (!strcmp(mpt, path)) {
+			snprintf(dev, len, "%s", mdev);
+			found = 0;
+		}
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+static int write_knob(const char *dev, const char *knob, const char *val)
+{
+	char path[256];
+	int fd, rc = 0;
+
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/%s", dev, knob);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, val, strlen(val)) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/*
+ * A FUSE mount's bdi is strictly limited to 1% of the dirty memory
+ * (strict_limit, max_ratio 1): a daemon may be slow or hostile, so its
+ * dirty pages are kept few and writers are throttled to the daemon's
+ * writeback rate long before the global limits.  This daemon writes to
+ * a local filesystem, as fast as that one takes data: lift the strict
+ * limit and let the bdi share the dirty memory like a disk's.  Root
+ * only (files in /sys); best effort, with a log line when it cannot.
+ */
+static void bdi_tune(struct fs *fs, const char *mnt)
+{
+	char dev[64];
+	int rc = mount_dev(mnt, dev, sizeof(dev));
+
+	if (!rc)
+		rc = write_knob(dev, "strict_limit", "0");
+	if (!rc)
+		rc = write_knob(dev, "max_ratio", BDI_MAX_RATIO);
+	if (rc)
+		fs_log(fs, "kernel writeback cache: the dirty page limit of "
+		       "the mount stays at the FUSE default (%s): writes may "
+		       "be throttled", strerror(-rc));
+	else
+		fs_log(fs, "kernel writeback cache: bdi %s: strict_limit 0, "
+		       "max_ratio " BDI_MAX_RATIO, dev);
+}
+
 int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
@@ -899,6 +1106,7 @@ int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 	struct fuse_loop_config *cfg;
 	int rc = -EIO;
 
+	wb_want = !m->no_writeback;
 	zero_buf = calloc(1, ZERO_BUF);
 	if (!zero_buf)
 		return -ENOMEM;
@@ -928,6 +1136,8 @@ int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 		goto out_unmount;
 	}
 	fs_start(fs);
+	if (wb_want)
+		bdi_tune(fs, m->mountpoint);
 	cfg = fuse_loop_cfg_create();
 	if (!cfg) {
 		rc = -ENOMEM;
@@ -938,6 +1148,7 @@ int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 	fuse_loop_cfg_set_idle_threads(cfg, 8);
 	rc = fuse_session_loop_mt(se, cfg);
 	rc = rc < 0 ? rc : 0;
+	seek_thread_stop();
 	fuse_loop_cfg_destroy(cfg);
 out_unmount:
 	fuse_session_unmount(se);

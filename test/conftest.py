@@ -13,6 +13,11 @@ Environment:
                   fresh /tmp/cowfs-mnt.* removed at the end.  Mount points
                   are not under pytest's tmp_path because that is mode 700
                   and the non-root test user must reach them.
+  COWFS_TEST_WRITEBACK=0
+                  mount with -o nowriteback_cache: writes go through to the
+                  daemon synchronously instead of the kernel's writeback
+                  cache (the default); scripts/test.sh runs the core data
+                  tests once more this way
   COWFS_TEST_BACKEND=host
                   run the suite against plain host directories instead of
                   cowfs mounts: a check of the tests themselves against
@@ -41,6 +46,7 @@ LIB_SH = REPO / "scripts" / "lib.sh"
 BAD_LOG = re.compile(
     r"error|sanitizer|runtime error|AddressSanitizer|LeakSanitizer", re.I)
 HOST_BACKEND = os.environ.get("COWFS_TEST_BACKEND") == "host"
+NO_WRITEBACK = os.environ.get("COWFS_TEST_WRITEBACK") == "0"
 TEST_USER = "cowfstest"
 
 
@@ -187,7 +193,10 @@ class Mount:
         if self.host:
             self.mnt.mkdir(parents=True, exist_ok=True)
             return
-        harness("harness_mount", self.store, self.mnt, self.log, self.opts,
+        opts = self.opts
+        if NO_WRITEBACK:
+            opts = f"{opts},nowriteback_cache" if opts else "nowriteback_cache"
+        harness("harness_mount", self.store, self.mnt, self.log, opts,
                 env=self.env)
         assert is_mounted(self.mnt), f"{self.mnt} not mounted"
 

@@ -380,6 +380,8 @@ def test_clone_not_starved_by_writes(mount, tmp_path):
 @pytest.mark.timeout(240)
 @pytest.mark.block_size(4096)
 @pytest.mark.mount_opts("commit=3600")
+# the failing write must be the pwrite itself, not a later writeback
+@pytest.mark.mount_opts("nowriteback_cache")
 def test_unlogged_extent_change_fails_the_store(mount):
     """When the journal buffer cannot grow (a real allocation failure: the
     daemon's data segment is capped with prlimit), the write whose extent

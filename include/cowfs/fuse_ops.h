@@ -12,6 +12,7 @@ struct cowfs_mount {
 	const char *fuse_opts;	/* comma list passed to libfuse, or NULL */
 	int foreground;
 	int debug;
+	int no_writeback;	/* -o nowriteback_cache: writes go through */
 };
 
 /* Would libfuse take every option of the comma list opts?  0, or
