@@ -3,7 +3,9 @@
  * the core, reply.  No policy lives here.  Inode numbers are the store's
  * own (FS_ROOT_INO is FUSE_ROOT_ID).
  */
+#ifndef FUSE_USE_VERSION	/* meson sets it from the libfuse it builds with */
 #define FUSE_USE_VERSION 314
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_log.h>
