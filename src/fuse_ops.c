@@ -943,7 +943,8 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 			return;
 		}
 		memcpy(s, in_buf, sizeof(*s));
-		if (s->flags || !zeroed(s->reserved, sizeof(s->reserved) / 8))
+		if (s->flags || !zeroed(s->reserved, sizeof(s->reserved) / 8) ||
+		    s->passthrough || s->pt_opens || s->pt_files)
 			rc = -EINVAL;
 		else
 			rc = fs_status(fs, s);
