@@ -1199,8 +1199,13 @@ static bool pt_eligible(struct fs *fs, struct inode *in)
 	return true;
 }
 
-int fs_pt_open(struct fs *fs, uint64_t ino, fs_backing_fn reg, void *ctx,
-	       int *backing)
+/* A read-only open of a smaller file stays plain: the set-up and the
+ * release of a passthrough open cost more than its reads save (cat of
+ * 3000 small files: 0.09 s plain, 0.31 s in passthrough, page cache warm). */
+#define PT_MIN_READ (1u << 20)
+
+int fs_pt_open(struct fs *fs, uint64_t ino, int flags, fs_backing_fn reg,
+	       void *ctx, int *backing)
 {
 	struct object *w;
 	struct stat st;
@@ -1233,6 +1238,7 @@ int fs_pt_open(struct fs *fs, uint64_t ino, fs_backing_fn reg, void *ctx,
 		}
 	}
 	if (fs->opt.ro || fs->broken || fs->npt == fs->cap_pt ||
+	    ((flags & O_ACCMODE) == O_RDONLY && in->size < PT_MIN_READ) ||
 	    !pt_eligible(fs, in) || ensure_wobj(fs, in, &w)) {
 		in->nopen++;
 		goto out;
@@ -1413,6 +1419,12 @@ int fs_pt_sync(struct fs *fs, uint64_t ino, int fsync, uint64_t *blocks)
 {
 	struct inode *in;
 	int rc = 0;
+
+	/* Every GETATTR of a passthrough connection comes here: no lock
+	 * while no file is in the mode (one entering it has not had its
+	 * open answered yet, so the kernel wrote nothing to it). */
+	if (!__atomic_load_n(&fs->npt, __ATOMIC_RELAXED))
+		return 0;
 
 	lock_take_shared(fs);
 	if (!(in = get_reg(fs, ino, &rc))) {

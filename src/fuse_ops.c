@@ -398,7 +398,7 @@ static int pt_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 #ifdef COWFS_HAVE_PASSTHROUGH
 	int backing = 0;
-	int rc = fs_pt_open(FS(req), ino, pt_reg, req, &backing);
+	int rc = fs_pt_open(FS(req), ino, fi->flags, pt_reg, req, &backing);
 
 	if (rc < 0)
 		return rc;

@@ -109,8 +109,9 @@ int fs_fsync(struct fs *fs, uint64_t ino);
  * file's reads and writes on its write object itself.  reg() hands fd to
  * the kernel and returns a backing id (> 0) or -errno.
  *
- * fs_pt_open: an open in a passthrough connection, counted as
- * fs_open_file() counts.  1: in passthrough mode, *backing is the file's
+ * fs_pt_open: an open (open(2) flags) in a passthrough connection,
+ * counted as fs_open_file() counts; a read-only open of a file under
+ * 1 MiB that is not in the mode yet stays plain.  1: in passthrough mode, *backing is the file's
  * backing id; 0: a plain open (the file is not eligible, or reg failed
  * with *backing = its -errno; a *backing > 0 was registered but is not
  * used: the caller closes it); or -errno.
@@ -126,8 +127,8 @@ int fs_fsync(struct fs *fs, uint64_t ino);
  * fs_pt_release_all: at unmount, every open the kernel did not release.
  */
 typedef int (*fs_backing_fn)(void *ctx, int fd);
-int fs_pt_open(struct fs *fs, uint64_t ino, fs_backing_fn reg, void *ctx,
-	       int *backing);
+int fs_pt_open(struct fs *fs, uint64_t ino, int flags, fs_backing_fn reg,
+	       void *ctx, int *backing);
 int fs_pt_release(struct fs *fs, uint64_t ino, int pt, int *backing);
 int fs_pt_sync(struct fs *fs, uint64_t ino, int fsync, uint64_t *blocks);
 int fs_pt_setattr_done(struct fs *fs, uint64_t ino);
