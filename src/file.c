@@ -1184,19 +1184,62 @@ static bool ts_eq(struct timespec a, struct timespec b)
  * invariant 1), none past the last block (fallocate KEEP_SIZE), or no
  * block at all.  fs->lock held.
  */
+/* The map's runs in order, through extmap_lookup() alone: fn(ctx, e)
+ * for each (e.lblk set); stops at fn's first nonzero return. */
+static int pt_runs(const struct extmap *m, int (*fn)(void *, struct extent *),
+		   void *ctx)
+{
+	struct extent e;
+	int rc;
+
+	for (uint64_t b = 0;; b += e.len) {
+		int mapped = extmap_lookup(m, b, &e);
+		if (!mapped && e.len == UINT64_MAX)
+			return 0;
+		e.lblk = b;
+		if (mapped && (rc = fn(ctx, &e)))
+			return rc;
+	}
+}
+
+struct pt_elig {
+	uint64_t wobj, nblk;
+};
+
+static int pt_not_identity(void *ctx, struct extent *e)
+{
+	struct pt_elig *c = ctx;
+	return e->obj != c->wobj || e->pblk != e->lblk ||
+	       e->lblk + e->len > c->nblk;
+}
+
 static bool pt_eligible(struct fs *fs, struct inode *in)
 {
-	uint64_t nblk = (in->size + fs->block_size - 1) >> fs->block_shift;
+	struct pt_elig c = {
+		in->wobj, (in->size + fs->block_size - 1) >> fs->block_shift
+	};
 
-	if (in->nopen)
-		return false;
-	for (size_t i = 0; i < extmap_n(&in->map); i++) {
-		const struct extent *e = &extmap_v(&in->map)[i];
-		if (e->obj != in->wobj || e->pblk != e->lblk ||
-		    e->lblk + e->len > nblk)
-			return false;
+	return !in->nopen && !pt_runs(&in->map, pt_not_identity, &c);
+}
+
+struct pt_list {
+	struct extent *v;
+	size_t n, cap;
+};
+
+static int pt_collect(void *ctx, struct extent *e)
+{
+	struct pt_list *l = ctx;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 8;
+		struct extent *v = realloc(l->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		l->v = v;
+		l->cap = cap;
 	}
-	return true;
+	l->v[l->n++] = *e;
+	return 0;
 }
 
 /* A read-only open of a smaller file stays plain: the set-up and the
@@ -1689,19 +1732,23 @@ void fs_pt_release_all(struct fs *fs)
 int file_pt_unshare(struct fs *fs, struct inode *src, struct inode *dst)
 {
 	struct pt_ent *pe = pt_find(fs, src->ino);
+	struct pt_list l = { 0 };
 	struct extent *ev;
 	struct object *w;
-	size_t n = extmap_n(&dst->map);
+	size_t n;
 	uint64_t size = dst->size, id;
 	int rc = 0, dfd;
 
 	if (!pe || dst->wobj)
 		return -EIO;
+	if ((rc = pt_runs(&dst->map, pt_collect, &l))) {
+		free(l.v);
+		return rc;
+	}
+	ev = l.v;
+	n = l.n;
 	if (n == 0)
 		return 0;
-	if (!(ev = malloc(n * sizeof(*ev))))
-		return -ENOMEM;
-	memcpy(ev, extmap_v(&dst->map), n * sizeof(*ev));
 	id = fs->next_obj++;
 	if ((dfd = store_obj_open(&fs->store, id, 1)) < 0) {
 		free(ev);
