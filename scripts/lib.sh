@@ -99,6 +99,9 @@ harness_mount() {
 	else
 		opts="logfile=$log"
 	fi
+	# COWFS_MOUNT_OPTS: options for every mount of a test run (e.g.
+	# passthrough, to run the whole suite in that mode)
+	opts="$opts${COWFS_MOUNT_OPTS:+,$COWFS_MOUNT_OPTS}"
 	if ! "$bin" mount -o "$opts" "$store" "$mnt"; then
 		cowfs_log "mount of $store on $mnt failed; daemon log:"
 		tail -n 20 -- "$log" >&2 2>/dev/null

@@ -4,9 +4,11 @@
 #
 #   scripts/test.sh [PYTEST ARGS...]
 #
-# By default runs the suite twice: a normal build in build/, then an
-# AddressSanitizer+UBSan build in build-asan/.  The normal pass then runs
-# the core data tests once more without the kernel's writeback cache.
+# By default runs the suite twice: a normal build in build/ with libfuse
+# 3.17 built here (scripts/fetch-libfuse.sh; FUSE passthrough), then an
+# AddressSanitizer+UBSan build in build-asan/ with the system's libfuse.
+# The normal pass then runs the core data tests once more without the
+# kernel's writeback cache.
 #   COWFS_QUICK=1      normal build only
 #   COWFS_SANITIZE=1   sanitizer build only
 #   COWFS_BUILD=DIR    build directory of the normal build (default build)
@@ -74,10 +76,21 @@ run_suite() {
 	return "$rc"
 }
 
+# Both libfuse paths run the whole suite: the normal pass with libfuse
+# 3.17 built here (FUSE passthrough), the sanitizer pass with the system's
+# (Debian 12: 3.14, no passthrough). Offline, the normal pass falls back
+# to the system's.
+normal_fuse=bundled
+if ! scripts/fetch-libfuse.sh; then
+	echo "test.sh: no bundled libfuse; the normal pass uses the system's" >&2
+	normal_fuse=system
+fi
+
 pytest_args=("$@")
 status=0
 if [ "$sanitize" != 1 ]; then
-	run_suite normal "${COWFS_BUILD:-build}" || status=1
+	run_suite normal "${COWFS_BUILD:-build}" -Dlibfuse="$normal_fuse" ||
+		status=1
 fi
 if [ "$quick" != 1 ] || [ "$sanitize" = 1 ]; then
 	export ASAN_OPTIONS="halt_on_error=1:abort_on_error=0:detect_leaks=1:strict_string_checks=1:check_initialization_order=1"
@@ -88,7 +101,7 @@ if [ "$quick" != 1 ] || [ "$sanitize" = 1 ]; then
 	export COWFS_MODEL_EXAMPLES=${COWFS_MODEL_EXAMPLES_ASAN:-10}
 	export COWFS_CRASHLOOP_ROUNDS=${COWFS_CRASHLOOP_ROUNDS_ASAN:-8}
 	export COWFS_KILL_ROUNDS=${COWFS_KILL_ROUNDS_ASAN:-3}
-	run_suite sanitize build-asan \
+	run_suite sanitize build-asan -Dlibfuse=system \
 		-Db_sanitize=address,undefined -Db_lundef=false || status=1
 fi
 # The metadata loader under libFuzzer (clang, ASan+UBSan) for a short

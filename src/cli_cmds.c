@@ -800,7 +800,9 @@ int cmd_status(int argc, char **argv)
 		       "\"dirs\": %llu, \"other\": %llu, \"shared_files\": %llu, "
 		       "\"origin_files\": %llu, \"objects\": %llu, \"logical\": %llu, "
 		       "\"physical\": %llu, \"shared\": %llu, \"origin_bytes\": %llu, "
-		       "\"host_bytes\": %llu, \"metadata\": %llu}\n",
+		       "\"host_bytes\": %llu, \"metadata\": %llu, "
+		       "\"passthrough\": %s, \"passthrough_opens\": %llu, "
+		       "\"passthrough_files\": %llu}\n",
 		       (unsigned long long)s->pid, (double)s->uptime_ns / 1e9,
 		       s->ro ? "true" : "false",
 		       (unsigned long long)s->block_size, (unsigned long long)s->inodes,
@@ -811,7 +813,10 @@ int cmd_status(int argc, char **argv)
 		       (unsigned long long)s->objects, (unsigned long long)s->logical,
 		       (unsigned long long)s->physical, (unsigned long long)s->shared,
 		       (unsigned long long)s->origin, (unsigned long long)s->host_bytes,
-		       (unsigned long long)s->meta_bytes);
+		       (unsigned long long)s->meta_bytes,
+		       s->passthrough ? "true" : "false",
+		       (unsigned long long)s->pt_opens,
+		       (unsigned long long)s->pt_files);
 		goto out;
 	}
 	char bs[32], up[32], lg[32], ph[32], sh[32], og[32], hb[32], md[32];

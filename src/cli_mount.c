@@ -70,6 +70,10 @@ static int split_opts(const char *in, struct mount_args *a, const char *cmd)
 		err(1, "%s", cmd);
 	for (tok = strtok_r(dup, ",", &save); tok && !rc;
 	     tok = strtok_r(NULL, ",", &save)) {
+		if (!strcmp(tok, "passthrough") || !strcmp(tok, "nopassthrough")) {
+			a->m.passthrough = tok[0] == 'p';
+			continue;
+		}
 		if (!strncmp(tok, "commit=", 7)) {
 			char *end;
 			long v = strtol(tok + 7, &end, 10);

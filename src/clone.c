@@ -47,6 +47,10 @@ struct clone_ctx {
 	uint32_t uid, gid;
 	struct link_map links;
 	uint64_t count, limit;
+	/* live clones only: copies of files in passthrough mode, which
+	 * get their bytes copied once the tree is made (file_pt_unshare) */
+	struct inode **pt;
+	size_t npt;
 };
 
 /* Add one reference to every block of map; on failure, take back the
@@ -137,9 +141,21 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 		/* the map is in->map only with its references taken */
 		extmap_release(&in->map);
 		in->map = map;
-		/* invariant (1): the source's write object is shared now */
-		if (extmap_n(&in->map) && src->wobj)
+		/* invariant (1): the source's write object is shared now;
+		 * but a file in passthrough mode keeps it and the copy gets
+		 * the bytes instead (the same record replayed retires it) */
+		if (src->pt) {
+			struct inode **v = realloc(cc->pt, (cc->npt + 1) * 2 *
+						   sizeof(*v));
+			if (!v)
+				return -ENOMEM;
+			cc->pt = v;
+			v[cc->npt * 2] = src;
+			v[cc->npt * 2 + 1] = in;
+			cc->npt++;
+		} else if (extmap_n(&in->map) && src->wobj) {
 			file_retire_wobj_quiet(fs, src);
+		}
 	}
 	if (!S_ISDIR(src->mode) && src->nlink > 1) {
 		ln = malloc(sizeof(*ln));
@@ -259,6 +275,9 @@ static int do_clone(struct fs *fs, const struct rec *r, struct inode **out)
 	RB_INIT(&cc.links);
 
 	rc = clone_tree(&cc, src, dir->ino, &top);
+	for (size_t i = 0; i < cc.npt && !rc; i++)
+		rc = file_pt_unshare(fs, cc.pt[2 * i], cc.pt[2 * i + 1]);
+	free(cc.pt);
 	if (!rc)
 		rc = dir_add(fs, dir, name, top->ino, r->u.clone.cookie);
 	if (rc) {
@@ -444,6 +463,7 @@ int fs_clone(struct fs *fs, const struct fs_ctx *c, uint64_t src_ino,
 	if ((rc = fs_name_check(name, strlen(name))))
 		return rc;
 	lock_take(fs, LOCK_DATA);
+	file_pt_sync_all(fs);	/* what the kernel wrote, mapped */
 	lock_take(fs, LOCK_FS);
 	src = inode_get(fs, src_ino);
 	dir = inode_get(fs, dst_parent);
@@ -471,6 +491,7 @@ int fs_clone_at(struct fs *fs, const struct fs_ctx *c, uint64_t src_parent,
 	if (src_parent && (rc = fs_name_check(src_name, strlen(src_name))))
 		return rc;
 	lock_take(fs, LOCK_DATA);
+	file_pt_sync_all(fs);	/* what the kernel wrote, mapped */
 	lock_take(fs, LOCK_FS);
 	dir = inode_get(fs, dst_parent);
 	if (src_parent == 0) {
@@ -694,6 +715,11 @@ int fs_du(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	refcount_init(&dc.local);
 	refcount_init(&dc.seen);
 	refcount_init(&dc.tails);
+	if (fs->npt) {	/* a racy peek: a file may be entering the mode */
+		lock_take(fs, LOCK_DATA);
+		file_pt_sync_all(fs);	/* what the kernel wrote, counted */
+		lock_drop(fs, LOCK_DATA);
+	}
 	lock_take(fs, LOCK_FS);
 	u->block_size = fs->block_size;
 	in = inode_get(fs, ino);
@@ -743,6 +769,11 @@ int fs_df(struct fs *fs, struct fs_usage *u)
 
 	memset(u, 0, sizeof(*u));
 	refcount_init(&tails);
+	if (fs->npt) {	/* a racy peek, as in fs_du */
+		lock_take(fs, LOCK_DATA);
+		file_pt_sync_all(fs);
+		lock_drop(fs, LOCK_DATA);
+	}
 	lock_take(fs, LOCK_FS);
 	u->block_size = fs->block_size;
 	INODE_FOREACH(in, fs) {

@@ -3,7 +3,9 @@
  * the core, reply.  No policy lives here.  Inode numbers are the store's
  * own (FS_ROOT_INO is FUSE_ROOT_ID).
  */
+#ifndef FUSE_USE_VERSION	/* meson sets it from the libfuse it builds with */
 #define FUSE_USE_VERSION 314
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_log.h>
@@ -31,6 +33,13 @@ static char *zero_buf;
 static struct fuse_session *session;	/* for cache invalidation */
 static int wb_want = 1;			/* -o nowriteback_cache clears it */
 static int wb_on;			/* the kernel took it (op_init) */
+
+/* FUSE passthrough ("Passthrough" in docs/design.md): pt_want with
+ * -o passthrough; pt_on once the kernel agreed at init.  Then every open
+ * is answered (fh PT_FH: a passthrough one). */
+#define PT_FH 1
+static int pt_want;
+static int pt_on;
 
 static struct fs *FS(fuse_req_t req)
 {
@@ -125,6 +134,59 @@ static void reply_entry(fuse_req_t req, const struct stat *st)
 		fs_forget(fs, st->st_ino, 1);	/* interrupted */
 }
 
+/*
+ * FUSE passthrough: the kernel reads and writes an eligible file's write
+ * object itself (fs_pt_open).  It needs libfuse >= 3.16, the kernel's
+ * offer (>= 6.9), and CAP_SYS_ADMIN for FUSE_DEV_IOC_BACKING_OPEN; it
+ * excludes the writeback cache on the connection.  Without it opens stay
+ * in no-open mode (op_open).
+ */
+#ifdef COWFS_HAVE_PASSTHROUGH
+static int may_admin(void)
+{
+	char line[256];
+	unsigned long long eff = 0;
+	FILE *f = fopen("/proc/self/status", "re");
+
+	if (!f)
+		return geteuid() == 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "CapEff: %llx", &eff) == 1)
+			break;
+	fclose(f);
+	return (eff >> 21) & 1;	/* CAP_SYS_ADMIN */
+}
+#endif
+
+static void pt_init(void *ud, struct fuse_conn_info *conn)
+{
+	struct fs *fs = ud;
+	const char *why = NULL;
+
+#ifdef COWFS_HAVE_PASSTHROUGH
+	if (!pt_want)
+		return;
+	if (!(conn->capable & FUSE_CAP_PASSTHROUGH))
+		why = "the kernel does not offer it";
+	else if (!may_admin())
+		why = "the daemon lacks CAP_SYS_ADMIN";
+	if (!why) {
+		conn->want |= FUSE_CAP_PASSTHROUGH;
+		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+		conn->max_backing_stack_depth = 1;
+		pt_on = 1;
+		wb_on = 0;
+		fs_log(fs, "FUSE passthrough on (so no writeback cache)");
+		return;
+	}
+#else
+	(void)conn;
+	why = "built with libfuse < 3.16";
+#endif
+	if (pt_want)
+		fs_log(fs, "FUSE passthrough off: %s", why);
+}
+
 static void op_init(void *ud, struct fuse_conn_info *conn)
 {
 	struct fs *fs = ud;
@@ -172,6 +234,7 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 	conn->max_readahead = 1u << 20;
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
+	pt_init(ud, conn);
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -208,7 +271,14 @@ static void op_forget_multi(fuse_req_t req, size_t count,
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct stat st;
-	int rc = fs_getattr(FS(req), ino, &st);
+	/* a file in passthrough mode: what the kernel wrote first, and the
+	 * object's blocks (a punched range stays mapped meanwhile) */
+	uint64_t blocks = UINT64_MAX;
+	int rc = pt_on ? fs_pt_sync(FS(req), ino, 0, &blocks) : 0;
+	if (!rc)
+		rc = fs_getattr(FS(req), ino, &st);
+	if (!rc && blocks != UINT64_MAX)
+		st.st_blocks = (blkcnt_t)blocks;
 	(void)fi;
 	if (rc)
 		fuse_reply_err(req, -rc);
@@ -246,7 +316,13 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	 * or truncates: they are stored exactly. */
 	if (to_set & FUSE_SET_ATTR_CTIME)
 		set |= FS_SET_CTIME;
-	rc = fs_setattr(FS(req), &c, ino, attr, set, &st);
+	/* passthrough: the size the kernel made first; a shrink committed
+	 * and the object cut before the kernel may write again */
+	rc = pt_on ? fs_pt_sync(FS(req), ino, 0, NULL) : 0;
+	if (!rc)
+		rc = fs_setattr(FS(req), &c, ino, attr, set, &st);
+	if (!rc && pt_on && (set & FS_SET_SIZE))
+		rc = fs_pt_setattr_done(FS(req), ino);
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
@@ -324,11 +400,64 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		reply_entry(req, &st);
 }
 
+#ifdef COWFS_HAVE_PASSTHROUGH
+static int pt_reg(void *ctx, int fd)
+{
+	static int warned;
+	int id = fuse_passthrough_open(ctx, fd);
+
+	if (id > 0)
+		return id;
+	/* e.g. EPERM: stay plain; opens are answered for the mount's life
+	 * (an ENOSYS now would lose the RELEASEs of the opens so far) */
+	if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+		fs_log(FS(ctx), "FUSE passthrough: backing open refused (%s); "
+		       "files stay plain", strerror(errno));
+	return -(errno ? errno : EIO);
+}
+#endif
+
+/*
+ * An open in a passthrough connection: passthrough if the file is
+ * eligible (fs_pt_open), else plain with the page cache kept.  Created
+ * files too (op_create).  0 or -errno; fi filled.
+ */
+static int pt_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+#ifdef COWFS_HAVE_PASSTHROUGH
+	int backing = 0;
+	int rc = fs_pt_open(FS(req), ino, fi->flags, pt_reg, req, &backing);
+
+	if (rc < 0)
+		return rc;
+	if (rc == 1) {
+		fi->backing_id = backing;
+		fi->fh = PT_FH;
+		fi->keep_cache = 0;
+		return 0;
+	}
+	if (backing > 0)	/* registered, not used */
+		fuse_passthrough_close(req, backing);
+#else
+	(void)req;
+	(void)ino;
+#endif
+	fi->fh = 0;
+	fi->keep_cache = 1;
+	return 0;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)ino;
-	(void)fi;
-	fuse_reply_err(req, ENOSYS);	/* see op_init: no-open mode */
+	if (!pt_on) {
+		fuse_reply_err(req, ENOSYS);	/* see op_init: no-open mode */
+		return;
+	}
+	int rc = pt_open(req, ino, fi);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_open(req, fi);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -353,6 +482,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	e.attr_timeout = ATTR_TIMEOUT;
 	e.entry_timeout = ENTRY_TIMEOUT;
 	fi->keep_cache = 1;
+	/* passthrough: counted, and released (fs_pt_open) */
+	if (pt_on && (rc = pt_open(req, st.st_ino, fi))) {
+		fs_forget(FS(req), st.st_ino, 1);
+		fuse_reply_err(req, -rc);
+		return;
+	}
 	struct fs *fs = FS(req);
 	if (fuse_reply_create(req, &e, fi) == -ENOENT)
 		fs_forget(fs, st.st_ino, 1);
@@ -432,7 +567,13 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)fi;
+	int backing = 0;
+
+	if (pt_on && fs_pt_release(FS(req), ino, fi->fh == PT_FH, &backing) == 1) {
+#ifdef COWFS_HAVE_PASSTHROUGH
+		fuse_passthrough_close(req, backing);
+#endif
+	}
 	fs_release(FS(req), ino);
 	fuse_reply_err(req, 0);
 }
@@ -442,7 +583,9 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 {
 	(void)datasync;
 	(void)fi;
-	fuse_reply_err(req, -fs_fsync(FS(req), ino));
+	/* passthrough: what the kernel wrote, mapped and synced first */
+	int rc = pt_on ? fs_pt_sync(FS(req), ino, 1, NULL) : 0;
+	fuse_reply_err(req, rc ? -rc : -fs_fsync(FS(req), ino));
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -921,10 +1064,12 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd,
 			return;
 		}
 		memcpy(s, in_buf, sizeof(*s));
-		if (s->flags || !zeroed(s->reserved, sizeof(s->reserved) / 8))
+		if (s->flags || !zeroed(s->reserved, sizeof(s->reserved) / 8) ||
+		    s->passthrough || s->pt_opens || s->pt_files)
 			rc = -EINVAL;
 		else
 			rc = fs_status(fs, s);
+		s->passthrough = (uint64_t)pt_on;
 		if (rc)
 			fuse_reply_err(req, -rc);
 		else
@@ -1110,6 +1255,7 @@ int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 	zero_buf = calloc(1, ZERO_BUF);
 	if (!zero_buf)
 		return -ENOMEM;
+	pt_want = m->passthrough;
 	if (fuse_opt_add_arg(&args, "cowfs") ||
 	    fuse_opt_add_arg(&args, "-o") ||
 	    fuse_opt_add_arg(&args, "default_permissions,subtype=cowfs"))
@@ -1150,6 +1296,7 @@ int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 	rc = rc < 0 ? rc : 0;
 	seek_thread_stop();
 	fuse_loop_cfg_destroy(cfg);
+	fs_pt_release_all(fs);	/* what the kernel wrote, in the checkpoint */
 out_unmount:
 	fuse_session_unmount(se);
 out_handlers:

@@ -93,6 +93,8 @@ int fs_status(struct fs *fs, struct cowfs_ioc_status *out)
 	for (size_t it_ = 0; (o = obj_next(fs, &it_));)
 		if (o->origin)
 			out->origin_files++;
+	out->pt_opens = fs->pt_opens;
+	out->pt_files = fs->npt;
 	lock_drop(fs, LOCK_FS);
 
 	if (fstatat(fs->store.dirfd, STORE_META, &st, 0) == 0)

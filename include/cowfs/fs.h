@@ -103,6 +103,36 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 int fs_open_file(struct fs *fs, uint64_t ino, int flags);
 void fs_release(struct fs *fs, uint64_t ino);
 int fs_fsync(struct fs *fs, uint64_t ino);
+
+/*
+ * FUSE passthrough (docs/design.md, "Passthrough"): the kernel does a
+ * file's reads and writes on its write object itself.  reg() hands fd to
+ * the kernel and returns a backing id (> 0) or -errno.
+ *
+ * fs_pt_open: an open (open(2) flags) in a passthrough connection,
+ * counted as fs_open_file() counts; a read-only open of a file under
+ * 1 MiB that is not in the mode yet stays plain.  1: in passthrough mode, *backing is the file's
+ * backing id; 0: a plain open (the file is not eligible, or reg failed
+ * with *backing = its -errno; a *backing > 0 was registered but is not
+ * used: the caller closes it); or -errno.
+ * fs_pt_release: the release of such an open (pt: fs_pt_open returned
+ * 1).  Returns 1 when it was the last passthrough open of the file: the
+ * caller then closes *backing.
+ * fs_pt_sync: bring the size and map of a file in passthrough mode up to
+ * what the kernel wrote (nothing for other files); fsync: the object's
+ * data is synced at the next commit too; blocks (if not NULL): the
+ * object's st_blocks, which are the file's, if it is in passthrough mode.
+ * fs_pt_setattr_done: after a setattr of a file in passthrough mode: a
+ * truncate that shrank it is committed, then the object is cut.
+ * fs_pt_release_all: at unmount, every open the kernel did not release.
+ */
+typedef int (*fs_backing_fn)(void *ctx, int fd);
+int fs_pt_open(struct fs *fs, uint64_t ino, int flags, fs_backing_fn reg,
+	       void *ctx, int *backing);
+int fs_pt_release(struct fs *fs, uint64_t ino, int pt, int *backing);
+int fs_pt_sync(struct fs *fs, uint64_t ino, int fsync, uint64_t *blocks);
+int fs_pt_setattr_done(struct fs *fs, uint64_t ino);
+void fs_pt_release_all(struct fs *fs);
 int fs_statfs(struct fs *fs, struct statvfs *sv);
 
 /* Reads: fs_read_map describes [off, off+size) as segments of object fds

@@ -153,6 +153,9 @@ struct inode {
 	uint8_t xtimes;		/* bit per enum inode_time: in the side table */
 	uint8_t vtags;		/* journal.c verify_graph()'s marks (load
 				 * only; in what was padding) */
+	uint8_t pt;		/* regular files: open in FUSE passthrough
+				 * mode (file.c: struct pt_ent); in what
+				 * was padding */
 	struct dir *dir;	/* directories only (inode.c: dir_*); NULL
 				 * for the other types */
 	/* One type's fields; all zero for the other types (directories
@@ -189,6 +192,23 @@ struct inode_table {
 	char *carve, *carve_end;	/* inode.c: unused part of the
 					 * newest chunk of slabs */
 	struct islab_chunk *chunks;	/* inode.c: every chunk, to unmap */
+};
+
+/*
+ * A regular file in FUSE passthrough mode (file.c): the kernel reads and
+ * writes its write object directly, through fd.  One entry per inode with
+ * a passthrough open, in fs->pt; under fs->lock.
+ */
+struct pt_ent {
+	uint64_t ino;
+	uint64_t obj;		/* the write object the kernel writes */
+	int fd;			/* ours, O_RDWR: fstat, SEEK_DATA, ftruncate */
+	int backing;		/* the FUSE layer's backing id */
+	uint32_t count;		/* passthrough opens */
+	bool trunc_pending;	/* ftruncate(fd, trunc_size) after commit */
+	uint64_t trunc_size;
+	uint64_t seen_size;	/* fd's size, mtime, ctime at the last sync */
+	struct timespec seen_mtime, seen_ctime;
 };
 
 struct pending_free {
@@ -243,6 +263,9 @@ struct fs {
 	const struct object *opath_prev;	/* writer side, reset per batch */
 	const struct object *opath_load;	/* loader side, reset per batch */
 	int broken;			/* sticky: metadata write failed */
+	struct pt_ent *pt;		/* file.c: files in passthrough mode */
+	size_t npt, cap_pt;
+	uint64_t pt_opens;		/* passthrough opens so far */
 
 	/* protected by commit_lock */
 	int metafd;
@@ -426,6 +449,16 @@ int file_map_set(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len,
 int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk,
 		   uint64_t len);
 int file_truncate(struct fs *fs, struct inode *in, uint64_t size);
+/* Passthrough (file.c): bring the map and size of in, in passthrough
+ * mode, up to what the kernel wrote.  io_lock (or data_lock exclusive)
+ * held, fs->lock not.  all: every file in passthrough mode (data_lock
+ * held exclusive). */
+int file_pt_sync(struct fs *fs, struct inode *in, bool fsync);
+void file_pt_sync_all(struct fs *fs);
+/* After a clone made dst share src's blocks, src being in passthrough
+ * mode: dst gets a copy of the bytes in an object of its own.  fs->lock
+ * and data_lock exclusive held. */
+int file_pt_unshare(struct fs *fs, struct inode *src, struct inode *dst);
 /* The write path; data_lock (shared) and in->io_lock held, not fs->lock. */
 ssize_t file_write_locked(struct fs *fs, struct inode *in, off_t off,
 			  size_t len, fs_fill_fn fill, void *ctx);

@@ -9,6 +9,7 @@
 
 struct cowfs_mount {
 	const char *mountpoint;
+	int passthrough;	/* -o passthrough: FUSE passthrough if it can */
 	const char *fuse_opts;	/* comma list passed to libfuse, or NULL */
 	int foreground;
 	int debug;

@@ -99,7 +99,11 @@ struct cowfs_ioc_status {
 				 * object files */
 	uint64_t meta_bytes;	/* out: metadata file size */
 	uint64_t ro;		/* out: 1 if mounted read-only */
-	uint64_t reserved[14];	/* in: 0 */
+	uint64_t reserved[11];	/* in: 0 */
+	uint64_t passthrough;	/* out: 1 if the mount uses FUSE passthrough
+				 * (in: 0, as reserved) */
+	uint64_t pt_opens;	/* out: passthrough opens since the mount */
+	uint64_t pt_files;	/* out: files in passthrough mode now */
 	char store[4096];	/* out: the store's absolute path */
 	char origin_dir[4096];	/* out: the --origin DIR, or "" */
 	char log[1024];		/* out: "syslog", "stderr" or a file path */

@@ -1,0 +1,313 @@
+"""FUSE passthrough (-o passthrough): the kernel reads and writes a fresh
+file's write object itself.  Skipped when the mount cannot use it (built
+against libfuse < 3.16, a kernel without it, no CAP_SYS_ADMIN).
+
+The daemon's size and map of such a file lag behind the kernel's writes
+until it looks (getattr, fsync, setattr, release, clone, copy, du): these
+tests check every one of those, the crash path (kill -9 after fsync) and
+that a clone or a copy never shares blocks the kernel can still write."""
+import ctypes
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from conftest import kill_daemon
+
+pytestmark = [pytest.mark.needs_store, pytest.mark.mount_opts("passthrough")]
+
+MiB = 1 << 20
+
+
+def status(m):
+    p = m.cowfs("status", "--json", m.mnt, check=True)
+    return json.loads(p.stdout)
+
+
+@pytest.fixture
+def pt(mount):
+    s = status(mount)
+    if not s.get("passthrough"):
+        why = [ln for ln in mount.log_text().splitlines()
+               if "passthrough" in ln]
+        pytest.skip("no FUSE passthrough on this mount: "
+                    + (why[-1] if why else "not built with libfuse >= 3.16"))
+    return mount
+
+
+def opens(m):
+    return status(m)["passthrough_opens"]
+
+
+def fallocate(fd, mode, off, length):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long,
+                               ctypes.c_long]
+    if libc.fallocate(fd, mode, off, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def fsck_ok(m):
+    p = m.cowfs("fsck", m.store)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_write_fsync_kill_remount(pt):
+    """Bytes the kernel wrote straight to the object, fsynced, survive a
+    kill -9: fsync maps them and syncs the object before committing."""
+    rnd = random.Random(1)
+    n0 = opens(pt)
+    want = {}
+    for i in range(4):
+        data = rnd.randbytes(rnd.randrange(1, 3 * MiB))
+        p = pt.p(f"f{i}")
+        fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            os.write(fd, data)
+            # in place, and past the end with a hole before it
+            os.pwrite(fd, b"in place", 3)
+            os.pwrite(fd, b"tail", len(data) + 200_000)
+            os.fsync(fd)
+            assert status(pt)["passthrough_files"] >= 1
+        finally:
+            os.close(fd)
+        d = bytearray(data)
+        d[3:11] = b"in place"
+        d += bytes(len(data) + 200_000 - len(d)) + b"tail"
+        want[p.name] = bytes(d)
+    assert opens(pt) >= n0 + 4, "no open went through passthrough"
+    # written and fsynced while another open stays: still mapped
+    keep = os.open(pt.p("f0"), os.O_RDWR)
+    os.pwrite(keep, b"late", 0)
+    os.fsync(keep)
+    want["f0"] = b"late" + want["f0"][4:]
+    pt.p("notsynced").write_bytes(b"y" * 100_000)
+    kill_daemon(pt.store, pt.mnt)
+    os.close(keep)
+    fsck_ok(pt)
+    pt.mount()
+    for name, data in want.items():
+        got = pt.p(name).read_bytes()
+        assert len(got) == len(data), name
+        assert got == data, name
+
+
+def test_sizes_and_getattr(pt):
+    """stat sees what the kernel wrote; close leaves the file a plain
+    one with the right map (a remount reads it through the daemon)."""
+    p = pt.p("g")
+    with open(p, "wb") as f:
+        f.write(b"a" * 100_000)
+        f.flush()
+        assert os.stat(p).st_size == 100_000
+        f.seek(5 * MiB)
+        f.write(b"b")
+        f.flush()
+        assert os.stat(p).st_size == 5 * MiB + 1
+    assert os.stat(p).st_size == 5 * MiB + 1
+    pt.remount()
+    data = p.read_bytes()
+    assert data[:100_000] == b"a" * 100_000
+    assert data[100_000:5 * MiB] == bytes(5 * MiB - 100_000)
+    assert data[-1:] == b"b"
+
+
+def test_clone_of_open_file_is_a_copy(pt):
+    """Clone a file the kernel is writing: the clone gets the bytes as
+    they were, and later writes to the original do not show in it."""
+    p = pt.p("orig")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        a = os.urandom(2 * MiB + 123)
+        os.write(fd, a)
+        pt.cowfs("clone", p, pt.p("c"), check=True)
+        os.mkdir(pt.p("dir"))
+        os.rename(p, pt.p("dir", "orig"))
+        pt.cowfs("clone", pt.p("dir"), pt.p("dirc"), check=True)
+        os.pwrite(fd, b"X" * MiB, 0)
+        os.pwrite(fd, b"Z", 4 * MiB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    b = bytearray(a)
+    b[0:MiB] = b"X" * MiB
+    b += bytes(4 * MiB - len(b)) + b"Z"
+    for _ in range(2):
+        assert pt.p("c").read_bytes() == a
+        assert pt.p("dirc", "orig").read_bytes() == a
+        assert pt.p("dir", "orig").read_bytes() == bytes(b)
+        pt.remount()
+    du = json.loads(pt.cowfs("du", "--json", pt.mnt, check=True).stdout)
+    assert du[0]["logical"] >= 2 * len(a) + len(b), du
+
+
+def test_clone_then_crash(pt):
+    """The clone's copy is journaled with the clone: after kill -9 the
+    clone holds the bytes of the moment it was made."""
+    p = pt.p("o")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        a = os.urandom(MiB)
+        os.write(fd, a)
+        pt.cowfs("clone", p, pt.p("c"), check=True)
+        os.pwrite(fd, b"Q" * 1000, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    kill_daemon(pt.store, pt.mnt)
+    fsck_ok(pt)
+    pt.mount()
+    assert pt.p("c").read_bytes() == a
+    assert pt.p("o").read_bytes() == b"Q" * 1000 + a[1000:]
+
+
+def test_copy_file_range_in_and_out(pt):
+    """copy_file_range from and into a file in passthrough mode copies
+    the bytes: neither side changes with the other afterwards."""
+    src = pt.p("src")
+    plain = pt.p("plain")
+    plain.write_bytes(os.urandom(3 * MiB))
+    pt.cowfs("clone", plain, pt.p("plainclone"), check=True)  # not eligible
+    want_plain = plain.read_bytes()
+    fs_ = os.open(src, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        a = os.urandom(3 * MiB)
+        os.write(fs_, a)
+        # out of a passthrough file
+        with open(pt.p("dst"), "wb") as d:
+            n = os.copy_file_range(fs_, d.fileno(), 3 * MiB, 0, 0)
+            assert n == 3 * MiB
+        # into it
+        with open(pt.p("plainclone"), "rb") as s:
+            n = os.copy_file_range(s.fileno(), fs_, 2 * MiB, 0, MiB)
+            assert n == 2 * MiB
+        os.pwrite(fs_, b"W" * 65536, 0)
+        os.pwrite(fs_, b"V" * 65536, MiB)
+        os.fsync(fs_)
+    finally:
+        os.close(fs_)
+    b = bytearray(a)
+    b[MiB:3 * MiB] = want_plain[:2 * MiB]
+    b[0:65536] = b"W" * 65536
+    b[MiB:MiB + 65536] = b"V" * 65536
+    for _ in range(2):
+        assert pt.p("dst").read_bytes() == a
+        assert pt.p("src").read_bytes() == bytes(b)
+        assert pt.p("plainclone").read_bytes() == want_plain
+        pt.remount()
+
+
+def test_two_processes(pt):
+    """Two processes have the file open at once: every open of it is a
+    passthrough one with the same backing, and both see each other."""
+    p = pt.p("shared")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"A" * MiB, 0)
+        code = (
+            "import os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "assert os.pread(fd, 10, 0) == b'A' * 10\n"
+            "os.pwrite(fd, b'B' * (1 << 20), 1 << 20)\n"
+            "os.fsync(fd)\n"
+            "print(os.fstat(fd).st_size)\n")
+        out = subprocess.run([sys.executable, "-c", code, str(p)],
+                             check=True, capture_output=True, text=True,
+                             timeout=60).stdout
+        assert int(out) == 2 * MiB
+        assert os.pread(fd, 4, MiB) == b"BBBB"
+        assert status(pt)["passthrough_files"] == 1
+        # a plain reader meanwhile (cat) goes through passthrough too
+        got = subprocess.run(["cat", str(p)], check=True,
+                             capture_output=True, timeout=60).stdout
+        assert got == b"A" * MiB + b"B" * MiB
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == b"A" * MiB + b"B" * MiB
+
+
+def test_truncate(pt):
+    """Shrink and grow while the kernel has the file: zeros where the
+    old bytes were, the right size, and the same after a crash."""
+    p = pt.p("t")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"x" * (2 * MiB))
+        os.fsync(fd)
+        os.ftruncate(fd, 100_000)
+        assert os.fstat(fd).st_size == 100_000
+        os.ftruncate(fd, MiB)
+        assert os.pread(fd, MiB, 0) == b"x" * 100_000 + bytes(MiB - 100_000)
+        os.pwrite(fd, b"end", 3 * MiB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    want = b"x" * 100_000 + bytes(3 * MiB - 100_000) + b"end"
+    assert p.read_bytes() == want
+    with open(p, "r+b") as f:    # O_TRUNC-like: to zero, then refill
+        f.truncate(0)
+        f.write(b"new")
+        f.flush()
+        os.fsync(f.fileno())
+    kill_daemon(pt.store, pt.mnt)
+    fsck_ok(pt)
+    pt.mount()
+    assert p.read_bytes() == b"new"
+
+
+def test_punch_and_seek(pt):
+    """fallocate and SEEK_DATA/SEEK_HOLE on a file in passthrough mode."""
+    p = pt.p("h")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"d" * (4 * MiB), 0)
+        fallocate(fd, 0, 4 * MiB, MiB)          # grows, reads zeros
+        assert os.fstat(fd).st_size == 5 * MiB
+        fallocate(fd, 3, MiB, MiB)              # PUNCH_HOLE | KEEP_SIZE
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == MiB
+        assert os.lseek(fd, MiB, os.SEEK_DATA) == 2 * MiB
+        assert os.pread(fd, MiB, MiB) == bytes(MiB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    want = b"d" * MiB + bytes(MiB) + b"d" * (2 * MiB) + bytes(MiB)
+    assert p.read_bytes() == want
+    pt.remount()
+    assert p.read_bytes() == want
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == MiB
+    finally:
+        os.close(fd)
+
+
+def test_shared_files_stay_plain(pt):
+    """A clone shares blocks: its opens are plain ones (the kernel would
+    write shared blocks), and writing it copies on write as always."""
+    p = pt.p("a")
+    p.write_bytes(b"1" * MiB)
+    pt.cowfs("clone", p, pt.p("b"), check=True)
+    n0 = opens(pt)
+    with open(pt.p("b"), "r+b") as f:
+        f.write(b"2" * 10)
+    with open(p, "rb") as f:
+        assert f.read() == b"1" * MiB
+    assert opens(pt) == n0
+    assert pt.p("b").read_bytes() == b"2" * 10 + b"1" * (MiB - 10)
+
+
+def test_unlink_while_open(pt):
+    p = pt.p("u")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"k" * MiB)
+        os.unlink(p)
+        os.pwrite(fd, b"more", MiB)
+        assert os.pread(fd, 4, MiB) == b"more"
+    finally:
+        os.close(fd)
+    assert not p.exists()
