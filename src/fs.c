@@ -336,6 +336,11 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 		in->uid = a->st_uid;
 	if (to_set & FS_SET_GID)
 		in->gid = a->st_gid;
+	if ((to_set & FS_SET_KILL_SUIDGID) && !S_ISDIR(in->mode)) {
+		in->mode &= ~(uint32_t)S_ISUID;
+		if (in->mode & S_IXGRP)
+			in->mode &= ~(uint32_t)S_ISGID;
+	}
 	if (to_set & FS_SET_ATIME_NOW)
 		inode_touch(in, IT_BIT(IT_ATIME), NULL);
 	else if (to_set & FS_SET_ATIME)

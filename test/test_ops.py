@@ -1349,6 +1349,72 @@ def test_user_write_clears_setuid(mount, user):
     assert not os.stat(f).st_mode & stat.S_ISUID
 
 
+# The kernel leaves clearing setuid/setgid to the daemon when it has
+# FUSE_CAP_HANDLE_KILLPRIV_V2 (libfuse >= 3.16); without it, to itself.
+# Either way the result must be the VFS's, in every mode.
+@pytest.mark.mount_opts("allow_other")
+@pytest.mark.parametrize("how", ["write", "append", "truncate", "otrunc"])
+def test_user_change_clears_setuid_setgid(mount, user, how):
+    f = mount.p("s")
+    wr(f, b"abc")
+    os.chmod(f, 0o6777)
+    stmt = {
+        "write": f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'y', 1)",
+        "append": f"open({str(f)!r}, 'ab').write(b'y')",
+        "truncate": f"os.truncate({str(f)!r}, 1)",
+        "otrunc": f"os.close(os.open({str(f)!r}, os.O_WRONLY | os.O_TRUNC))",
+    }[how]
+    assert user.errno_of(stmt) == "OK"
+    mode = os.stat(f).st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID), oct(mode)
+    mount.remount()
+    assert not os.stat(f).st_mode & (stat.S_ISUID | stat.S_ISGID)
+
+
+@pytest.mark.mount_opts("allow_other")
+def test_setgid_without_group_exec_is_kept_on_write(mount, user):
+    f = mount.p("s")
+    wr(f, b"abc")
+    os.chmod(f, 0o2666)	# setgid, no group exec: a locking mark, kept
+    assert user.errno_of(f"open({str(f)!r}, 'ab').write(b'y')") == "OK"
+    assert os.stat(f).st_mode & stat.S_ISGID
+
+
+def test_root_write_keeps_setuid_chown_clears_it(mount):
+    f = mount.p("s")
+    wr(f, b"abc")
+    os.chmod(f, 0o6755)
+    with open(f, "r+b") as fh:	# root has CAP_FSETID
+        fh.write(b"xyz")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.truncate(f, 2)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o6755
+    os.chown(f, 1, 1)	# chown clears both, root or not
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
+    os.chmod(f, 0o6755)
+    os.chown(f, 1, 1)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
+    d = mount.p("d")
+    os.mkdir(d)
+    os.chmod(d, 0o2755)
+    os.chown(d, 1, 1)	# not on a directory
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o2755
+    mount.remount()
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
+
+
+def test_write_drops_file_capability(mount):
+    f = mount.p("cap")
+    wr(f, b"abc")
+    # security.capability: VFS_CAP_REVISION_2, cap_net_raw permitted
+    cap = bytes.fromhex("0000000200200000000000000000000000000000")
+    os.setxattr(f, "security.capability", cap)
+    with open(f, "r+b") as fh:
+        fh.write(b"x")
+    assert "security.capability" not in os.listxattr(f)
+
+
 @pytest.mark.needs_store
 def test_no_allow_other_by_default(mount, user):
     """Without allow_other, other users cannot even look in."""

@@ -50,6 +50,10 @@ enum fs_set {
 	FS_SET_ATIME_NOW = 1 << 6,
 	FS_SET_MTIME_NOW = 1 << 7,
 	FS_SET_CTIME = 1 << 8,
+	/* clear setuid, and setgid if group-executable (not on a directory):
+	 * what the VFS does on write, truncate and chown, done here when the
+	 * kernel leaves it to the daemon (FUSE_CAP_HANDLE_KILLPRIV_V2) */
+	FS_SET_KILL_SUIDGID = 1 << 9,
 };
 
 /* Create a new store with the given block size (log2).  err gets a message. */
