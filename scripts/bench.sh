@@ -41,6 +41,20 @@
 #             mount (copy_file_range), each against du of a host cp -a;
 #             cowfs's own df/du/status figures beside du; the store growth
 #             of a 4 KiB write into a clone of a SPACE_BIG file
+#   speed  i. (issue 10) the rows of the issue 10 targets that io, meta
+#             and clone do not have; every system starts from the same
+#             inputs (a tree of TREE_FILES small files, a git repository of
+#             GIT_SRC, the project, a SHARED_SIZE file): host cp -a's them,
+#             cowfs cp -a's them into the mount and clones them, the
+#             overlays have them as their lower layer.  fio 4 KiB random
+#             read and write IOPS (psync, one job, FIO_SIZE file, FIO_SECS
+#             s); cold and warm stat (find -printf %s) and ls -lR of the
+#             tree; rm -rf of it; git status (first run after the copy,
+#             cold, warm; must be clean); meson setup + ninja in the copy;
+#             FW_WRITES first 4 KiB write+fsync into distinct untouched
+#             blocks of a cloned file, then the same offsets again
+#             (median ms of each).  The report ends with a table of every
+#             issue 10 figure, its target, and whether cowfs meets it.
 #   scale  h. (issue 8) 10 000 000 inodes: SCALE_FILES small files and
 #             SCALE_CLONES clones; time to build, unmount (final
 #             checkpoint), mount, `find MNT | wc -l`, clone the whole
@@ -56,7 +70,9 @@
 #                    an unoptimised build, 1 repetition; about a minute.
 #                    mem: 2000 files + 19 clones, /usr/include and
 #                    /usr/include/linux; space: 1000 files; scale: 2000
-#                    files + 9 clones
+#                    files + 9 clones; speed: 64 MiB fio file for 3 s,
+#                    /usr/include/linux as the repository, a 16 MiB
+#                    shared file, 50 first writes
 #   --out FILE       also write the report to FILE
 #   --reps N         repetitions (default $BENCH_REPS or 3; 1 with --quick)
 #   --cowfs PATH     the cowfs binary (default $COWFS_BIN, else
@@ -73,7 +89,10 @@
 # (directory to tar for the unpack step), BENCH_PROJECT_SRC (meson project
 # to unpack and build; default this checkout), BENCH_MEM_FILES,
 # BENCH_MEM_CLONES, BENCH_C30_FILES, BENCH_BYREF_DIRS (space-separated),
-# BENCH_SPACE_FILES, BENCH_SPACE_BIG, BENCH_SCALE_FILES, BENCH_SCALE_CLONES.
+# BENCH_SPACE_FILES, BENCH_SPACE_BIG, BENCH_SCALE_FILES, BENCH_SCALE_CLONES,
+# BENCH_FIO_SIZE, BENCH_FIO_SECS, BENCH_GIT_SRC (directory committed as the
+# git repository; default the unpack directory), BENCH_SHARED_SIZE,
+# BENCH_FW_WRITES.
 #
 # Everything mounted under the work directory is unmounted, loop devices
 # are detached and the work directory is removed on exit, failure, or
@@ -100,7 +119,7 @@ REPS=""
 KEEP=0
 STEP_TIMEOUT=""
 SYSTEMS_ARG=""
-WORKLOADS_ARG="io,meta,build,clone,mem,space"
+WORKLOADS_ARG="io,meta,build,clone,speed,mem,space"
 COWFS=${COWFS_BIN:-}
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -148,6 +167,10 @@ if [ "$QUICK" = 1 ]; then
 	SPACE_BIG=${BENCH_SPACE_BIG:-16M}
 	SCALE_FILES=${BENCH_SCALE_FILES:-2000}
 	SCALE_CLONES=${BENCH_SCALE_CLONES:-9}
+	FIO_SIZE=${BENCH_FIO_SIZE:-64M}
+	FIO_SECS=${BENCH_FIO_SECS:-3}
+	SHARED_SIZE=${BENCH_SHARED_SIZE:-16M}
+	FW_WRITES=${BENCH_FW_WRITES:-50}
 else
 	IO_SIZE=${BENCH_IO_SIZE:-1G}
 	META_FILES=${BENCH_META_FILES:-10000}
@@ -166,8 +189,13 @@ else
 	SPACE_BIG=${BENCH_SPACE_BIG:-256M}
 	SCALE_FILES=${BENCH_SCALE_FILES:-100000}
 	SCALE_CLONES=${BENCH_SCALE_CLONES:-99}
+	FIO_SIZE=${BENCH_FIO_SIZE:-512M}
+	FIO_SECS=${BENCH_FIO_SECS:-10}
+	SHARED_SIZE=${BENCH_SHARED_SIZE:-256M}
+	FW_WRITES=${BENCH_FW_WRITES:-200}
 fi
 PROJECT_SRC=${BENCH_PROJECT_SRC:-$TOP}
+GIT_SRC=${BENCH_GIT_SRC:-$UNPACK_SRC}
 
 to_bytes() {
 	local s=$1 n m=1
@@ -183,7 +211,10 @@ to_bytes() {
 IO_BYTES=$(to_bytes "$IO_SIZE")
 BIGFILE_BYTES=$(to_bytes "$BIGFILE_SIZE")
 SPACE_BIG_BYTES=$(to_bytes "$SPACE_BIG")
-for n in "$MEM_FILES" "$MEM_CLONES" "$C30_FILES" "$SPACE_FILES" "$SCALE_FILES" "$SCALE_CLONES"; do
+FIO_BYTES=$(to_bytes "$FIO_SIZE")
+SHARED_BYTES=$(to_bytes "$SHARED_SIZE")
+for n in "$MEM_FILES" "$MEM_CLONES" "$C30_FILES" "$SPACE_FILES" "$SCALE_FILES" "$SCALE_CLONES" \
+	"$TREE_FILES" "$FIO_SECS" "$FW_WRITES"; do
 	case $n in '' | *[!0-9]* | 0) die "bad file or clone count '$n'" ;; esac
 done
 
@@ -198,7 +229,7 @@ COWFS=$(realpath -- "$COWFS")
 
 IFS=, read -r -a WORKLOADS <<<"$WORKLOADS_ARG"
 for w in "${WORKLOADS[@]}"; do
-	case $w in io | meta | build | clone | mem | space | scale) ;; *) die "unknown workload '$w'" ;; esac
+	case $w in io | meta | build | clone | speed | mem | space | scale) ;; *) die "unknown workload '$w'" ;; esac
 done
 has_workload() {
 	local w
@@ -209,6 +240,11 @@ has_workload() {
 for t in timeout dd tar find du sync python3 fusermount3; do
 	command -v "$t" >/dev/null || die "$t not found"
 done
+if has_workload speed; then
+	for t in fio git meson ninja; do
+		command -v "$t" >/dev/null || die "$t not found (the speed workload needs it; scripts/lib.sh installs it)"
+	done
+fi
 
 # ---------------------------------------------------------------- work dir
 PARENT=${BENCH_DIR:-/var/tmp}
@@ -422,15 +458,17 @@ sys_alive() {
 }
 
 # step PHASE SYSTEM-LABEL BYTES FUNC ARGS...: time FUNC ARGS in a child,
-# record the result (or FAIL with a reproducer).
+# record the result (or FAIL with a reproducer).  STEP_KIND=aux step ...
+# records a step that only sets up or runs a measurement whose figures are
+# recorded otherwise: its time is in no table.
 step() {
-	local phase=$1 label=$2 bytes=$3 tf lf rc t secs
+	local phase=$1 label=$2 bytes=$3 tf lf rc t secs kind=${STEP_KIND:-time}
 	shift 3
 	STEP_NO=$((STEP_NO + 1))
 	tf=$W/logs/step-$STEP_NO.time
 	lf=$W/logs/step-$STEP_NO.log
 	if [ "$SYS_DEAD" = 1 ]; then
-		rec "$GROUP" "$phase" "$label" time "$REP" SKIP "$bytes"
+		rec "$GROUP" "$phase" "$label" "$kind" "$REP" SKIP "$bytes"
 		return 1
 	fi
 	log "rep $REP/$REPS  $GROUP  $label: $phase"
@@ -450,10 +488,10 @@ step() {
 	if [ "$rc" = 0 ] && [ -s "$tf" ]; then
 		read -r t secs <"$tf"
 		secs=$(awk -v a="$t" -v b="$secs" 'BEGIN { printf "%.6f", b - a }')
-		rec "$GROUP" "$phase" "$label" time "$REP" "$secs" "$bytes"
+		rec "$GROUP" "$phase" "$label" "$kind" "$REP" "$secs" "$bytes"
 		return 0
 	fi
-	rec "$GROUP" "$phase" "$label" time "$REP" FAIL "$bytes"
+	rec "$GROUP" "$phase" "$label" "$kind" "$REP" FAIL "$bytes"
 	fail_report "$phase" "$label" "$rc" "$lf" "$@"
 	return 1
 }
@@ -724,18 +762,26 @@ command -v mkfs.btrfs >/dev/null && command -v losetup >/dev/null && HAVE_BTRFS=
 log "work directory $W ($HOSTFS), cowfs $COWFS, $REPS repetition(s)"
 RAND=$W/input/random.bin
 mkdir -p "$W/input"
-if has_workload io || has_workload clone || has_workload space; then
+if has_workload io || has_workload clone || has_workload space || has_workload speed; then
 	want=0
 	has_workload io && want=$IO_BYTES
+	if has_workload speed; then
+		[ "$FIO_BYTES" -gt "$want" ] && want=$FIO_BYTES
+		[ "$SHARED_BYTES" -gt "$want" ] && want=$SHARED_BYTES
+	fi
 	has_workload clone && [ "$BIGFILE_BYTES" -gt "$want" ] && want=$BIGFILE_BYTES
 	has_workload space && [ "$SPACE_BIG_BYTES" -gt "$want" ] && want=$SPACE_BIG_BYTES
 	log "generating $want bytes of random data"
 	head -c "$want" /dev/urandom >"$RAND" || die "cannot write $RAND"
 fi
 if has_workload build; then
-	log "making tarballs of $UNPACK_SRC and $PROJECT_SRC"
+	log "making a tarball of $UNPACK_SRC"
 	tar -C "$(dirname "$UNPACK_SRC")" -cf "$W/input/unpack.tar" "$(basename "$UNPACK_SRC")" ||
 		die "tar of $UNPACK_SRC failed"
+	UNPACK_FILES=$(tar -tf "$W/input/unpack.tar" | wc -l)
+fi
+if has_workload build || has_workload speed; then
+	log "making a tarball of $PROJECT_SRC"
 	if git -C "$PROJECT_SRC" rev-parse --git-dir >/dev/null 2>&1; then
 		(cd "$PROJECT_SRC" && git ls-files -co --exclude-standard -z |
 			xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' _ |
@@ -745,7 +791,6 @@ if has_workload build; then
 		tar -C "$PROJECT_SRC" --exclude=.git --exclude='build*' \
 			-cf "$W/input/project.tar" . || die "tar of $PROJECT_SRC failed"
 	fi
-	UNPACK_FILES=$(tar -tf "$W/input/unpack.tar" | wc -l)
 	PROJECT_FILES=$(tar -tf "$W/input/project.tar" | wc -l)
 fi
 TREE_BIG_REL=data/big.bin
@@ -817,6 +862,50 @@ if has_workload scale; then
 	SCALE_TREE=$W/input/scale-tree
 	gen_small_tree "$SCALE_TREE" "$SCALE_FILES" 4096 || die "cannot generate $SCALE_TREE"
 	SCALE_TREE_BYTES=$(tree_bytes "$SCALE_TREE")
+fi
+# speed: every system gets the same inputs, under one directory that is
+# also the overlays' lower layer.
+SPD=$W/input/speed
+if has_workload speed; then
+	log "generating the speed inputs ($TREE_FILES-file tree, git repository of $GIT_SRC, project)"
+	mkdir -p "$SPD/repo" "$SPD/proj"
+	gen_small_tree "$SPD/tree" "$TREE_FILES" 4096 || die "cannot generate $SPD/tree"
+	tar -C "$GIT_SRC" -cf - . | tar -C "$SPD/repo" -xf - || die "cannot copy $GIT_SRC"
+	(cd "$SPD/repo" && git -c init.defaultBranch=main init -q &&
+		git add -A && git -c user.name=bench -c user.email=bench@localhost \
+			commit -q -m "$GIT_SRC") >"$W/logs/git-init.log" 2>&1 ||
+		die "cannot make the git repository: $(tail -n 3 "$W/logs/git-init.log")"
+	[ -z "$(git -C "$SPD/repo" status --porcelain)" ] ||
+		die "the git repository of $GIT_SRC is not clean after its commit"
+	GIT_FILES=$(git -C "$SPD/repo" ls-files | wc -l)
+	tar -C "$SPD/proj" -xf "$W/input/project.tar" || die "cannot unpack the project"
+	head -c "$SHARED_BYTES" "$RAND" >"$SPD/shared.bin" || die "cannot write $SPD/shared.bin"
+	sync
+	cat >"$W/input/firstwrite.py" <<'PYEOF'
+# firstwrite.py FILE N BLOCK OUT: N 4 KiB pwrite+fsync at the starts of N
+# distinct random BLOCK-sized blocks of FILE, then the same N again; writes
+# "median-ms-first median-ms-second N" to OUT.
+import os, random, statistics, sys, time
+path, n, bs, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+nblk = os.stat(path).st_size // bs
+n = min(n, nblk)
+offs = [b * bs for b in random.Random(10).sample(range(nblk), n)]
+fd = os.open(path, os.O_WRONLY)
+med = []
+for _ in range(2):
+    buf = os.urandom(4096)
+    lat = []
+    for off in offs:
+        t0 = time.perf_counter()
+        if os.pwrite(fd, buf, off) != len(buf):
+            sys.exit("short write at %d" % off)
+        os.fsync(fd)
+        lat.append((time.perf_counter() - t0) * 1000)
+    med.append(statistics.median(lat))
+os.close(fd)
+with open(out, "w") as f:
+    f.write("%.4f %.4f %d\n" % (med[0], med[1], n))
+PYEOF
 fi
 
 # ---------------------------------------------------------------- groups
@@ -1301,10 +1390,155 @@ run_scale() {
 	sys_down
 }
 
+# ---------------------------------------------------------------- issue 10
+# speed: each system works on its own copy of the inputs in $SPD at
+# $SYS_D/NAME: host cp -a's them, cowfs cp -a's them into MNT/src and
+# clones them (the timed steps run in the clones), the overlays have $SPD as
+# their lower layer.  Rows that are not times (IOPS, ms) are recorded with
+# their own kind; the steps that run them are STEP_KIND=aux.
+P_SPOP="cp -a of the $TREE_FILES-file tree into the fs"
+P_SCOPY="copy of the $TREE_FILES-file tree (cp -a / clone)"
+P_STATC="stat of the tree, cold (find -printf %s)"
+P_STATW="stat of the tree, warm (second find)"
+P_LSLR="ls -lR of the tree (warm)"
+P_RM="rm -rf of the tree"
+P_GIT1="git status, first run after the copy (re-hashes)"
+P_GITC="git status, cold"
+P_GITW="git status, warm"
+P_BLD="meson setup + ninja in the copy"
+P_RR="fio 4 KiB random read IOPS (psync, 1 job), cold"
+P_RRW="fio 4 KiB random read IOPS (psync, 1 job), warm"
+P_RW="fio 4 KiB random write IOPS (psync, 1 job)"
+P_FW="4 KiB write+fsync: first write to a shared block"
+P_OW="4 KiB write+fsync: overwrite of the same offsets"
+[ "$HAVE_CLONE" = 1 ] || P_SCOPY="copy of the $TREE_FILES-file tree (cp -a)"
+printf '%s\n' "$P_SPOP" "$P_SCOPY" "$P_STATC" "$P_STATW" "$P_LSLR" "$P_RM" "$P_GIT1" \
+	"$P_GITC" "$P_GITW" "$P_BLD" "$P_RR" "$P_RRW" "$P_RW" "$P_FW" "$P_OW" >>"$W/phases.txt"
+
+w_ls_lr() { ls -lR "$1" >/dev/null; }
+w_git_status() {	# DIR: git status must say the copy is clean
+	local out
+	out=$(git -c safe.directory='*' -C "$1" status --porcelain) || return 1
+	[ -z "$out" ] && return 0
+	echo "git status: the copy is not clean:" >&2
+	printf '%s\n' "$out" | head -n 20 >&2
+	return 1
+}
+w_build() {	# SRC BUILDDIR MESON-ARGS...
+	local src=$1 bld=$2
+	shift 2
+	meson setup "$@" "$bld" "$src" >/dev/null && ninja -C "$bld" >/dev/null
+}
+w_fio() {	# FILE RW SIZE SECS OUT [FIO-OPTION...]
+	fio --name="$2" --filename="$1" --rw="$2" --bs=4k --ioengine=psync \
+		--numjobs=1 --size="$3" --time_based --runtime="$4" \
+		--output-format=json --output="$5" "${@:6}" >/dev/null
+}
+w_firstwrite() { python3 "$@"; }	# SCRIPT FILE N BLOCK OUT
+export -f w_ls_lr w_git_status w_build w_fio w_firstwrite
+
+# fio_iops JSON read|write: the job's IOPS, or FAIL.
+fio_iops() {
+	python3 - "$1" "$2" <<'PYEOF' 2>/dev/null || echo FAIL
+import json, sys
+t = open(sys.argv[1]).read()
+j = json.loads(t[t.index("{"):])["jobs"][0][sys.argv[2]]
+if j["total_ios"] <= 0:
+    sys.exit(1)
+print("%.0f" % j["iops"])
+PYEOF
+}
+
+# speed_place NAME [KIND]: $SPD/NAME at $SYS_D/NAME (see above).  The tree's
+# copy is timed (KIND time); the other inputs' are not.
+speed_place() {
+	local n=$1 kind=${2:-aux}
+	case $SYS in
+	host)
+		STEP_KIND=$kind step "$([ "$kind" = aux ] && echo "copy: $n" || echo "$P_SCOPY")" \
+			"host (cp -a)" "" w_cp_a "$SPD/$n" "$SYS_D/$n" || return 1
+		# The same copy is the host's figure for cowfs's cp -a into the fs.
+		[ "$kind" = aux ] || rec "$GROUP" "$P_SPOP" "host (cp -a)" time "$REP" "$(last_secs)" ""
+		;;
+	cowfs)
+		[ "$SYS_DEAD" = 0 ] && mkdir -p "$SYS_D/src"
+		STEP_KIND=$kind step "$([ "$kind" = aux ] && echo "populate: $n" || echo "$P_SPOP")" \
+			cowfs "" w_cp_a "$SPD/$n" "$SYS_D/src/$n" || return 1
+		if [ "$HAVE_CLONE" = 1 ]; then
+			STEP_KIND=$kind step "$([ "$kind" = aux ] && echo "clone: $n" || echo "$P_SCOPY")" \
+				"cowfs (clone)" "" w_clone "$SYS_D/src/$n" "$SYS_D/$n"
+		else
+			STEP_KIND=$kind step "$([ "$kind" = aux ] && echo "copy: $n" || echo "$P_SCOPY")" \
+				"cowfs (cp -a)" "" w_cp_a "$SYS_D/src/$n" "$SYS_D/$n"
+		fi
+		;;
+	esac
+}
+
+speed_fio() {	# speed_fio PHASE RW read|write [warm]
+	local out=$W/logs/fio-r$REP-$SYS-$2${4:+-$4}.json v=FAIL opt=()
+	# fio drops the file's pages before a job (--invalidate=1) unless told
+	# not to; a cold run also drops the backing store's.
+	if [ -n "${4:-}" ]; then opt=(--invalidate=0); else drop_caches; fi
+	STEP_KIND=aux step "$1" "$SYS" "" w_fio "$SYS_D/fio.bin" "$2" "$FIO_BYTES" "$FIO_SECS" "$out" "${opt[@]}" &&
+		v=$(fio_iops "$out" "$3")
+	rec "$GROUP" "$1" "$SYS" iops "$REP" "$v" ""
+}
+
+speed_firstwrite() {
+	local out=$W/logs/firstwrite-r$REP-$SYS.txt bs=65536 b first=FAIL over=FAIL n
+	if [ "$SYS" = cowfs ]; then
+		b=$(cowfs_json status "$SYS_MNT" block_size)
+		case $b in '' | *[!0-9]*) ;; *) bs=$b ;; esac
+	fi
+	if STEP_KIND=aux step "$FW_WRITES first writes, then $FW_WRITES overwrites" "$SYS" "" \
+		w_firstwrite "$W/input/firstwrite.py" "$SYS_D/shared.bin" "$FW_WRITES" "$bs" "$out"; then
+		read -r first over n <"$out" || { first=FAIL; over=FAIL; }
+	fi
+	rec "$GROUP" "$P_FW" "$SYS" ms "$REP" "$first" ""
+	rec "$GROUP" "$P_OW" "$SYS" ms "$REP" "$over" ""
+}
+
+run_speed() {
+	local sys=$1
+	case $sys in
+	fuse-overlayfs | overlayfs) sys_up_or_dead "$sys" "$SPD" ;;
+	*) sys_up_or_dead "$sys" ;;
+	esac
+	speed_place tree time
+	drop_caches
+	step "$P_STATC" "$sys" "" w_meta_stat "$SYS_D/tree" "$TREE_FILES"
+	step "$P_STATW" "$sys" "" w_meta_stat "$SYS_D/tree" "$TREE_FILES"
+	step "$P_LSLR" "$sys" "" w_ls_lr "$SYS_D/tree"
+	step "$P_RM" "$sys" "" w_meta_delete "$SYS_D/tree"
+
+	speed_place repo
+	step "$P_GIT1" "$sys" "" w_git_status "$SYS_D/repo"
+	drop_caches
+	step "$P_GITC" "$sys" "" w_git_status "$SYS_D/repo"
+	step "$P_GITW" "$sys" "" w_git_status "$SYS_D/repo"
+
+	speed_place proj
+	step "$P_BLD" "$sys" "" w_build "$SYS_D/proj" "$SYS_D/proj/_build" "${MESON_ARGS[@]}"
+
+	speed_place shared.bin
+	speed_firstwrite
+
+	dd if="$RAND" of=/dev/null bs=1M count=$((FIO_BYTES / 1048576)) status=none
+	STEP_KIND=aux step "write of the fio file" "$sys" "" w_write_n "$RAND" "$SYS_D/fio.bin" "$FIO_BYTES"
+	speed_fio "$P_RR" randread read
+	# The file is read whole first: a warm run of a FUSE file tells
+	# whether its page cache survives fio's open.
+	timeout "$STEP_TIMEOUT" cat "$SYS_D/fio.bin" >/dev/null 2>&1
+	speed_fio "$P_RRW" randread read warm
+	speed_fio "$P_RW" randwrite write
+	sys_down
+}
+
 # ---------------------------------------------------------------- main loop
 T_START=$EPOCHREALTIME
 for ((REP = 1; REP <= REPS; REP++)); do
-	for GROUP in io meta build clone mem space scale; do
+	for GROUP in io meta build clone speed mem space scale; do
 		has_workload "$GROUP" || continue
 		case $GROUP in mem | space | scale)
 			"run_$GROUP"
@@ -1343,6 +1577,38 @@ if has_workload space; then
 fi
 
 # ---------------------------------------------------------------- report
+# issue10_spec: the issue 10 summary's rows: label, group, phase, kind,
+# mode (thr: host / system time; rate, slow: system / host; abs: the value;
+# self:PHASE: the value / the same system's PHASE), target, and the exact
+# cowfs row label where a phase has several.
+issue10_spec() {
+	spec_row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@"; }
+	spec_row "sequential write + fsync, throughput x host" io "seq write + fsync" time thr ">= 0.9" ""
+	spec_row "cold sequential read, throughput x host" io "cold read" time thr ">= 0.95" ""
+	spec_row "hot sequential read, throughput x host" io "hot read" time thr ">= 0.95" ""
+	spec_row "4 KiB random read, cold start, IOPS x host" speed "$P_RR" iops rate ">= 0.7" ""
+	spec_row "4 KiB random read, warm (file cached), IOPS x host" speed "$P_RRW" iops rate ">= 0.7" ""
+	spec_row "4 KiB random write, IOPS x host" speed "$P_RW" iops rate ">= 0.7" ""
+	spec_row "stat of a cold $TREE_FILES-file tree, time x host" speed "$P_STATC" time slow "<= 2" ""
+	spec_row "stat of the tree, warm second pass, time x host" speed "$P_STATW" time slow "<= 1.5" ""
+	spec_row "ls -lR of the tree (warm), time x host" speed "$P_LSLR" time slow "" ""
+	spec_row "create $META_FILES files, time x host" meta "create $META_FILES x 100 B" time slow "<= 2" ""
+	spec_row "delete the $META_FILES files, time x host" meta "delete all" time slow "<= 2" ""
+	spec_row "git status, first run after the copy, time x host" speed "$P_GIT1" time slow "" ""
+	spec_row "git status, cold, time x host" speed "$P_GITC" time slow "<= 1.3" ""
+	spec_row "git status, warm, time x host" speed "$P_GITW" time slow "<= 1.3" ""
+	spec_row "rm -rf of the $TREE_FILES-file tree, time x host" speed "$P_RM" time slow "<= 1.5" ""
+	spec_row "meson setup + ninja in a clone, time x host" speed "$P_BLD" time slow "<= 1.1" ""
+	spec_row "4 KiB write+fsync, first write to a shared block" speed "$P_FW" ms abs "" ""
+	spec_row "4 KiB write+fsync, overwrite" speed "$P_OW" ms abs "" ""
+	spec_row "first write / overwrite latency" speed "$P_FW" ms "self:$P_OW" "<= 2" ""
+	[ "$HAVE_CLONE" = 1 ] &&
+		spec_row "clone of a $TREE_FILES-file tree (speed)" speed "$P_SCOPY" time abs "< 0.1" "cowfs (clone)"
+	[ "$HAVE_CLONE" = 1 ] &&
+		spec_row "clone of the $TREE_FILES-file gen-tree.sh tree (clone)" clone "$P_COPY" time abs "< 0.1" "cowfs (clone)"
+	return 0
+}
+
 hr() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
 {
 	echo "## cowfs benchmark"
@@ -1363,6 +1629,8 @@ hr() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || echo "$1 B"; }
 		sizes+="; mem $MEM_FILES files ($MEM_TREE_INODES inodes, $(hr "$MEM_TREE_BYTES")) + $MEM_CLONES clones, a $C30_FILES-file tree, by reference: $BYREF_DIRS"
 	has_workload space &&
 		sizes+="; space $SPACE_FILES files of 1-20 KiB ($(hr "$SPACE_TREE_BYTES")), a $SPACE_BIG file"
+	has_workload speed &&
+		sizes+="; speed: a $TREE_FILES-file tree ($(hr "$(tree_bytes "$SPD/tree")")), a git repository of $GIT_SRC ($GIT_FILES files), the project ($PROJECT_FILES entries, meson ${MESON_ARGS[*]}), fio on a $(hr "$FIO_BYTES") file for $FIO_SECS s, $FW_WRITES first writes into a clone of a $(hr "$SHARED_BYTES") file"
 	has_workload scale &&
 		sizes+="; scale $SCALE_FILES files ($(hr "$SCALE_TREE_BYTES")) + $SCALE_CLONES clones"
 	echo "- sizes: ${sizes#; }"
@@ -1436,6 +1704,14 @@ titles = {
     "mem": "f. Memory and saved metadata (issue 8): times",
     "space": "g. Host space of small files (issue 8): times",
     "scale": "h. Scale (issue 8): times",
+    "speed": "i. Speed (issue 10)",
+}
+KINDS = {
+    # kind: (title suffix, value header, format, unit)
+    "time": ("", "median s", "%.3f", "s"),
+    "space": (" - space growth", "median growth", None, "B"),
+    "iops": (" - IOPS (more is better)", "median IOPS", "%.0f", "IOPS"),
+    "ms": (" - latency per write", "median ms", "%.3f", "ms"),
 }
 groups = []
 for (g, _, _, _) in rows:
@@ -1454,12 +1730,15 @@ def sort_key(k):
     return (phase_order[(g, kind, phase)], rank, system)
 
 for g in groups:
-    for kind in ("time", "space"):
+    for kind in KINDS:
         keys = sorted((k for k in rows if k[0] == g and k[1] == kind), key=sort_key)
         if not keys:
             continue
-        print("### %s%s\n" % (titles.get(g, g), " - space growth" if kind == "space" else ""))
-        if kind == "time":
+        print("### %s%s\n" % (titles.get(g, g), KINDS[kind][0]))
+        if kind in ("iops", "ms"):
+            print("| measure | system | %s | x host | x fuse-overlayfs | runs |" % KINDS[kind][1])
+            print("|---|---|---:|---:|---:|---|")
+        elif kind == "time":
             print("| phase | system | median s | MiB/s | x host | x fuse-overlayfs | runs (s) |")
             print("|---|---|---:|---:|---:|---:|---|")
         else:
@@ -1474,7 +1753,16 @@ for g in groups:
             bad = len(r["vals"]) - len(xs)
             rh = ratio(m, ref_of(g, kind, phase, "host"))
             rf = ratio(m, ref_of(g, kind, phase, "fuse-overlayfs"))
-            if kind == "time":
+            if kind in ("iops", "ms"):
+                f = KINDS[kind][2]
+                raw = ", ".join(v if v in ("FAIL", "SKIP") else f % float(v)
+                                for v in r["vals"])
+                ms = f % m if m is not None else "FAIL"
+                if bad and m is not None:
+                    ms += " (%d failed)" % bad
+                print("| %s | %s | %s | %s | %s | %s |"
+                      % (phase, system, ms, rh, rf, raw))
+            elif kind == "time":
                 raw = ", ".join(v if v in ("FAIL", "SKIP") else "%.3f" % float(v)
                                 for v in r["vals"])
                 mbs = "-"
@@ -1557,6 +1845,90 @@ for g in groups:
         print("| %s | %s | %s | %s | %s | %s |" % (
             name.replace("|", "\\|"), fmt(m, r["unit"]), r["unit"] or "-",
             r["target"] or "-", met(m, r["target"]), runs))
+    print()
+PYEOF
+	issue10_spec >"$W/summary.tsv"
+	python3 - "$RES" "$W/summary.tsv" <<'PYEOF'
+import sys
+from collections import OrderedDict
+
+# Every issue 10 figure: a ratio to the host (or an absolute value) per
+# system, from the medians of the timed rows; "met" judges cowfs.
+meds = OrderedDict()
+for line in open(sys.argv[1]):
+    g, phase, system, kind, rep, val, nbytes = line.rstrip("\n").split("\t")
+    meds.setdefault((g, kind, phase, system), []).append(val)
+
+def median(vals):
+    xs = []
+    for v in vals:
+        try:
+            xs.append(float(v))
+        except ValueError:
+            pass
+    xs.sort()
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+def med(g, kind, phase, system, exact):
+    for (g2, k2, p2, s2), vals in meds.items():
+        if (g2, k2, p2) != (g, kind, phase):
+            continue
+        if s2 == system if exact else s2.split(" ")[0] == system:
+            return median(vals)
+    return None
+
+def div(a, b):
+    return a / b if a is not None and b else None
+
+UNIT = {"time": "s", "iops": "IOPS", "ms": "ms"}
+SYSTEMS = ["cowfs", "fuse-overlayfs", "overlayfs"]
+out, missing = [], []
+for line in open(sys.argv[2]):
+    label, g, phase, kind, mode, target, cowlabel = line.rstrip("\n").split("\t")
+    if not any(k[0] == g and k[2] == phase for k in meds):
+        missing.append(label)
+        continue
+    host = med(g, kind, phase, "host", False)
+    cells, vals = [], {}
+    for system in SYSTEMS:
+        exact = system == "cowfs" and bool(cowlabel)
+        v = med(g, kind, phase, cowlabel if exact else system, exact)
+        if mode == "thr":
+            v = div(host, v)
+        elif mode in ("rate", "slow"):
+            v = div(v, host)
+        elif mode.startswith("self:"):
+            v = div(v, med(g, kind, mode[5:], system, False))
+        vals[system] = v
+        unit = " " + UNIT[kind] if mode == "abs" else ("x" if v is not None else "")
+        cells.append("-" if v is None else ("%.3f" % v if mode == "abs" else "%.2f" % v) + unit)
+    if mode.startswith("self:"):
+        h = div(host, med(g, kind, mode[5:], "host", False))
+        hcell = "-" if h is None else "%.2fx" % h
+    else:
+        hcell = "-" if host is None else (("%.0f" if kind == "iops" else "%.3f") % host) + " " + UNIT[kind]
+    v = vals["cowfs"]
+    if not target or v is None:
+        ok = "-"
+    else:
+        op, lim = target.split()
+        lim = float(lim)
+        ok = "yes" if {"<=": v <= lim, "<": v < lim, ">=": v >= lim, ">": v > lim}[op] else "**no**"
+    out.append("| %s | %s | %s | %s | %s |" % (
+        label.replace("|", "\\|"), target or "-", hcell, " | ".join(cells), ok))
+if out:
+    print("### Issue 10: every figure against its target\n")
+    print("Ratios are to the host's median (throughput and IOPS: system / host, "
+          "more is better; times: system / host, less is better); the host "
+          "column is the host's own median.  \"met\" judges cowfs.\n")
+    print("| figure | target (cowfs) | host | cowfs | fuse-overlayfs | overlayfs | met |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    print("\n".join(out))
+    if missing:
+        print("\nNot run here (their workload was not in --workloads): %s." % "; ".join(missing))
     print()
 PYEOF
 	if [ -s "$W/cowfs-usage.md" ]; then
