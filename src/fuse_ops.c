@@ -647,8 +647,14 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	else if (!S_ISDIR(st.st_mode))
 		fuse_reply_err(req, ENOTDIR);
 	else {
-		fi->cache_readdir = 0;
-		fi->keep_cache = 0;
+		/* The kernel keeps the listing in the directory's page cache
+		 * across opens: a second find or git status reads no
+		 * directory again.  It drops it when the directory changes
+		 * through it, or when its mtime has moved at the next
+		 * opendir (auto_inval_data); what the daemon adds itself
+		 * (clones) touches the mtime and invalidates the attributes. */
+		fi->cache_readdir = 1;
+		fi->keep_cache = 1;
 		fuse_reply_open(req, fi);
 	}
 }

@@ -142,3 +142,37 @@ def test_clone_shares_names_until_changed(mount):
         before = expect3
     mount.remount()
     check(before)
+
+
+def test_cached_listing_follows_every_change(mount, tmp_path):
+    """The kernel caches directory listings across opens (cache_readdir):
+    a listing read once must still show what the daemon adds by itself
+    (a clone, a clone by reference) and what goes through the kernel
+    (create, rename, unlink), each time, and again after a remount."""
+    d = mount.p("d")
+    os.mkdir(d)
+    for i in range(300):	# more than one READDIR reply
+        touch(d / f"f{i:03d}")
+    want = set(os.listdir(d))
+    assert set(os.listdir(d)) == want	# now cached
+    clone(mount, d / "f000", d / "cl")
+    want.add("cl")
+    assert set(os.listdir(d)) == want
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "x").write_bytes(b"x")
+    clone(mount, host, d / "byref")
+    want.add("byref")
+    assert set(os.listdir(d)) == want
+    clone(mount, d, mount.p("d2"))	# a clone of the cached directory
+    assert set(os.listdir(mount.p("d2"))) == want
+    touch(d / "new")
+    os.rename(d / "f001", d / "moved")
+    os.unlink(d / "f002")
+    want |= {"new", "moved"}
+    want -= {"f001", "f002"}
+    assert set(os.listdir(d)) == want
+    assert set(os.listdir(mount.p("d2"))) == want - {"new", "moved"} | {
+        "f001", "f002"}
+    mount.remount()
+    assert set(os.listdir(d)) == want
