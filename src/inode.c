@@ -719,7 +719,9 @@ int inode_make_dir(struct inode *in, uint64_t parent)
 
 void dir_free(struct inode *in)
 {
-	struct dir *d = in->dir;
+	/* a typeless inode (a failed create) may have one too */
+	struct dir *d = !(in->mode & S_IFMT) || S_ISDIR(in->mode) ?
+			 in->dir : NULL;
 
 	if (!d)
 		return;
@@ -812,7 +814,7 @@ struct dent *dir_find(struct inode *dir, const char *name)
 {
 	size_t n = strlen(name);
 
-	if (!dir->dir || n > COWFS_NAME_MAX)
+	if (!inode_dir(dir) || n > COWFS_NAME_MAX)
 		return NULL;
 	return find(dir->dir, name, n);
 }
@@ -875,7 +877,7 @@ static int grow_v(struct dir *d, size_t need)
 
 int dir_reserve(struct inode *in, size_t len)
 {
-	struct dir *d = in->dir;
+	struct dir *d = inode_dir(in);
 	size_t need;
 	int rc;
 
@@ -923,27 +925,53 @@ int dir_reserve(struct inode *in, size_t len)
 	return 0;
 }
 
+int dir_presize(struct inode *in, size_t n, size_t nlen)
+{
+	struct dir *d = inode_dir(in);
+
+	if (!d || !n || d->cap || d->ncap || d->hcap ||
+	    n > UINT32_MAX / 2 || nlen > UINT32_MAX / 2)
+		return 0;
+	if (!(d->v = malloc(n * sizeof(*d->v))))
+		return -ENOMEM;
+	d->cap = (uint32_t)n;
+	if (!(d->names = names_alloc(nlen)))
+		return -ENOMEM;
+	d->ncap = (uint32_t)nlen;
+	/* the table at its final size too, as dir_add() would grow it:
+	 * no smaller ones freed on the way */
+	if (n > DIR_HASH_MIN) {
+		size_t hcap = 32;
+		while (4 * n > 3 * hcap)
+			hcap *= 2;
+		struct dhash *h = calloc(1, sizeof(*h) + hcap * sizeof(*h->slot));
+		if (h) {	/* best effort, as in dir_add() */
+			h->refs = 1;
+			d->hash = h;
+			d->hcap = (uint32_t)hcap;
+		}
+	}
+	return 0;
+}
+
 int dir_prealloc(struct inode *in, const struct inode *like)
 {
-	struct dir *d = in->dir;
-	const struct dir *s = like->dir;
+	struct dir *d = inode_dir(in);
+	const struct dir *s = inode_dir(like);
+	int rc;
 
 	if (!d || !s || !s->nentries || d->cap || d->ncap || d->hcap)
 		return 0;
-	if (!(d->v = malloc(s->nentries * sizeof(*d->v))))
-		return -ENOMEM;
-	d->cap = s->nentries;
-	if (!(d->names = names_alloc(s->nlen - s->dead)))
-		return -ENOMEM;
-	d->ncap = s->nlen - s->dead;
+	if ((rc = dir_presize(in, s->nentries, s->nlen - s->dead)))
+		return rc;
 	d->next_cookie = s->next_cookie;
 	return 0;
 }
 
 int dir_clone_shape(struct inode *in, const struct inode *like)
 {
-	struct dir *d = in->dir;
-	const struct dir *s = like->dir;
+	struct dir *d = inode_dir(in);
+	const struct dir *s = inode_dir(like);
 
 	if (!d || !s || d->n || d->cap || d->names || d->hash)
 		return -EINVAL;
@@ -971,7 +999,7 @@ int dir_clone_shape(struct inode *in, const struct inode *like)
 
 void dir_trim(struct inode *in)
 {
-	struct dir *d = in->dir;
+	struct dir *d = inode_dir(in);
 	void *p;
 
 	if (!d)
@@ -1077,7 +1105,7 @@ static int arena_in_order(const struct dir *d)
 
 void dir_pool_share(struct dir_pool *p, struct inode *in)
 {
-	struct dir *d = in->dir;
+	struct dir *d = inode_dir(in);
 	struct dir_pool_ent *e;
 	int full = 0;
 	size_t h;
@@ -1141,12 +1169,14 @@ static uint32_t seek(const struct dir *d, uint64_t cookie)
 
 size_t dir_seek(const struct inode *dir, uint64_t cookie)
 {
-	return dir->dir ? seek(dir->dir, cookie) : 0;
+	const struct dir *d = inode_dir(dir);
+
+	return d ? seek(d, cookie) : 0;
 }
 
 struct dent *dir_next(const struct inode *dir, size_t *i)
 {
-	const struct dir *d = dir->dir;
+	const struct dir *d = inode_dir(dir);
 
 	if (!d)
 		return NULL;
@@ -1160,7 +1190,7 @@ int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 	    uint64_t cookie)
 {
 	size_t len = strlen(name);
-	struct dir *d = dir->dir;
+	struct dir *d = inode_dir(dir);
 	uint32_t pos;
 	int rc = fs_name_check(name, len), moved = 0;
 
@@ -1204,7 +1234,7 @@ int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 
 void dir_del(struct fs *fs, struct inode *dir, struct dent *e)
 {
-	struct dir *d = dir->dir;
+	struct dir *d = inode_dir(dir);
 	uint32_t idx = (uint32_t)(e - d->v);
 
 	(void)fs;

@@ -153,11 +153,12 @@ struct inode {
 	uint8_t xtimes;		/* bit per enum inode_time: in the side table */
 	uint8_t vtags;		/* journal.c verify_graph()'s marks (load
 				 * only; in what was padding) */
-	struct dir *dir;	/* directories only (inode.c: dir_*); NULL
-				 * for the other types */
-	/* One type's fields; all zero for the other types (directories
-	 * too).  Test the type before touching any of them. */
+	/* One type's fields; all zero for the other types.  Test the type
+	 * before touching any of them (inode_dir(), inode_target(), ...):
+	 * a directory's dir shares its word with a file's map. */
 	union {
+		struct dir *dir;	/* directories (inode.c: dir_*); NULL
+					 * until inode_make_dir() */
 		struct {		/* regular files */
 			struct extmap map;
 			uint64_t wobj;	/* write object id, 0: none yet */
@@ -344,6 +345,10 @@ void dir_free(struct inode *in);
 /* Size the new, empty directory in for like's entries (a clone's copy
  * of like: no growing, no slack); it takes like's next_cookie. */
 int dir_prealloc(struct inode *in, const struct inode *like);
+/* Size the new, empty directory in for n entries of nlen bytes of names
+ * (their NULs counted) and its table for them.  0 (also when in is not
+ * new and empty) or -ENOMEM. */
+int dir_presize(struct inode *in, size_t n, size_t nlen);
 /* Give back the room for entries to come (after a load). */
 void dir_trim(struct inode *in);
 /* The new, empty directory in takes like's entries as they are (inos
@@ -384,19 +389,29 @@ static inline const char *dent_name(const struct inode *dir,
 	return dir->dir->names->b + d->off;
 }
 
+/* in's directory part; NULL for the other types (their word of the
+ * union is a map or a target) and for a directory not made yet. */
+static inline struct dir *inode_dir(const struct inode *in)
+{
+	return (in->mode & S_IFMT) == S_IFDIR ? in->dir : NULL;
+}
+
 static inline uint64_t dir_nentries(const struct inode *in)
 {
-	return in->dir ? in->dir->nentries : 0;
+	const struct dir *d = inode_dir(in);
+	return d ? d->nentries : 0;
 }
 
 static inline uint64_t dir_parent(const struct inode *in)
 {
-	return in->dir ? in->dir->parent : 0;
+	const struct dir *d = inode_dir(in);
+	return d ? d->parent : 0;
 }
 
 static inline uint64_t dir_next_cookie(const struct inode *in)
 {
-	return in->dir ? in->dir->next_cookie : 3;
+	const struct dir *d = inode_dir(in);
+	return d ? d->next_cookie : 3;
 }
 
 struct xattr **xattr_find(struct inode *in, const char *name);
