@@ -290,6 +290,7 @@ static void prealloc_case(void)
 
 	memset(&a, 0, sizeof(a));
 	memset(&b, 0, sizeof(b));
+	a.mode = b.mode = S_IFDIR | 0755;
 	CHECK(inode_make_dir(&a, 1) == 0 && inode_make_dir(&b, 1) == 0);
 	for (int i = 0; i < 1000; i++) {
 		snprintf(name, sizeof(name), "n%d", i);
@@ -313,6 +314,54 @@ static void prealloc_case(void)
 	dir_free(&a);
 	dir_free(&b);
 	printf("  prealloc ok\n");
+}
+
+/* dir_presize(): n entries go in without moving the entries, the names
+ * or the table; a non-directory has no directory part, whatever its
+ * word of the union holds. */
+static void presize_case(void)
+{
+	struct inode a, f;
+	char name[32];
+	size_t n = 700, bytes = 0;
+
+	memset(&a, 0, sizeof(a));
+	a.mode = S_IFDIR | 0755;
+	CHECK(inode_make_dir(&a, 1) == 0);
+	for (size_t i = 0; i < n; i++)
+		bytes += (size_t)snprintf(name, sizeof(name), "p%zu", i) + 1;
+	CHECK(dir_presize(&a, n, bytes) == 0);
+	struct dent *v = a.dir->v;
+	struct dnames *nm = a.dir->names;
+	struct dhash *h = a.dir->hash;
+	CHECK(v && nm && h && a.dir->cap == n && a.dir->ncap == bytes);
+	CHECK(4 * n <= 3 * (size_t)a.dir->hcap && 4 * n > 3 * (size_t)a.dir->hcap / 2);
+	CHECK(dir_presize(&a, n, bytes) == 0 && a.dir->v == v);	/* not new */
+	for (size_t i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "p%zu", i);
+		CHECK(dir_add(NULL, &a, name, 10 + i, 3 + i) == 0);
+	}
+	CHECK(a.dir->v == v && a.dir->names == nm && a.dir->hash == h);
+	CHECK(a.dir->nlen == a.dir->ncap && dir_nentries(&a) == n);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "p%zu", i);
+		struct dent *e = dir_find(&a, name);
+		CHECK(e && e->ino == 10 + i && e->cookie == 3 + i);
+	}
+	CHECK(!dir_find(&a, "p700"));
+
+	memset(&f, 0, sizeof(f));
+	f.mode = S_IFREG | 0644;
+	f.dir = a.dir;		/* what a file's map word might look like */
+	size_t i = 0;
+	CHECK(!inode_dir(&f) && !dir_find(&f, "p1") && !dir_next(&f, &i));
+	CHECK(dir_nentries(&f) == 0 && dir_parent(&f) == 0 &&
+	      dir_next_cookie(&f) == 3 && dir_presize(&f, 5, 10) == 0);
+	CHECK(dir_add(NULL, &f, "q", 5, 3) == -EINVAL);
+	dir_free(&f);		/* not a directory: nothing freed */
+	CHECK(f.dir == a.dir);
+	dir_free(&a);
+	printf("  presize ok\n");
 }
 
 /* Models of two directories at once: the globals are the current one. */
@@ -377,6 +426,7 @@ static void twins_test(int how, size_t size)
 
 	memset(&a, 0, sizeof(a));
 	memset(&b, 0, sizeof(b));
+	a.mode = b.mode = S_IFDIR | 0755;
 	CHECK(inode_make_dir(&a, 1) == 0 && inode_make_dir(&b, 1) == 0);
 	max_cookie = 0;
 	while (mn < size)
@@ -460,6 +510,7 @@ static void fixed_cases(void)
 	char longname[COWFS_NAME_MAX + 2];
 
 	memset(&in, 0, sizeof(in));
+	in.mode = S_IFDIR | 0755;
 	CHECK(inode_make_dir(&in, 1) == 0);
 	CHECK(dir_add(NULL, &in, "", 5, 3) == -EINVAL);
 	CHECK(dir_add(NULL, &in, ".", 5, 3) == -EINVAL);
@@ -488,6 +539,7 @@ int main(void)
 	init_seed("test_dir");
 	fixed_cases();
 	prealloc_case();
+	presize_case();
 	random_test(20000, 20);
 	random_test(60000, 3000);
 	free(model);
