@@ -364,6 +364,7 @@ struct inode *inode_new(struct fs *fs, uint64_t ino)
 }
 
 static void times_forget(struct inode *in);
+static void xattrs_forget(struct inode *in);
 
 void inode_delete(struct fs *fs, struct inode *in)
 {
@@ -374,13 +375,7 @@ void inode_delete(struct fs *fs, struct inode *in)
 	}
 	fs->ninodes--;
 	times_forget(in);
-	while (in->xattrs) {
-		struct xattr *x = in->xattrs;
-		in->xattrs = x->next;
-		free(x->name);
-		free(x->value);
-		free(x);
-	}
+	xattrs_forget(in);
 	inode_dealloc(&fs->itab, in);
 }
 
@@ -1250,10 +1245,95 @@ void dir_del(struct fs *fs, struct inode *dir, struct dent *e)
 		d->nlen = d->dead = 0;
 }
 
+/* ---- xattrs ----
+ * A side table of the inodes that have xattrs (few have any; a pointer in
+ * every inode would cost 8 bytes each): a tree keyed by the inode's
+ * address, holding the head of its list; in->has_xattrs says it has an
+ * entry.  Its own leaf mutex, as the times' (any thread reads it).
+ */
+struct xnode {
+	RB_ENTRY(xnode) node;
+	const struct inode *in;
+	struct xattr *head;
+};
+static int xnode_cmp(struct xnode *a, struct xnode *b)
+{
+	return (uintptr_t)a->in < (uintptr_t)b->in ? -1 :
+	       (uintptr_t)a->in > (uintptr_t)b->in;
+}
+RB_HEAD(xnode_tree, xnode);
+RB_PROTOTYPE(xnode_tree, xnode, node, xnode_cmp)
+RB_GENERATE(xnode_tree, xnode, node, xnode_cmp)
+static struct xnode_tree xnodes = RB_INITIALIZER(&xnodes);
+static pthread_mutex_t xnodes_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The head of in's list, made when make (NULL: out of memory), else NULL
+ * when in has none. */
+static struct xattr **xattr_head(struct inode *in, bool make)
+{
+	struct xnode key = { .in = in }, *x = NULL;
+
+	if (!in->has_xattrs && !make)
+		return NULL;
+	pthread_mutex_lock(&xnodes_lock);
+	if (in->has_xattrs)
+		x = RB_FIND(xnode_tree, &xnodes, &key);
+	if (!x && make && (x = calloc(1, sizeof(*x)))) {
+		x->in = in;
+		RB_INSERT(xnode_tree, &xnodes, x);
+	}
+	pthread_mutex_unlock(&xnodes_lock);
+	if (!x)
+		return NULL;
+	if (make)
+		in->has_xattrs = true;
+	return &x->head;
+}
+
+/* in's list is empty: drop its entry. */
+static void xnode_drop(struct inode *in)
+{
+	struct xnode key = { .in = in }, *x;
+
+	if (!in->has_xattrs)
+		return;
+	pthread_mutex_lock(&xnodes_lock);
+	if ((x = RB_FIND(xnode_tree, &xnodes, &key)))
+		RB_REMOVE(xnode_tree, &xnodes, x);
+	pthread_mutex_unlock(&xnodes_lock);
+	free(x);
+	in->has_xattrs = false;
+}
+
+static void xattrs_forget(struct inode *in)
+{
+	struct xattr **h = xattr_head(in, false);
+
+	while (h && *h) {
+		struct xattr *x = *h;
+		*h = x->next;
+		free(x->name);
+		free(x->value);
+		free(x);
+	}
+	xnode_drop(in);
+}
+
+struct xattr *inode_xattrs(const struct inode *in)
+{
+	struct xattr **h = xattr_head((struct inode *)(uintptr_t)in, false);
+
+	return h ? *h : NULL;
+}
+
 struct xattr **xattr_find(struct inode *in, const char *name)
 {
-	struct xattr **p;
-	for (p = &in->xattrs; *p; p = &(*p)->next)
+	static struct xattr *none;	/* stays NULL: callers only read */
+	struct xattr **p = xattr_head(in, false);
+
+	if (!p)
+		return &none;
+	for (; *p; p = &(*p)->next)
 		if (!strcmp((*p)->name, name))
 			break;
 	return p;
@@ -1269,11 +1349,18 @@ int xattr_set(struct inode *in, const char *name, const void *v, uint32_t len)
 	memcpy(val, v, len);
 	if (!x) {
 		x = calloc(1, sizeof(*x));
-		if (!x || !(x->name = strdup(name))) {
+		if (!x || !(x->name = strdup(name)) ||
+		    !(p = xattr_head(in, true))) {
+			if (x)
+				free(x->name);
 			free(x);
 			free(val);
+			if (!inode_xattrs(in))
+				xnode_drop(in);
 			return -ENOMEM;
 		}
+		while (*p)	/* last, as before */
+			p = &(*p)->next;
 		*p = x;
 	} else {
 		free(x->value);
@@ -1292,6 +1379,8 @@ int xattr_del(struct inode *in, const char *name)
 	free(x->name);
 	free(x->value);
 	free(x);
+	if (!inode_xattrs(in))
+		xnode_drop(in);
 	return 0;
 }
 

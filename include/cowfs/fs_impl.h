@@ -143,7 +143,6 @@ struct inode {
 	uint64_t ino;
 	uint64_t size;
 	int64_t times[IT_N];	/* ns since the epoch, unless xtimes says */
-	struct xattr *xattrs;
 	uint32_t mode, uid, gid, nlink, flags;
 	uint32_t nopen;		/* open file handles */
 	uint32_t nlookup;	/* kernel references; sticks at UINT32_MAX
@@ -153,6 +152,8 @@ struct inode {
 	uint8_t xtimes;		/* bit per enum inode_time: in the side table */
 	uint8_t vtags;		/* journal.c verify_graph()'s marks (load
 				 * only; in what was padding) */
+	bool has_xattrs;	/* its xattrs are in inode.c's side table
+				 * (few inodes have any): inode_xattrs() */
 	/* One type's fields; all zero for the other types.  Test the type
 	 * before touching any of them (inode_dir(), inode_target(), ...):
 	 * a directory's dir shares its word with a file's map. */
@@ -414,6 +415,11 @@ static inline uint64_t dir_next_cookie(const struct inode *in)
 	return d ? d->next_cookie : 3;
 }
 
+/* in's xattrs (a list; NULL: none), kept in a side table by inode.c.
+ * The list changes only by xattr_set()/xattr_del(). */
+struct xattr *inode_xattrs(const struct inode *in);
+/* The link to name's xattr in in's list, *link NULL when it has none;
+ * read it only (a shared empty link when in has no xattrs at all). */
 struct xattr **xattr_find(struct inode *in, const char *name);
 int xattr_set(struct inode *in, const char *name, const void *v, uint32_t len);
 int xattr_del(struct inode *in, const char *name);
