@@ -364,6 +364,60 @@ static void presize_case(void)
 	printf("  presize ok\n");
 }
 
+/* Xattrs live in inode.c's side table: many inodes, set, replace, delete
+ * in a random order, each inode's list checked against what was set. */
+static void xattr_case(void)
+{
+	enum { N = 300, K = 4 };
+	static struct inode v[N];
+	static int have[N][K];
+	char name[32], val[32];
+
+	memset(v, 0, sizeof(v));
+	for (int i = 0; i < N; i++) {
+		v[i].mode = S_IFREG | 0644;
+		CHECK(!inode_xattrs(&v[i]) && !*xattr_find(&v[i], "user.a"));
+		CHECK(xattr_del(&v[i], "user.a") == -ENODATA);
+	}
+	for (int step = 0; step < 20000; step++) {
+		int i = (int)rndn(N), k = (int)rndn(K);
+		snprintf(name, sizeof(name), "user.k%d", k);
+		if (rndn(3)) {
+			int n = snprintf(val, sizeof(val), "%d-%d", i, step);
+			CHECK(xattr_set(&v[i], name, val, (uint32_t)n) == 0);
+			have[i][k] = step + 1;
+		} else {
+			CHECK(xattr_del(&v[i], name) == (have[i][k] ? 0 : -ENODATA));
+			have[i][k] = 0;
+		}
+	}
+	for (int i = 0; i < N; i++) {
+		int n = 0, want = 0;
+		for (struct xattr *x = inode_xattrs(&v[i]); x; x = x->next)
+			n++;
+		for (int k = 0; k < K; k++) {
+			snprintf(name, sizeof(name), "user.k%d", k);
+			struct xattr *x = *xattr_find(&v[i], name);
+			CHECK(!x == !have[i][k]);
+			if (x) {
+				int m = snprintf(val, sizeof(val), "%d-%d", i, have[i][k] - 1);
+				CHECK(x->len == (uint32_t)m && !memcmp(x->value, val, x->len));
+				want++;
+			}
+		}
+		CHECK(n == want && v[i].has_xattrs == (want > 0));
+	}
+	for (int i = 0; i < N; i++)	/* the last one goes: so does the entry */
+		for (int k = 0; k < K; k++) {
+			snprintf(name, sizeof(name), "user.k%d", k);
+			if (have[i][k])
+				CHECK(xattr_del(&v[i], name) == 0);
+		}
+	for (int i = 0; i < N; i++)
+		CHECK(!v[i].has_xattrs && !inode_xattrs(&v[i]));
+	printf("  xattrs ok\n");
+}
+
 /* Models of two directories at once: the globals are the current one. */
 struct mstate {
 	struct ment *model;
@@ -540,6 +594,7 @@ int main(void)
 	fixed_cases();
 	prealloc_case();
 	presize_case();
+	xattr_case();
 	random_test(20000, 20);
 	random_test(60000, 3000);
 	free(model);
