@@ -119,7 +119,7 @@ static int clone_node(struct clone_ctx *cc, struct inode *src, uint64_t parent,
 	inode_touch(in, IT_BIT(IT_CTIME) | IT_BIT(IT_BTIME), &cc->now);
 	in->nlink = S_ISDIR(src->mode) ? 2 : 1;
 	*out = in;
-	for (struct xattr *x = src->xattrs; x; x = x->next) {
+	for (struct xattr *x = inode_xattrs(src); x; x = x->next) {
 		/* a new owner loses file capabilities, as chown(2) takes
 		 * them (and setting them needs CAP_SETFCAP) */
 		if (cc->override && !strcmp(x->name, "security.capability"))

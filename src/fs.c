@@ -420,7 +420,7 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 	jmark_save(fs, &m);
 	inode_to_rec(in, &r);
 	rc = journal_log(fs, &r);
-	for (struct xattr *x = in->xattrs; x && !rc; x = x->next)
+	for (struct xattr *x = inode_xattrs(in); x && !rc; x = x->next)
 		rc = log_xattr(fs, in, x->name, x->value, x->len, 0);
 	if (!rc) {
 		r = (struct rec){ .type = REC_DIRENT_ADD, .name = name,
@@ -1089,7 +1089,7 @@ int fs_listxattr(struct fs *fs, uint64_t ino, char *buf, size_t size)
 		rc = -ENOENT;
 		goto out;
 	}
-	for (struct xattr *x = in->xattrs; x; x = x->next) {
+	for (struct xattr *x = inode_xattrs(in); x; x = x->next) {
 		size_t n = strlen(x->name) + 1;
 		if (size && total + n <= size)
 			memcpy(buf + total, x->name, n);

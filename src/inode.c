@@ -364,6 +364,7 @@ struct inode *inode_new(struct fs *fs, uint64_t ino)
 }
 
 static void times_forget(struct inode *in);
+static void xattrs_forget(struct inode *in);
 
 void inode_delete(struct fs *fs, struct inode *in)
 {
@@ -374,13 +375,7 @@ void inode_delete(struct fs *fs, struct inode *in)
 	}
 	fs->ninodes--;
 	times_forget(in);
-	while (in->xattrs) {
-		struct xattr *x = in->xattrs;
-		in->xattrs = x->next;
-		free(x->name);
-		free(x->value);
-		free(x);
-	}
+	xattrs_forget(in);
 	inode_dealloc(&fs->itab, in);
 }
 
@@ -719,7 +714,9 @@ int inode_make_dir(struct inode *in, uint64_t parent)
 
 void dir_free(struct inode *in)
 {
-	struct dir *d = in->dir;
+	/* a typeless inode (a failed create) may have one too */
+	struct dir *d = !(in->mode & S_IFMT) || S_ISDIR(in->mode) ?
+			 in->dir : NULL;
 
 	if (!d)
 		return;
@@ -812,7 +809,7 @@ struct dent *dir_find(struct inode *dir, const char *name)
 {
 	size_t n = strlen(name);
 
-	if (!dir->dir || n > COWFS_NAME_MAX)
+	if (!inode_dir(dir) || n > COWFS_NAME_MAX)
 		return NULL;
 	return find(dir->dir, name, n);
 }
@@ -875,7 +872,7 @@ static int grow_v(struct dir *d, size_t need)
 
 int dir_reserve(struct inode *in, size_t len)
 {
-	struct dir *d = in->dir;
+	struct dir *d = inode_dir(in);
 	size_t need;
 	int rc;
 
@@ -923,27 +920,53 @@ int dir_reserve(struct inode *in, size_t len)
 	return 0;
 }
 
+int dir_presize(struct inode *in, size_t n, size_t nlen)
+{
+	struct dir *d = inode_dir(in);
+
+	if (!d || !n || d->cap || d->ncap || d->hcap ||
+	    n > UINT32_MAX / 2 || nlen > UINT32_MAX / 2)
+		return 0;
+	if (!(d->v = malloc(n * sizeof(*d->v))))
+		return -ENOMEM;
+	d->cap = (uint32_t)n;
+	if (!(d->names = names_alloc(nlen)))
+		return -ENOMEM;
+	d->ncap = (uint32_t)nlen;
+	/* the table at its final size too, as dir_add() would grow it:
+	 * no smaller ones freed on the way */
+	if (n > DIR_HASH_MIN) {
+		size_t hcap = 32;
+		while (4 * n > 3 * hcap)
+			hcap *= 2;
+		struct dhash *h = calloc(1, sizeof(*h) + hcap * sizeof(*h->slot));
+		if (h) {	/* best effort, as in dir_add() */
+			h->refs = 1;
+			d->hash = h;
+			d->hcap = (uint32_t)hcap;
+		}
+	}
+	return 0;
+}
+
 int dir_prealloc(struct inode *in, const struct inode *like)
 {
-	struct dir *d = in->dir;
-	const struct dir *s = like->dir;
+	struct dir *d = inode_dir(in);
+	const struct dir *s = inode_dir(like);
+	int rc;
 
 	if (!d || !s || !s->nentries || d->cap || d->ncap || d->hcap)
 		return 0;
-	if (!(d->v = malloc(s->nentries * sizeof(*d->v))))
-		return -ENOMEM;
-	d->cap = s->nentries;
-	if (!(d->names = names_alloc(s->nlen - s->dead)))
-		return -ENOMEM;
-	d->ncap = s->nlen - s->dead;
+	if ((rc = dir_presize(in, s->nentries, s->nlen - s->dead)))
+		return rc;
 	d->next_cookie = s->next_cookie;
 	return 0;
 }
 
 int dir_clone_shape(struct inode *in, const struct inode *like)
 {
-	struct dir *d = in->dir;
-	const struct dir *s = like->dir;
+	struct dir *d = inode_dir(in);
+	const struct dir *s = inode_dir(like);
 
 	if (!d || !s || d->n || d->cap || d->names || d->hash)
 		return -EINVAL;
@@ -971,7 +994,7 @@ int dir_clone_shape(struct inode *in, const struct inode *like)
 
 void dir_trim(struct inode *in)
 {
-	struct dir *d = in->dir;
+	struct dir *d = inode_dir(in);
 	void *p;
 
 	if (!d)
@@ -1077,7 +1100,7 @@ static int arena_in_order(const struct dir *d)
 
 void dir_pool_share(struct dir_pool *p, struct inode *in)
 {
-	struct dir *d = in->dir;
+	struct dir *d = inode_dir(in);
 	struct dir_pool_ent *e;
 	int full = 0;
 	size_t h;
@@ -1141,12 +1164,14 @@ static uint32_t seek(const struct dir *d, uint64_t cookie)
 
 size_t dir_seek(const struct inode *dir, uint64_t cookie)
 {
-	return dir->dir ? seek(dir->dir, cookie) : 0;
+	const struct dir *d = inode_dir(dir);
+
+	return d ? seek(d, cookie) : 0;
 }
 
 struct dent *dir_next(const struct inode *dir, size_t *i)
 {
-	const struct dir *d = dir->dir;
+	const struct dir *d = inode_dir(dir);
 
 	if (!d)
 		return NULL;
@@ -1160,7 +1185,7 @@ int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 	    uint64_t cookie)
 {
 	size_t len = strlen(name);
-	struct dir *d = dir->dir;
+	struct dir *d = inode_dir(dir);
 	uint32_t pos;
 	int rc = fs_name_check(name, len), moved = 0;
 
@@ -1204,7 +1229,7 @@ int dir_add(struct fs *fs, struct inode *dir, const char *name, uint64_t ino,
 
 void dir_del(struct fs *fs, struct inode *dir, struct dent *e)
 {
-	struct dir *d = dir->dir;
+	struct dir *d = inode_dir(dir);
 	uint32_t idx = (uint32_t)(e - d->v);
 
 	(void)fs;
@@ -1220,10 +1245,95 @@ void dir_del(struct fs *fs, struct inode *dir, struct dent *e)
 		d->nlen = d->dead = 0;
 }
 
+/* ---- xattrs ----
+ * A side table of the inodes that have xattrs (few have any; a pointer in
+ * every inode would cost 8 bytes each): a tree keyed by the inode's
+ * address, holding the head of its list; in->has_xattrs says it has an
+ * entry.  Its own leaf mutex, as the times' (any thread reads it).
+ */
+struct xnode {
+	RB_ENTRY(xnode) node;
+	const struct inode *in;
+	struct xattr *head;
+};
+static int xnode_cmp(struct xnode *a, struct xnode *b)
+{
+	return (uintptr_t)a->in < (uintptr_t)b->in ? -1 :
+	       (uintptr_t)a->in > (uintptr_t)b->in;
+}
+RB_HEAD(xnode_tree, xnode);
+RB_PROTOTYPE(xnode_tree, xnode, node, xnode_cmp)
+RB_GENERATE(xnode_tree, xnode, node, xnode_cmp)
+static struct xnode_tree xnodes = RB_INITIALIZER(&xnodes);
+static pthread_mutex_t xnodes_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The head of in's list, made when make (NULL: out of memory), else NULL
+ * when in has none. */
+static struct xattr **xattr_head(struct inode *in, bool make)
+{
+	struct xnode key = { .in = in }, *x = NULL;
+
+	if (!in->has_xattrs && !make)
+		return NULL;
+	pthread_mutex_lock(&xnodes_lock);
+	if (in->has_xattrs)
+		x = RB_FIND(xnode_tree, &xnodes, &key);
+	if (!x && make && (x = calloc(1, sizeof(*x)))) {
+		x->in = in;
+		RB_INSERT(xnode_tree, &xnodes, x);
+	}
+	pthread_mutex_unlock(&xnodes_lock);
+	if (!x)
+		return NULL;
+	if (make)
+		in->has_xattrs = true;
+	return &x->head;
+}
+
+/* in's list is empty: drop its entry. */
+static void xnode_drop(struct inode *in)
+{
+	struct xnode key = { .in = in }, *x;
+
+	if (!in->has_xattrs)
+		return;
+	pthread_mutex_lock(&xnodes_lock);
+	if ((x = RB_FIND(xnode_tree, &xnodes, &key)))
+		RB_REMOVE(xnode_tree, &xnodes, x);
+	pthread_mutex_unlock(&xnodes_lock);
+	free(x);
+	in->has_xattrs = false;
+}
+
+static void xattrs_forget(struct inode *in)
+{
+	struct xattr **h = xattr_head(in, false);
+
+	while (h && *h) {
+		struct xattr *x = *h;
+		*h = x->next;
+		free(x->name);
+		free(x->value);
+		free(x);
+	}
+	xnode_drop(in);
+}
+
+struct xattr *inode_xattrs(const struct inode *in)
+{
+	struct xattr **h = xattr_head((struct inode *)(uintptr_t)in, false);
+
+	return h ? *h : NULL;
+}
+
 struct xattr **xattr_find(struct inode *in, const char *name)
 {
-	struct xattr **p;
-	for (p = &in->xattrs; *p; p = &(*p)->next)
+	static struct xattr *none;	/* stays NULL: callers only read */
+	struct xattr **p = xattr_head(in, false);
+
+	if (!p)
+		return &none;
+	for (; *p; p = &(*p)->next)
 		if (!strcmp((*p)->name, name))
 			break;
 	return p;
@@ -1239,11 +1349,18 @@ int xattr_set(struct inode *in, const char *name, const void *v, uint32_t len)
 	memcpy(val, v, len);
 	if (!x) {
 		x = calloc(1, sizeof(*x));
-		if (!x || !(x->name = strdup(name))) {
+		if (!x || !(x->name = strdup(name)) ||
+		    !(p = xattr_head(in, true))) {
+			if (x)
+				free(x->name);
 			free(x);
 			free(val);
+			if (!inode_xattrs(in))
+				xnode_drop(in);
 			return -ENOMEM;
 		}
+		while (*p)	/* last, as before */
+			p = &(*p)->next;
 		*p = x;
 	} else {
 		free(x->value);
@@ -1262,6 +1379,8 @@ int xattr_del(struct inode *in, const char *name)
 	free(x->name);
 	free(x->value);
 	free(x);
+	if (!inode_xattrs(in))
+		xnode_drop(in);
 	return 0;
 }
 

@@ -520,7 +520,7 @@ int journal_encode_checkpoint(struct fs *fs, unsigned char **buf, size_t *len)
 	INODE_FOREACH(in, fs) {
 		inode_to_rec(in, &r);
 		img_add(&im, &r);
-		for (struct xattr *x = in->xattrs; x; x = x->next) {
+		for (struct xattr *x = inode_xattrs(in); x; x = x->next) {
 			r = (struct rec){ .type = REC_XATTR_SET, .name = x->name,
 					  .name_len = (uint32_t)strlen(x->name),
 					  .data = x->value, .data_len = x->len };

@@ -874,12 +874,7 @@ static int presize_dirs(struct fs *fs, struct walk *w)
 		struct hent *e = &w->v[i];
 		if (e->link_of >= 0 || !S_ISDIR(e->st.st_mode) || !cnt[i])
 			continue;
-		struct inode *in = inode_get(fs, e->ino);
-		struct dir shape = { .nentries = (uint32_t)cnt[i],
-				     .nlen = (uint32_t)bytes[i],
-				     .next_cookie = in->dir->next_cookie };
-		struct inode like = { .dir = &shape };
-		int rc = dir_prealloc(in, &like);
+		int rc = dir_presize(inode_get(fs, e->ino), cnt[i], bytes[i]);
 		if (rc)
 			return rc;
 	}

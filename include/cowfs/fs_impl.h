@@ -143,7 +143,6 @@ struct inode {
 	uint64_t ino;
 	uint64_t size;
 	int64_t times[IT_N];	/* ns since the epoch, unless xtimes says */
-	struct xattr *xattrs;
 	uint32_t mode, uid, gid, nlink, flags;
 	uint32_t nopen;		/* open file handles */
 	uint32_t nlookup;	/* kernel references; sticks at UINT32_MAX
@@ -156,11 +155,14 @@ struct inode {
 	uint8_t pt;		/* regular files: open in FUSE passthrough
 				 * mode (file.c: struct pt_ent); in what
 				 * was padding */
-	struct dir *dir;	/* directories only (inode.c: dir_*); NULL
-				 * for the other types */
-	/* One type's fields; all zero for the other types (directories
-	 * too).  Test the type before touching any of them. */
+	bool has_xattrs;	/* its xattrs are in inode.c's side table
+				 * (few inodes have any): inode_xattrs() */
+	/* One type's fields; all zero for the other types.  Test the type
+	 * before touching any of them (inode_dir(), inode_target(), ...):
+	 * a directory's dir shares its word with a file's map. */
 	union {
+		struct dir *dir;	/* directories (inode.c: dir_*); NULL
+					 * until inode_make_dir() */
 		struct {		/* regular files */
 			struct extmap map;
 			uint64_t wobj;	/* write object id, 0: none yet */
@@ -367,6 +369,10 @@ void dir_free(struct inode *in);
 /* Size the new, empty directory in for like's entries (a clone's copy
  * of like: no growing, no slack); it takes like's next_cookie. */
 int dir_prealloc(struct inode *in, const struct inode *like);
+/* Size the new, empty directory in for n entries of nlen bytes of names
+ * (their NULs counted) and its table for them.  0 (also when in is not
+ * new and empty) or -ENOMEM. */
+int dir_presize(struct inode *in, size_t n, size_t nlen);
 /* Give back the room for entries to come (after a load). */
 void dir_trim(struct inode *in);
 /* The new, empty directory in takes like's entries as they are (inos
@@ -407,21 +413,36 @@ static inline const char *dent_name(const struct inode *dir,
 	return dir->dir->names->b + d->off;
 }
 
+/* in's directory part; NULL for the other types (their word of the
+ * union is a map or a target) and for a directory not made yet. */
+static inline struct dir *inode_dir(const struct inode *in)
+{
+	return (in->mode & S_IFMT) == S_IFDIR ? in->dir : NULL;
+}
+
 static inline uint64_t dir_nentries(const struct inode *in)
 {
-	return in->dir ? in->dir->nentries : 0;
+	const struct dir *d = inode_dir(in);
+	return d ? d->nentries : 0;
 }
 
 static inline uint64_t dir_parent(const struct inode *in)
 {
-	return in->dir ? in->dir->parent : 0;
+	const struct dir *d = inode_dir(in);
+	return d ? d->parent : 0;
 }
 
 static inline uint64_t dir_next_cookie(const struct inode *in)
 {
-	return in->dir ? in->dir->next_cookie : 3;
+	const struct dir *d = inode_dir(in);
+	return d ? d->next_cookie : 3;
 }
 
+/* in's xattrs (a list; NULL: none), kept in a side table by inode.c.
+ * The list changes only by xattr_set()/xattr_del(). */
+struct xattr *inode_xattrs(const struct inode *in);
+/* The link to name's xattr in in's list, *link NULL when it has none;
+ * read it only (a shared empty link when in has no xattrs at all). */
 struct xattr **xattr_find(struct inode *in, const char *name);
 int xattr_set(struct inode *in, const char *name, const void *v, uint32_t len);
 int xattr_del(struct inode *in, const char *name);

@@ -290,6 +290,7 @@ static void prealloc_case(void)
 
 	memset(&a, 0, sizeof(a));
 	memset(&b, 0, sizeof(b));
+	a.mode = b.mode = S_IFDIR | 0755;
 	CHECK(inode_make_dir(&a, 1) == 0 && inode_make_dir(&b, 1) == 0);
 	for (int i = 0; i < 1000; i++) {
 		snprintf(name, sizeof(name), "n%d", i);
@@ -313,6 +314,108 @@ static void prealloc_case(void)
 	dir_free(&a);
 	dir_free(&b);
 	printf("  prealloc ok\n");
+}
+
+/* dir_presize(): n entries go in without moving the entries, the names
+ * or the table; a non-directory has no directory part, whatever its
+ * word of the union holds. */
+static void presize_case(void)
+{
+	struct inode a, f;
+	char name[32];
+	size_t n = 700, bytes = 0;
+
+	memset(&a, 0, sizeof(a));
+	a.mode = S_IFDIR | 0755;
+	CHECK(inode_make_dir(&a, 1) == 0);
+	for (size_t i = 0; i < n; i++)
+		bytes += (size_t)snprintf(name, sizeof(name), "p%zu", i) + 1;
+	CHECK(dir_presize(&a, n, bytes) == 0);
+	struct dent *v = a.dir->v;
+	struct dnames *nm = a.dir->names;
+	struct dhash *h = a.dir->hash;
+	CHECK(v && nm && h && a.dir->cap == n && a.dir->ncap == bytes);
+	CHECK(4 * n <= 3 * (size_t)a.dir->hcap && 4 * n > 3 * (size_t)a.dir->hcap / 2);
+	CHECK(dir_presize(&a, n, bytes) == 0 && a.dir->v == v);	/* not new */
+	for (size_t i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "p%zu", i);
+		CHECK(dir_add(NULL, &a, name, 10 + i, 3 + i) == 0);
+	}
+	CHECK(a.dir->v == v && a.dir->names == nm && a.dir->hash == h);
+	CHECK(a.dir->nlen == a.dir->ncap && dir_nentries(&a) == n);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "p%zu", i);
+		struct dent *e = dir_find(&a, name);
+		CHECK(e && e->ino == 10 + i && e->cookie == 3 + i);
+	}
+	CHECK(!dir_find(&a, "p700"));
+
+	memset(&f, 0, sizeof(f));
+	f.mode = S_IFREG | 0644;
+	f.dir = a.dir;		/* what a file's map word might look like */
+	size_t i = 0;
+	CHECK(!inode_dir(&f) && !dir_find(&f, "p1") && !dir_next(&f, &i));
+	CHECK(dir_nentries(&f) == 0 && dir_parent(&f) == 0 &&
+	      dir_next_cookie(&f) == 3 && dir_presize(&f, 5, 10) == 0);
+	CHECK(dir_add(NULL, &f, "q", 5, 3) == -EINVAL);
+	dir_free(&f);		/* not a directory: nothing freed */
+	CHECK(f.dir == a.dir);
+	dir_free(&a);
+	printf("  presize ok\n");
+}
+
+/* Xattrs live in inode.c's side table: many inodes, set, replace, delete
+ * in a random order, each inode's list checked against what was set. */
+static void xattr_case(void)
+{
+	enum { N = 300, K = 4 };
+	static struct inode v[N];
+	static int have[N][K];
+	char name[32], val[32];
+
+	memset(v, 0, sizeof(v));
+	for (int i = 0; i < N; i++) {
+		v[i].mode = S_IFREG | 0644;
+		CHECK(!inode_xattrs(&v[i]) && !*xattr_find(&v[i], "user.a"));
+		CHECK(xattr_del(&v[i], "user.a") == -ENODATA);
+	}
+	for (int step = 0; step < 20000; step++) {
+		int i = (int)rndn(N), k = (int)rndn(K);
+		snprintf(name, sizeof(name), "user.k%d", k);
+		if (rndn(3)) {
+			int n = snprintf(val, sizeof(val), "%d-%d", i, step);
+			CHECK(xattr_set(&v[i], name, val, (uint32_t)n) == 0);
+			have[i][k] = step + 1;
+		} else {
+			CHECK(xattr_del(&v[i], name) == (have[i][k] ? 0 : -ENODATA));
+			have[i][k] = 0;
+		}
+	}
+	for (int i = 0; i < N; i++) {
+		int n = 0, want = 0;
+		for (struct xattr *x = inode_xattrs(&v[i]); x; x = x->next)
+			n++;
+		for (int k = 0; k < K; k++) {
+			snprintf(name, sizeof(name), "user.k%d", k);
+			struct xattr *x = *xattr_find(&v[i], name);
+			CHECK(!x == !have[i][k]);
+			if (x) {
+				int m = snprintf(val, sizeof(val), "%d-%d", i, have[i][k] - 1);
+				CHECK(x->len == (uint32_t)m && !memcmp(x->value, val, x->len));
+				want++;
+			}
+		}
+		CHECK(n == want && v[i].has_xattrs == (want > 0));
+	}
+	for (int i = 0; i < N; i++)	/* the last one goes: so does the entry */
+		for (int k = 0; k < K; k++) {
+			snprintf(name, sizeof(name), "user.k%d", k);
+			if (have[i][k])
+				CHECK(xattr_del(&v[i], name) == 0);
+		}
+	for (int i = 0; i < N; i++)
+		CHECK(!v[i].has_xattrs && !inode_xattrs(&v[i]));
+	printf("  xattrs ok\n");
 }
 
 /* Models of two directories at once: the globals are the current one. */
@@ -377,6 +480,7 @@ static void twins_test(int how, size_t size)
 
 	memset(&a, 0, sizeof(a));
 	memset(&b, 0, sizeof(b));
+	a.mode = b.mode = S_IFDIR | 0755;
 	CHECK(inode_make_dir(&a, 1) == 0 && inode_make_dir(&b, 1) == 0);
 	max_cookie = 0;
 	while (mn < size)
@@ -460,6 +564,7 @@ static void fixed_cases(void)
 	char longname[COWFS_NAME_MAX + 2];
 
 	memset(&in, 0, sizeof(in));
+	in.mode = S_IFDIR | 0755;
 	CHECK(inode_make_dir(&in, 1) == 0);
 	CHECK(dir_add(NULL, &in, "", 5, 3) == -EINVAL);
 	CHECK(dir_add(NULL, &in, ".", 5, 3) == -EINVAL);
@@ -488,6 +593,8 @@ int main(void)
 	init_seed("test_dir");
 	fixed_cases();
 	prealloc_case();
+	presize_case();
+	xattr_case();
 	random_test(20000, 20);
 	random_test(60000, 3000);
 	free(model);
