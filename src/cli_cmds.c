@@ -388,10 +388,20 @@ static void flush_mount(int fd, const char *path)
 	struct stat st;
 
 	(void)syncfs(fd);
-	if (writeback_kb() == 0)
-		return;
+	/* What syncfs sent stays under writeback until the daemon has it:
+	 * usually a few milliseconds.  Poll for up to a second (2 s for df)
+	 * before walking the files, which costs a few microseconds each
+	 * (0.3 s for 30,000 files). */
+	for (int i = 0; i < 500; i++) {
+		long kb = writeback_kb();
+		if (kb == 0)
+			return;
+		if (kb < 0)
+			break;
+		usleep(i < 50 ? 200 : 2000);
+	}
 	if (!path) {
-		for (int i = 0; i < 200 && writeback_kb() > 0; i++)
+		for (int i = 0; i < 100 && writeback_kb() > 0; i++)
 			usleep(10000);
 		return;
 	}
