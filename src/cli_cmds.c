@@ -388,29 +388,31 @@ static void flush_mount(int fd, const char *path)
 	struct stat st;
 
 	(void)syncfs(fd);
-	/* What syncfs sent stays under writeback until the daemon has it:
-	 * usually a few milliseconds.  Poll for up to a second (2 s for df)
-	 * before walking the files, which costs a few microseconds each
-	 * (0.3 s for 30,000 files). */
-	for (int i = 0; i < 500; i++) {
-		long kb = writeback_kb();
-		if (kb == 0)
-			return;
-		if (kb < 0)
-			break;
-		usleep(i < 50 ? 200 : 2000);
-	}
-	if (!path) {
-		for (int i = 0; i < 100 && writeback_kb() > 0; i++)
+	if (!path) {	/* df: the whole mount, a bounded while */
+		for (int i = 0; i < 200 && writeback_kb() > 0; i++)
 			usleep(10000);
 		return;
 	}
 	if (lstat(path, &st) < 0)
 		return;
-	if (S_ISDIR(st.st_mode))
-		walk_tree(path, 1, wait_one);
-	else
+	if (!S_ISDIR(st.st_mode)) {
 		wait_one(path, path, &st);
+		return;
+	}
+	/* A tree: what syncfs sent stays under writeback until the daemon
+	 * has it, usually a few milliseconds after a copy.  Watch the
+	 * counter for up to 100 ms (it also counts other filesystems, and
+	 * a writer that goes on keeps it up) before waiting file by file,
+	 * which costs microseconds a file (0.3 s for 30,000 files). */
+	for (int i = 0; i < 200; i++) {
+		long kb = writeback_kb();
+		if (kb == 0)
+			return;
+		if (kb < 0)
+			break;
+		usleep(500);
+	}
+	walk_tree(path, 1, wait_one);
 }
 
 int cmd_clone(int argc, char **argv)
