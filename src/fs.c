@@ -287,6 +287,19 @@ int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st)
 	return rc;
 }
 
+int fs_mode(struct fs *fs, uint64_t ino, uint32_t *mode)
+{
+	int rc = 0;
+	lock_take(fs, LOCK_FS);
+	struct inode *in = inode_get(fs, ino);
+	if (in)
+		*mode = in->mode;
+	else
+		rc = -ENOENT;
+	lock_drop(fs, LOCK_FS);
+	return rc;
+}
+
 static int acl_chmod(struct fs *fs, struct inode *in, uint32_t mode);
 
 int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,

@@ -594,16 +594,16 @@ static void write_kills_suidgid(fuse_req_t req, fuse_ino_t ino)
 {
 	struct stat st;
 	struct fs_ctx c;
-	mode_t m;
+	uint32_t m;
 
-	if (fs_getattr(FS(req), ino, &st))
+	if (fs_mode(FS(req), ino, &m))
 		return;
-	m = st.st_mode;
 	if (!(m & S_ISUID) && (m & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
 		return;
 	if (has_cap(fuse_req_ctx(req)->pid, 4))	/* CAP_FSETID */
 		return;
 	get_ctx(req, &c);
+	memset(&st, 0, sizeof(st));
 	(void)fs_setattr(FS(req), &c, ino, &st, FS_SET_KILL_SUIDGID, &st);
 }
 

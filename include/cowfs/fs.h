@@ -78,6 +78,8 @@ void fs_log(struct fs *fs, const char *fmt, ...)
 int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st);
 void fs_forget(struct fs *fs, uint64_t ino, uint64_t nlookup);
 int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st);
+/* The inode's mode alone (type and permission bits): cheaper than a stat. */
+int fs_mode(struct fs *fs, uint64_t ino, uint32_t *mode);
 int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	       const struct stat *in, int to_set, struct stat *st);
 int fs_mknod(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
