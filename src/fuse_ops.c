@@ -217,8 +217,13 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 	}
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
-	if (conn->capable & FUSE_CAP_SPLICE_READ)
-		conn->want |= FUSE_CAP_SPLICE_READ;
+	/* No splice for requests: it costs every request a splice and a
+	 * copy out of the pipe (two system calls, not one read), which small
+	 * requests pay for nothing, and it allocates a thread's request
+	 * buffer only at its first small request (under memory pressure a
+	 * failed allocation there ends libfuse's session).  Measured:
+	 * creating 5,000 files, tar x and dd write were no faster with it. */
+	conn->want &= ~FUSE_CAP_SPLICE_READ;
 	if (conn->capable & FUSE_CAP_POSIX_ACL)
 		conn->want |= FUSE_CAP_POSIX_ACL;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
