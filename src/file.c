@@ -1233,12 +1233,7 @@ static bool ts_eq(struct timespec a, struct timespec b)
 	return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
 }
 
-/*
- * Eligible for passthrough: no plain open, every block in the file's own
- * write object at its own index (so referenced by this file alone,
- * invariant 1), none past the last block (fallocate KEEP_SIZE), or no
- * block at all.  fs->lock held.
- */
+
 /* The map's runs in order, through extmap_lookup() alone: fn(ctx, e)
  * for each (e.lblk set); stops at fn's first nonzero return. */
 static int pt_runs(const struct extmap *m, int (*fn)(void *, struct extent *),
@@ -1268,13 +1263,24 @@ static int pt_not_identity(void *ctx, struct extent *e)
 	       e->lblk + e->len > c->nblk;
 }
 
+/*
+ * Eligible for passthrough: no plain open, every block in the file's own
+ * write object at its own index (so referenced by this file alone,
+ * invariant 1), none past the last block (fallocate KEEP_SIZE), or no
+ * block at all.  And no setuid, nor setgid with group exec: with
+ * HANDLE_KILLPRIV_V2 the kernel leaves clearing them on write to the
+ * daemon, and passthrough writes never reach it, so such a file is
+ * opened plain (fs_setattr refuses to add them while in the mode).
+ * fs->lock held.
+ */
 static bool pt_eligible(struct fs *fs, struct inode *in)
 {
 	struct pt_elig c = {
 		in->wobj, (in->size + fs->block_size - 1) >> fs->block_shift
 	};
 
-	return !in->nopen && !pt_runs(&in->map, pt_not_identity, &c);
+	return !in->nopen && !mode_kills_sxid(in->mode) &&
+	       !pt_runs(&in->map, pt_not_identity, &c);
 }
 
 struct pt_list {
@@ -1358,6 +1364,12 @@ int fs_pt_open(struct fs *fs, uint64_t ino, int flags, fs_backing_fn reg,
 	in->nopen++;
 	if (b <= 0) {
 		*backing = b < 0 ? b : -EIO;
+		goto out;
+	}
+	if (mode_kills_sxid(in->mode)) {
+		/* a chmod came while fs->lock was out: plain, the caller
+		 * closes the backing */
+		*backing = b;
 		goto out;
 	}
 	if (fs->npt == fs->cap_pt) {

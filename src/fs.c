@@ -341,6 +341,13 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	}
 	if (to_set & FS_SET_MODE) {
 		uint32_t mode = (in->mode & S_IFMT) | (a->st_mode & 07777);
+		/* The kernel writes a file in passthrough mode itself, and
+		 * those writes would not clear setuid/setgid: not while it
+		 * is in the mode ("Passthrough" in docs/design.md) */
+		if (in->pt && mode_kills_sxid(mode)) {
+			rc = -EBUSY;
+			goto out;
+		}
 		if ((rc = acl_chmod(fs, in, mode)))
 			goto out;
 		in->mode = mode;
