@@ -1031,6 +1031,12 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 		rc = acl_to_mode(in, value, size);
 		if (rc < 0)
 			goto out;
+		if (in->pt && mode_kills_sxid(in->mode)) {
+			/* group exec on a setgid file: as in fs_setattr */
+			in->mode = mode;
+			rc = -EBUSY;
+			goto out;
+		}
 		if (rc == 1) {
 			/* equivalent to the mode bits: nothing to keep */
 			if (exists && (rc = log_xattr(fs, in, name, NULL, 0, 1))) {

@@ -460,6 +460,43 @@ def test_chmod_setuid_while_in_passthrough(pt, user):
     assert f.read_bytes() == b"c" + b"a" * 8191
 
 
+def acl(*entries):
+    """A system.posix_acl_access value: (tag, perm) pairs, ids 0."""
+    v = bytes([2, 0, 0, 0])
+    for tag, perm in entries:
+        v += tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + \
+            bytes([0xff] * 4 if tag in (1, 4, 0x10, 0x20) else 4)
+    return v
+
+
+def test_acl_group_exec_on_setgid_while_in_passthrough(pt):
+    """An access ACL sets the group bits of the mode: group exec on a
+    setgid file in passthrough mode is refused like the chmod."""
+    USER_OBJ, GROUP_OBJ, MASK, OTHER = 1, 4, 0x10, 0x20
+    f = pt.p("a")
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"a" * 100)
+        os.fchmod(fd, 0o2640)	# setgid, no group exec: allowed
+        assert status(pt)["passthrough_files"] == 1
+        for v in (acl((USER_OBJ, 6), (GROUP_OBJ, 5), (OTHER, 4)),
+                  acl((USER_OBJ, 6), (GROUP_OBJ, 4), (MASK, 5),
+                      (OTHER, 0))):
+            with pytest.raises(OSError) as e:
+                os.setxattr(f, "system.posix_acl_access", v)
+            assert e.value.errno == errno.EBUSY
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2640
+        # without group exec it passes
+        os.setxattr(f, "system.posix_acl_access",
+                    acl((USER_OBJ, 6), (GROUP_OBJ, 4), (MASK, 6), (OTHER, 0)))
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2660
+    finally:
+        os.close(fd)
+    os.setxattr(f, "system.posix_acl_access",
+                acl((USER_OBJ, 6), (GROUP_OBJ, 5), (OTHER, 4)))
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o2654
+
+
 def test_chmod_setuid_right_after_close(pt):
     """install -m 4755: write, close, chmod at once.  The kernel sends the
     RELEASE in the background, and the chmod may reach the daemon first
