@@ -460,6 +460,32 @@ def test_chmod_setuid_while_in_passthrough(pt, user):
     assert f.read_bytes() == b"c" + b"a" * 8191
 
 
+def test_write_drops_file_capability(pt):
+    """The kernel removes a file capability itself at a write
+    (REMOVEXATTR), passthrough writes too: set before the open, or while
+    the file is in the mode."""
+    # security.capability: VFS_CAP_REVISION_2, cap_net_raw permitted
+    cap = bytes.fromhex("0000000200200000000000000000000000000000")
+    f = pt.p("cap")
+    f.write_bytes(b"abc")
+    os.setxattr(f, "security.capability", cap)
+    n0 = opens(pt)
+    with open(f, "r+b") as fh:
+        fh.write(b"x")
+    assert opens(pt) == n0 + 1
+    assert "security.capability" not in os.listxattr(f)
+    fd = os.open(f, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"y", 1)
+        assert status(pt)["passthrough_files"] == 1
+        os.setxattr(f, "security.capability", cap)
+        os.pwrite(fd, b"z", 2)
+        assert "security.capability" not in os.listxattr(f)
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == b"xyz"
+
+
 def acl(*entries):
     """A system.posix_acl_access value: (tag, perm) pairs, ids 0."""
     v = bytes([2, 0, 0, 0])
