@@ -1366,12 +1366,6 @@ int fs_pt_open(struct fs *fs, uint64_t ino, int flags, fs_backing_fn reg,
 		*backing = b < 0 ? b : -EIO;
 		goto out;
 	}
-	if (mode_kills_sxid(in->mode)) {
-		/* a chmod came while fs->lock was out: plain, the caller
-		 * closes the backing */
-		*backing = b;
-		goto out;
-	}
 	if (fs->npt == fs->cap_pt) {
 		/* others took the room made above while the lock was out */
 		size_t cap = fs->cap_pt * 2;

@@ -341,13 +341,6 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	}
 	if (to_set & FS_SET_MODE) {
 		uint32_t mode = (in->mode & S_IFMT) | (a->st_mode & 07777);
-		/* The kernel writes a file in passthrough mode itself, and
-		 * those writes would not clear setuid/setgid: not while it
-		 * is in the mode ("Passthrough" in docs/design.md) */
-		if (in->pt && mode_kills_sxid(mode)) {
-			rc = -EBUSY;
-			goto out;
-		}
 		if ((rc = acl_chmod(fs, in, mode)))
 			goto out;
 		in->mode = mode;
@@ -1031,12 +1024,6 @@ int fs_setxattr(struct fs *fs, uint64_t ino, const char *name,
 		rc = acl_to_mode(in, value, size);
 		if (rc < 0)
 			goto out;
-		if (in->pt && mode_kills_sxid(in->mode)) {
-			/* group exec on a setgid file: as in fs_setattr */
-			in->mode = mode;
-			rc = -EBUSY;
-			goto out;
-		}
 		if (rc == 1) {
 			/* equivalent to the mode bits: nothing to keep */
 			if (exists && (rc = log_xattr(fs, in, name, NULL, 0, 1))) {

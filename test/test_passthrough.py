@@ -319,8 +319,10 @@ def test_unlink_while_open(pt):
 # setuid/setgid.  With HANDLE_KILLPRIV_V2 (asked for in this mode too: no
 # GETXATTR per write) the kernel leaves clearing setuid, and setgid with
 # group exec, to the daemon; passthrough writes never reach it.  So such a
-# file is opened plain, and a chmod that adds the bits to a file in
-# passthrough mode is refused (EBUSY).  The results must be the VFS's.
+# file is opened plain, and for one given the bits while in passthrough
+# mode the kernel's SETATTR before each write (file_remove_privs, with
+# nothing left to set) is where the daemon clears them.  The results must
+# be the VFS's.
 
 SUGID = stat.S_ISUID | stat.S_ISGID
 
@@ -424,40 +426,44 @@ def test_user_chown_clears_setuid_setgid(pt, user):
 
 @pytest.mark.mount_opts("passthrough", "allow_other")
 def test_chmod_setuid_while_in_passthrough(pt, user):
-    """While a file is in passthrough mode the kernel's writes to it would
-    not clear setuid/setgid: a chmod that adds them is refused (EBUSY);
-    other chmods pass.  After the last close it is accepted at once (the
-    daemon waits for a RELEASE still in flight), and the file is then
-    opened plain."""
+    """chmod u+s (or g+s with g+x) of a file open in passthrough mode (cp
+    -p, tar x): accepted; the kernel keeps the file in the mode, and a
+    user's write through it still clears the bits, a root write keeps
+    them (the kernel's SETATTR before the write)."""
     f = pt.p("c")
-    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o666)
     try:
         os.write(fd, b"a" * 8192)
         assert status(pt)["passthrough_files"] == 1
-        for mode in (0o4755, 0o6755, 0o2755, 0o4644):
-            with pytest.raises(OSError) as e:
-                os.chmod(f, mode)
-            assert e.value.errno == errno.EBUSY, oct(mode)
-            with pytest.raises(OSError) as e:
-                os.fchmod(fd, mode)
-            assert e.value.errno == errno.EBUSY, oct(mode)
-        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o644
-        os.fchmod(fd, 0o755)	# no setuid/setgid: fine
-        os.chmod(f, 0o2745)	# setgid without group exec: fine
-        with pytest.raises(OSError) as e:
-            os.chmod(f, 0o2755)	# ...but not with it
-        assert e.value.errno == errno.EBUSY
-        os.pwrite(fd, b"b", 0)
-        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2745
+        os.fchmod(fd, 0o6777)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o6777
+        os.pwrite(fd, b"r", 0)		# root: CAP_FSETID
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o6777
+        n0 = opens(pt)
+        assert user.errno_of(
+            f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'u', 1)") == "OK"
+        assert opens(pt) == n0 + 1	# in passthrough mode, as it was
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+        assert status(pt)["passthrough_files"] == 1
+        # setgid without group exec is kept; with it it goes
+        os.chmod(f, 0o2767)
+        assert user.errno_of(
+            f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'v', 2)") == "OK"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2767
+        os.chmod(f, 0o2777)
+        assert user.errno_of(
+            f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'w', 3)") == "OK"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+        # a user's ftruncate through the open file
+        os.chmod(f, 0o4777)
+        assert user.errno_of(
+            f"os.ftruncate(os.open({str(f)!r}, os.O_WRONLY), 8000)") == "OK"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
     finally:
         os.close(fd)
-    os.chmod(f, 0o4777)
-    assert stat.S_IMODE(os.stat(f).st_mode) == 0o4777
-    n0 = opens(pt)
-    assert user.errno_of(f"open({str(f)!r}, 'r+b').write(b'c')") == "OK"
-    assert opens(pt) == n0
+    assert f.read_bytes() == b"ruvw" + b"a" * 7996
+    pt.remount()
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
-    assert f.read_bytes() == b"c" + b"a" * 8191
 
 
 def test_write_drops_file_capability(pt):
@@ -495,39 +501,33 @@ def acl(*entries):
     return v
 
 
-def test_acl_group_exec_on_setgid_while_in_passthrough(pt):
-    """An access ACL sets the group bits of the mode: group exec on a
-    setgid file in passthrough mode is refused like the chmod."""
+@pytest.mark.mount_opts("passthrough", "allow_other")
+def test_acl_group_exec_on_setgid_while_in_passthrough(pt, user):
+    """An access ACL sets the group bits of the mode: group exec given to
+    a setgid file in passthrough mode makes a user's write clear setgid."""
     USER_OBJ, GROUP_OBJ, MASK, OTHER = 1, 4, 0x10, 0x20
     f = pt.p("a")
     fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         os.write(fd, b"a" * 100)
-        os.fchmod(fd, 0o2640)	# setgid, no group exec: allowed
+        os.fchmod(fd, 0o2646)
         assert status(pt)["passthrough_files"] == 1
-        for v in (acl((USER_OBJ, 6), (GROUP_OBJ, 5), (OTHER, 4)),
-                  acl((USER_OBJ, 6), (GROUP_OBJ, 4), (MASK, 5),
-                      (OTHER, 0))):
-            with pytest.raises(OSError) as e:
-                os.setxattr(f, "system.posix_acl_access", v)
-            assert e.value.errno == errno.EBUSY
-        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2640
-        # without group exec it passes
         os.setxattr(f, "system.posix_acl_access",
-                    acl((USER_OBJ, 6), (GROUP_OBJ, 4), (MASK, 6), (OTHER, 0)))
-        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2660
+                    acl((USER_OBJ, 6), (GROUP_OBJ, 4), (MASK, 5),
+                        (OTHER, 6)))
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2656
+        assert user.errno_of(
+            f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'u', 1)") == "OK"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o656
     finally:
         os.close(fd)
-    os.setxattr(f, "system.posix_acl_access",
-                acl((USER_OBJ, 6), (GROUP_OBJ, 5), (OTHER, 4)))
-    assert stat.S_IMODE(os.stat(f).st_mode) == 0o2654
+    assert f.read_bytes() == b"au" + b"a" * 98
 
 
 def test_chmod_setuid_right_after_close(pt):
-    """install -m 4755: write, close, chmod at once.  The kernel sends the
-    RELEASE in the background, and the chmod may reach the daemon first
-    (without the daemon's wait, 50 of 1200 here failed with EBUSY): it
-    must not be refused."""
+    """install -m 4755: write, close, chmod at once (the kernel sends the
+    RELEASE in the background: the chmod may reach the daemon while the
+    file is still in passthrough mode there)."""
     errs = []
 
     def work(t):
