@@ -1270,7 +1270,8 @@ static int pt_not_identity(void *ctx, struct extent *e)
  * block at all.  And no setuid, nor setgid with group exec: with
  * HANDLE_KILLPRIV_V2 the kernel leaves clearing them on write to the
  * daemon, and passthrough writes never reach it, so such a file is
- * opened plain (fs_setattr refuses to add them while in the mode).
+ * opened plain.  (One given them while in the mode stays in it: the
+ * kernel's empty SETATTR before each write clears them, op_setattr.)
  * fs->lock held.
  */
 static bool pt_eligible(struct fs *fs, struct inode *in)

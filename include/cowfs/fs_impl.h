@@ -175,9 +175,9 @@ struct inode {
 /*
  * Mode bits that a write, a truncate or a chown by a caller without
  * CAP_FSETID clears: setuid, and setgid when the file is group-executable
- * (without group exec it marks mandatory locking and stays).  A file in
- * FUSE passthrough mode never has them: the kernel's writes to it do not
- * reach the daemon, which clears them (pt_eligible(), fs_setattr()).
+ * (without group exec it marks mandatory locking and stays).  A file
+ * with them is not opened in FUSE passthrough mode (pt_eligible()): the
+ * kernel's writes to it would not reach the daemon, which clears them.
  */
 static inline bool mode_kills_sxid(uint32_t mode)
 {
