@@ -1233,7 +1233,6 @@ static bool ts_eq(struct timespec a, struct timespec b)
 	return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
 }
 
-
 /* The map's runs in order, through extmap_lookup() alone: fn(ctx, e)
  * for each (e.lblk set); stops at fn's first nonzero return. */
 static int pt_runs(const struct extmap *m, int (*fn)(void *, struct extent *),
