@@ -1233,12 +1233,6 @@ static bool ts_eq(struct timespec a, struct timespec b)
 	return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
 }
 
-/*
- * Eligible for passthrough: no plain open, every block in the file's own
- * write object at its own index (so referenced by this file alone,
- * invariant 1), none past the last block (fallocate KEEP_SIZE), or no
- * block at all.  fs->lock held.
- */
 /* The map's runs in order, through extmap_lookup() alone: fn(ctx, e)
  * for each (e.lblk set); stops at fn's first nonzero return. */
 static int pt_runs(const struct extmap *m, int (*fn)(void *, struct extent *),
@@ -1268,13 +1262,25 @@ static int pt_not_identity(void *ctx, struct extent *e)
 	       e->lblk + e->len > c->nblk;
 }
 
+/*
+ * Eligible for passthrough: no plain open, every block in the file's own
+ * write object at its own index (so referenced by this file alone,
+ * invariant 1), none past the last block (fallocate KEEP_SIZE), or no
+ * block at all.  And no setuid, nor setgid with group exec: with
+ * HANDLE_KILLPRIV_V2 the kernel leaves clearing them on write to the
+ * daemon, and passthrough writes never reach it, so such a file is
+ * opened plain.  (One given them while in the mode stays in it: the
+ * kernel's empty SETATTR before each write clears them, op_setattr.)
+ * fs->lock held.
+ */
 static bool pt_eligible(struct fs *fs, struct inode *in)
 {
 	struct pt_elig c = {
 		in->wobj, (in->size + fs->block_size - 1) >> fs->block_shift
 	};
 
-	return !in->nopen && !pt_runs(&in->map, pt_not_identity, &c);
+	return !in->nopen && !mode_kills_sxid(in->mode) &&
+	       !pt_runs(&in->map, pt_not_identity, &c);
 }
 
 struct pt_list {

@@ -254,13 +254,15 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 	pt_init(ud, conn);
 	/* Without HANDLE_KILLPRIV_V2 the kernel asks for security.capability
 	 * before every write(2), a GETXATTR round trip each that bounded 4 KiB
-	 * random writes at about 23k IOPS.  With it the superblock is NOSEC:
-	 * the answer is cached per inode, and the daemon clears setuid and
-	 * setgid itself on write, truncate and chown (write_kills_suidgid,
-	 * op_setattr).  Not with passthrough: the kernel's writes to the
-	 * backing file would not pass here. */
+	 * random writes at about 23k IOPS (42k in passthrough mode).  With it
+	 * the superblock is NOSEC: the answer is cached per inode, and the
+	 * daemon clears setuid and setgid itself on write, truncate and chown
+	 * (write_kills_suidgid, op_setattr).  Passthrough writes do not pass
+	 * here: a file with those bits is opened plain (pt_eligible), and for
+	 * one given them while in passthrough mode, the kernel's SETATTR
+	 * before each write does it (op_setattr). */
 #ifdef FUSE_CAP_HANDLE_KILLPRIV_V2
-	if (!pt_on && (conn->capable & FUSE_CAP_HANDLE_KILLPRIV_V2)) {
+	if (conn->capable & FUSE_CAP_HANDLE_KILLPRIV_V2) {
 		conn->want |= FUSE_CAP_HANDLE_KILLPRIV_V2;
 		kp2_on = 1;
 	}
@@ -316,6 +318,8 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
 }
 
+static int write_kills_suidgid(fuse_req_t req, fuse_ino_t ino);
+
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		       int to_set, struct fuse_file_info *fi)
 {
@@ -347,9 +351,15 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (to_set & FUSE_SET_ATTR_CTIME)
 		set |= FS_SET_CTIME;
 	/* HANDLE_KILLPRIV_V2: a truncate by a caller without CAP_FSETID comes
-	 * with KILL_SUIDGID; a chown of a file always clears them */
+	 * with KILL_SUIDGID; a chown of a file always clears them.  A
+	 * SETATTR with no attribute at all is the kernel's file_remove_privs
+	 * (before a write, a truncate, ...: what it would clear is left to
+	 * us, and only ATTR_FORCE is left to send): cleared as for a write.
+	 * It is what clears them for a file in passthrough mode, whose
+	 * writes never reach op_write_buf ("Passthrough" in design.md). */
 	if ((to_set & FUSE_SET_ATTR_KILL_SUID) ||
-	    (kp2_on && (set & (FS_SET_UID | FS_SET_GID))))
+	    (kp2_on && (set & (FS_SET_UID | FS_SET_GID))) ||
+	    (kp2_on && !to_set && write_kills_suidgid(req, ino)))
 		set |= FS_SET_KILL_SUIDGID;
 	/* passthrough: the size the kernel made first; a shrink committed
 	 * and the object cut before the kernel may write again */
@@ -593,30 +603,31 @@ static ssize_t fill_from_bufvec(void *ctx, int fd, off_t pos, size_t len)
  * file's setuid, and setgid if group-executable.  The kernel sends such a
  * write through at once (never as writeback) flagged KILL_SUIDGID, a flag
  * libfuse does not pass on: so for a file with one of the bits, which is
- * rare, the caller's capability is read from /proc.
+ * rare, the caller's capability is read from /proc.  1 if the bits are to
+ * go.
  */
-static void write_kills_suidgid(fuse_req_t req, fuse_ino_t ino)
+static int write_kills_suidgid(fuse_req_t req, fuse_ino_t ino)
 {
-	struct stat st;
-	struct fs_ctx c;
 	uint32_t m;
 
-	if (fs_mode(FS(req), ino, &m))
-		return;
+	if (fs_mode(FS(req), ino, &m) || !S_ISREG(m))
+		return 0;
 	if (!(m & S_ISUID) && (m & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
-		return;
-	if (has_cap(fuse_req_ctx(req)->pid, 4))	/* CAP_FSETID */
-		return;
-	get_ctx(req, &c);
-	memset(&st, 0, sizeof(st));
-	(void)fs_setattr(FS(req), &c, ino, &st, FS_SET_KILL_SUIDGID, &st);
+		return 0;
+	return !has_cap(fuse_req_ctx(req)->pid, 4);	/* CAP_FSETID */
 }
 
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 			 off_t off, struct fuse_file_info *fi)
 {
-	if (kp2_on && !fi->writepage)
-		write_kills_suidgid(req, ino);
+	if (kp2_on && !fi->writepage && write_kills_suidgid(req, ino)) {
+		struct stat st;
+		struct fs_ctx c;
+
+		get_ctx(req, &c);
+		memset(&st, 0, sizeof(st));
+		(void)fs_setattr(FS(req), &c, ino, &st, FS_SET_KILL_SUIDGID, &st);
+	}
 	ssize_t n = fs_write(FS(req), ino, off, fuse_buf_size(in),
 			     fill_from_bufvec, in);
 	if (n < 0)

@@ -7,11 +7,14 @@ until it looks (getattr, fsync, setattr, release, clone, copy, du): these
 tests check every one of those, the crash path (kill -9 after fsync) and
 that a clone or a copy never shares blocks the kernel can still write."""
 import ctypes
+import errno
 import json
 import os
 import random
+import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -311,3 +314,242 @@ def test_unlink_while_open(pt):
     finally:
         os.close(fd)
     assert not p.exists()
+
+
+# setuid/setgid.  With HANDLE_KILLPRIV_V2 (asked for in this mode too: no
+# GETXATTR per write) the kernel leaves clearing setuid, and setgid with
+# group exec, to the daemon; passthrough writes never reach it.  So such a
+# file is opened plain, and for one given the bits while in passthrough
+# mode the kernel's SETATTR before each write (file_remove_privs, with
+# nothing left to set) is where the daemon clears them.  The results must
+# be the VFS's.
+
+SUGID = stat.S_ISUID | stat.S_ISGID
+
+
+def make(m, name, mode, data=b"abc"):
+    p = m.p(name)
+    p.write_bytes(data)
+    os.chmod(p, mode)
+    return p
+
+
+@pytest.mark.mount_opts("passthrough", "allow_other")
+@pytest.mark.parametrize("how", ["write", "append", "truncate", "otrunc",
+                                 "ftruncate"])
+def test_user_change_clears_setuid_setgid(pt, user, how):
+    f = make(pt, "s", 0o6777)
+    n0 = opens(pt)
+    stmt = {
+        "write": f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'y', 1)",
+        "append": f"open({str(f)!r}, 'ab').write(b'y')",
+        "truncate": f"os.truncate({str(f)!r}, 1)",
+        "otrunc": f"os.close(os.open({str(f)!r}, os.O_WRONLY | os.O_TRUNC))",
+        "ftruncate": f"os.ftruncate(os.open({str(f)!r}, os.O_WRONLY), 1)",
+    }[how]
+    assert user.errno_of(stmt) == "OK"
+    mode = os.stat(f).st_mode
+    assert not mode & SUGID, oct(mode)
+    # the file was opened plain: its writes reached the daemon
+    assert opens(pt) == n0
+    pt.remount()
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+
+
+@pytest.mark.mount_opts("passthrough", "allow_other")
+def test_user_write_clears_setuid_once_plain(pt, user):
+    """A fresh file, written in passthrough mode, then made setuid: the
+    next open is a plain one, and a user's write clears the bit."""
+    f = pt.p("fresh")
+    with open(f, "wb") as fh:
+        fh.write(b"x" * MiB)
+    os.chmod(f, 0o4777)
+    n0 = opens(pt)
+    assert user.errno_of(
+        f"os.pwrite(os.open({str(f)!r}, os.O_RDWR), b'y' * 4096, 8192)") \
+        == "OK"
+    assert opens(pt) == n0
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+    with open(f, "rb") as fh:
+        data = fh.read()
+    assert data == b"x" * 8192 + b"y" * 4096 + b"x" * (MiB - 12288)
+    # once cleared, the file is eligible again
+    n0 = opens(pt)
+    assert user.errno_of(f"open({str(f)!r}, 'ab').write(b'z')") == "OK"
+    assert opens(pt) == n0 + 1
+    assert os.stat(f).st_size == MiB + 1
+
+
+@pytest.mark.mount_opts("passthrough", "allow_other")
+def test_setgid_without_group_exec_is_kept_and_passthrough(pt, user):
+    f = make(pt, "sg", 0o2666)	# a locking mark, kept; eligible
+    n0 = opens(pt)
+    assert user.errno_of(f"open({str(f)!r}, 'ab').write(b'y')") == "OK"
+    assert opens(pt) == n0 + 1
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o2666
+    assert f.read_bytes() == b"abcy"
+
+
+def test_root_write_keeps_setuid_chown_clears_it(pt):
+    f = make(pt, "s", 0o6755)
+    with open(f, "r+b") as fh:	# root has CAP_FSETID
+        fh.write(b"xyz")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.truncate(f, 2)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o6755
+    os.chown(f, 1, 1)	# chown clears both, root or not
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
+    os.chmod(f, 0o6755)
+    with open(f, "r+b") as fh:	# held open (plain) across the chown
+        os.chown(f, 2, 2)
+        assert stat.S_IMODE(os.fstat(fh.fileno()).st_mode) == 0o755
+        fh.write(b"q")
+    pt.remount()
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
+    assert f.read_bytes() == b"q" + b"y"
+
+
+@pytest.mark.mount_opts("passthrough", "allow_other")
+def test_user_chown_clears_setuid_setgid(pt, user):
+    d = pt.p("tmp")
+    d.mkdir()
+    os.chmod(d, 0o1777)
+    f = d / "uc"
+    assert user.errno_of(f"open({str(f)!r}, 'w').write('u')") == "OK"
+    assert user.errno_of(f"os.chmod({str(f)!r}, 0o6750)") == "OK"
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o6750
+    # the owner changes the group to its own: both bits go
+    assert user.errno_of(f"os.chown({str(f)!r}, -1, {user.gid})") == "OK"
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o750
+
+
+@pytest.mark.mount_opts("passthrough", "allow_other")
+def test_chmod_setuid_while_in_passthrough(pt, user):
+    """chmod u+s (or g+s with g+x) of a file open in passthrough mode (cp
+    -p, tar x): accepted; the kernel keeps the file in the mode, and a
+    user's write through it still clears the bits, a root write keeps
+    them (the kernel's SETATTR before the write)."""
+    f = pt.p("c")
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        os.write(fd, b"a" * 8192)
+        assert status(pt)["passthrough_files"] == 1
+        os.fchmod(fd, 0o6777)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o6777
+        os.pwrite(fd, b"r", 0)		# root: CAP_FSETID
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o6777
+        n0 = opens(pt)
+        assert user.errno_of(
+            f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'u', 1)") == "OK"
+        assert opens(pt) == n0 + 1	# in passthrough mode, as it was
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+        assert status(pt)["passthrough_files"] == 1
+        # setgid without group exec is kept; with it it goes
+        os.chmod(f, 0o2767)
+        assert user.errno_of(
+            f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'v', 2)") == "OK"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2767
+        os.chmod(f, 0o2777)
+        assert user.errno_of(
+            f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'w', 3)") == "OK"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+        # a user's ftruncate through the open file
+        os.chmod(f, 0o4777)
+        assert user.errno_of(
+            f"os.ftruncate(os.open({str(f)!r}, os.O_WRONLY), 8000)") == "OK"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == b"ruvw" + b"a" * 7996
+    pt.remount()
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+
+
+def test_write_drops_file_capability(pt):
+    """The kernel removes a file capability itself at a write
+    (REMOVEXATTR), passthrough writes too: set before the open, or while
+    the file is in the mode."""
+    # security.capability: VFS_CAP_REVISION_2, cap_net_raw permitted
+    cap = bytes.fromhex("0000000200200000000000000000000000000000")
+    f = pt.p("cap")
+    f.write_bytes(b"abc")
+    os.setxattr(f, "security.capability", cap)
+    n0 = opens(pt)
+    with open(f, "r+b") as fh:
+        fh.write(b"x")
+    assert opens(pt) == n0 + 1
+    assert "security.capability" not in os.listxattr(f)
+    fd = os.open(f, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"y", 1)
+        assert status(pt)["passthrough_files"] == 1
+        os.setxattr(f, "security.capability", cap)
+        os.pwrite(fd, b"z", 2)
+        assert "security.capability" not in os.listxattr(f)
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == b"xyz"
+
+
+def acl(*entries):
+    """A system.posix_acl_access value: (tag, perm) pairs, ids 0."""
+    v = bytes([2, 0, 0, 0])
+    for tag, perm in entries:
+        v += tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + \
+            bytes([0xff] * 4 if tag in (1, 4, 0x10, 0x20) else 4)
+    return v
+
+
+@pytest.mark.mount_opts("passthrough", "allow_other")
+def test_acl_group_exec_on_setgid_while_in_passthrough(pt, user):
+    """An access ACL sets the group bits of the mode: group exec given to
+    a setgid file in passthrough mode makes a user's write clear setgid."""
+    USER_OBJ, GROUP_OBJ, MASK, OTHER = 1, 4, 0x10, 0x20
+    f = pt.p("a")
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"a" * 100)
+        os.fchmod(fd, 0o2646)
+        assert status(pt)["passthrough_files"] == 1
+        os.setxattr(f, "system.posix_acl_access",
+                    acl((USER_OBJ, 6), (GROUP_OBJ, 4), (MASK, 5),
+                        (OTHER, 6)))
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o2656
+        assert user.errno_of(
+            f"os.pwrite(os.open({str(f)!r}, os.O_WRONLY), b'u', 1)") == "OK"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o656
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == b"au" + b"a" * 98
+
+
+def test_chmod_setuid_right_after_close(pt):
+    """install -m 4755: write, close, chmod at once (the kernel sends the
+    RELEASE in the background: the chmod may reach the daemon while the
+    file is still in passthrough mode there)."""
+    errs = []
+
+    def work(t):
+        for i in range(150):
+            p = pt.p(f"i{t}-{i}")
+            with open(p, "wb") as fh:
+                fh.write(b"#!/bin/sh\n" * (400 * (1 + i % 8)))
+            try:
+                os.chmod(p, 0o4755)
+            except OSError as e:
+                errs.append((p.name, e.errno))
+
+    n0 = opens(pt)
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errs == []
+    assert opens(pt) == n0 + 600
+    for t in range(4):
+        for i in range(150):
+            st = os.stat(pt.p(f"i{t}-{i}"))
+            assert stat.S_IMODE(st.st_mode) == 0o4755
+    assert status(pt)["passthrough_files"] == 0
