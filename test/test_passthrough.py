@@ -311,3 +311,104 @@ def test_unlink_while_open(pt):
     finally:
         os.close(fd)
     assert not p.exists()
+
+
+# ---- keeping the daemon's view right (issue 10 review) ----
+
+def test_fallocate_after_unseen_write(pt):
+    """fallocate right after the kernel wrote past the daemon's size (no
+    GETATTR between): the size is the written one, not cut to the range,
+    and a punch past the daemon's stale size is done."""
+    p = pt.p("fa")
+    data = os.urandom(MiB)
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, data)
+        fallocate(fd, 0, 0, 4096)
+        assert os.fstat(fd).st_size == MiB
+        os.pwrite(fd, data, MiB)
+        fallocate(fd, 3, MiB + 65536, 65536)    # PUNCH_HOLE | KEEP_SIZE
+        assert os.fstat(fd).st_size == 2 * MiB
+        assert os.pread(fd, 65536, MiB + 65536) == bytes(65536)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    want = data + data[:65536] + bytes(65536) + data[2 * 65536:]
+    assert p.read_bytes() == want
+    pt.remount()
+    assert p.read_bytes() == want
+
+
+def test_seek_while_syncing(pt):
+    """SEEK_DATA/SEEK_HOLE answers stay right while GETATTRs scan the
+    object (the scan moves the offset of the daemon's own fd)."""
+    import threading
+    p = pt.p("sk")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    # data [0,1M) hole [1M,2M) data [2M,3M) hole [3M,4M) data [4M,6M)
+    os.pwrite(fd, b"a" * MiB, 0)
+    os.pwrite(fd, b"b" * MiB, 2 * MiB)
+    os.pwrite(fd, b"c" * (2 * MiB), 4 * MiB)
+    want = [(0, os.SEEK_HOLE, MiB), (MiB + 5, os.SEEK_DATA, 2 * MiB),
+            (2 * MiB, os.SEEK_HOLE, 3 * MiB), (3 * MiB, os.SEEK_DATA, 4 * MiB),
+            (MiB // 2, os.SEEK_DATA, MiB // 2)]
+    stop = threading.Event()
+    wrong = []
+
+    def seeker():
+        sfd = os.open(p, os.O_RDONLY)
+        try:
+            for i in range(3000):
+                off, wh, exp = want[i % len(want)]
+                got = os.lseek(sfd, off, wh)
+                if got != exp:
+                    wrong.append((off, wh, exp, got))
+        finally:
+            os.close(sfd)
+
+    def churner():
+        k = 0
+        while not stop.is_set():
+            os.pwrite(fd, b"x" * 4096, 4 * MiB + (k % 256) * 4096)
+            os.fstat(fd)
+            k += 1
+
+    try:
+        ch = [threading.Thread(target=churner) for _ in range(2)]
+        sk = [threading.Thread(target=seeker) for _ in range(2)]
+        for t in ch + sk:
+            t.start()
+        for t in sk:
+            t.join()
+        stop.set()
+        for t in ch:
+            t.join()
+    finally:
+        stop.set()
+        os.close(fd)
+    assert not wrong, f"{len(wrong)} wrong answers, e.g. {wrong[:3]}"
+
+
+def test_listing_and_lookup_keep_kernel_size(pt):
+    """A listing (READDIRPLUS) or a lookup of a file the kernel is
+    writing must not hand the kernel the daemon's stale size."""
+    d = pt.p("ld")
+    os.mkdir(d)
+    p = d / "f"
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.link(p, d / "g")             # a second name, looked up later
+        os.write(fd, b"z" * MiB)
+        assert sorted(os.listdir(d)) == ["f", "g"]
+        assert os.stat(p).st_size == MiB
+        assert os.fstat(fd).st_size == MiB
+        assert os.lseek(fd, 0, os.SEEK_END) == MiB
+        os.pwrite(fd, b"y" * MiB, MiB)
+        # drop the unused dentry of "g": its stat is a LOOKUP
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+        assert os.stat(d / "g").st_size == 2 * MiB
+        assert os.fstat(fd).st_size == 2 * MiB
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == b"z" * MiB + b"y" * MiB
