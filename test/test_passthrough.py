@@ -412,3 +412,83 @@ def test_listing_and_lookup_keep_kernel_size(pt):
     finally:
         os.close(fd)
     assert p.read_bytes() == b"z" * MiB + b"y" * MiB
+
+
+@pytest.fixture
+def coarse_pt(mount_factory, tmp_path):
+    """A passthrough mount whose store is on ext2 with 128-byte inodes:
+    whole-second timestamps, so a write can leave the object's size,
+    mtime and ctime as the last sync saw them.  Root and a loop device
+    needed; skipped otherwise."""
+    from conftest import is_mounted
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a loop mount")
+    img, mp = tmp_path / "ext2.img", tmp_path / "ext2"
+    mp.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(128 * MiB)
+    r = subprocess.run(["mkfs.ext2", "-q", "-F", "-I", "128", str(img)],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip("mkfs.ext2 failed: " + r.stderr.decode())
+    r = subprocess.run(["mount", "-o", "loop", str(img), str(mp)],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip("loop mount failed: " + r.stderr.decode())
+    m = None
+    try:
+        m = mount_factory("e", opts="passthrough", init=False,
+                          do_mount=False)
+        m.store = mp / "store"
+        m.init()
+        m.mount()
+        if not status(m).get("passthrough"):
+            pytest.skip("no FUSE passthrough on this mount")
+        yield m
+        m.umount()
+        fsck_ok(m)
+    finally:
+        if m is not None and is_mounted(m.mnt):
+            subprocess.run(["fusermount3", "-u", str(m.mnt)])
+        subprocess.run(["umount", str(mp)], check=True)
+
+
+def test_write_in_same_tick_is_mapped(coarse_pt):
+    """A write into a hole that keeps the size, in the timestamp tick of
+    the last sync, is still mapped at fsync and at the last close."""
+    import time
+    m = coarse_pt
+    for i in range(3):
+        p = m.p(f"t{i}")
+        while time.time() % 1 > 0.2:      # all in one second, at best
+            time.sleep(0.05)
+        fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            os.ftruncate(fd, 512 * 1024)
+            os.pwrite(fd, b"a", 0)
+            os.fstat(fd)                    # a sync: the key is seen
+            os.pwrite(fd, b"b" * 4096, 192 * 1024)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        want = b"a" + bytes(192 * 1024 - 1) + b"b" * 4096 + \
+            bytes(512 * 1024 - 196 * 1024)
+        assert p.read_bytes() == want, f"t{i}: the write is lost"
+    # and what fsync mapped survives a crash
+    p = m.p("k")
+    while time.time() % 1 > 0.2:
+        time.sleep(0.05)
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.ftruncate(fd, 512 * 1024)
+        os.pwrite(fd, b"a", 0)
+        os.fstat(fd)
+        os.pwrite(fd, b"c" * 4096, 64 * 1024)
+        os.fsync(fd)
+        kill_daemon(m.store, m.mnt)
+    finally:
+        os.close(fd)
+    fsck_ok(m)
+    m.mount()
+    got = p.read_bytes()
+    assert got[64 * 1024:68 * 1024] == b"c" * 4096
