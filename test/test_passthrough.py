@@ -492,3 +492,29 @@ def test_write_in_same_tick_is_mapped(coarse_pt):
     m.mount()
     got = p.read_bytes()
     assert got[64 * 1024:68 * 1024] == b"c" * 4096
+
+
+def test_clone_after_shrink(pt):
+    """Clone a file in passthrough mode after a shrink (its blocks past
+    the new end stay mapped until the last close): the clone has nothing
+    past its end, and grows with zeros there."""
+    p = pt.p("s")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        a = os.urandom(2 * MiB)
+        os.write(fd, a)
+        os.fsync(fd)
+        os.ftruncate(fd, 100_000)
+        pt.cowfs("clone", p, pt.p("c"), check=True)
+        du = json.loads(pt.cowfs("du", "--json", pt.p("c"),
+                                 check=True).stdout)
+        # the copy's blocks: up to its end, none past it
+        assert du[0]["exclusive"] <= 128 * 1024, du
+        os.truncate(pt.p("c"), 2 * MiB)
+        want = a[:100_000] + bytes(2 * MiB - 100_000)
+        assert pt.p("c").read_bytes() == want
+    finally:
+        os.close(fd)
+    pt.remount()
+    assert pt.p("c").read_bytes() == want
+    assert p.read_bytes() == a[:100_000]
