@@ -128,6 +128,28 @@ int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len)
 }
 
 /* Recount every object's live blocks from the extent maps (after load). */
+/*
+ * Recovery after an unclean stop: unmap the blocks past the file's last
+ * one.  A shrink in passthrough mode keeps them mapped until the last
+ * close and commits the size meanwhile (pt_truncate), so a crash can
+ * leave them in the journal.  No record: the recovery's checkpoint
+ * follows.  fs->lock held (or the store not yet shared).
+ */
+void file_unmap_past_eof(struct fs *fs, struct inode *in)
+{
+	uint64_t nblk = (in->size + fs->block_size - 1) >> fs->block_shift;
+	struct extent e;
+
+	if (extmap_n(&in->map) == 0)
+		return;
+	if (!extmap_lookup(&in->map, nblk, &e) && e.len == UINT64_MAX)
+		return;		/* nothing past the end: the usual case */
+	if (file_map_punch(fs, in, nblk, UINT64_MAX - nblk))
+		fs_log(fs, "warning: inode %llu: cannot unmap its blocks past "
+		       "the end", (unsigned long long)in->ino);
+	inode_dirty(fs, in);
+}
+
 void file_compute_nlive(struct fs *fs)
 {
 	struct object *o;

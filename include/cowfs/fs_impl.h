@@ -473,6 +473,7 @@ int file_map_set(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len,
 int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk,
 		   uint64_t len);
 int file_truncate(struct fs *fs, struct inode *in, uint64_t size);
+void file_unmap_past_eof(struct fs *fs, struct inode *in);
 /* Passthrough (file.c): bring the map and size of in, in passthrough
  * mode, up to what the kernel wrote.  full: a SEEK_DATA scan whatever
  * the object's size and times say (they miss a write within one
