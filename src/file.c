@@ -127,7 +127,6 @@ int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len)
 	return rc;
 }
 
-/* Recount every object's live blocks from the extent maps (after load). */
 /*
  * Recovery after an unclean stop: unmap the blocks past the file's last
  * one.  A shrink in passthrough mode keeps them mapped until the last
@@ -150,6 +149,7 @@ void file_unmap_past_eof(struct fs *fs, struct inode *in)
 	inode_dirty(fs, in);
 }
 
+/* Recount every object's live blocks from the extent maps (after load). */
 void file_compute_nlive(struct fs *fs)
 {
 	struct object *o;
