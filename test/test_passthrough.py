@@ -548,3 +548,58 @@ def test_shrink_then_crash(pt):
     assert p.read_bytes() == a[:100_000]
     os.truncate(p, 2 * MiB)
     assert p.read_bytes() == a[:100_000] + bytes(2 * MiB - 100_000)
+
+
+def test_shrink_commit_fails(coarse_pt):
+    """A shrink whose commit fails (the host disk full: the kernel's
+    writes do not keep the space reserve) fails, and leaves the file as
+    it was: a later stat must not cut it to the size that failed."""
+    import errno
+    m = coarse_pt
+    spacer = m.store.parent / "spacer"       # beside the store, on ext2
+    spacer.write_bytes(b"s" * (8 * MiB))
+    p = m.p("full")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        chunk = b"f" * MiB
+        n = 0
+        try:
+            while True:
+                os.pwrite(fd, chunk, n * MiB)
+                n += 1
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        pos = os.fstat(fd).st_size
+        try:                                # to the last block
+            while True:
+                pos += os.pwrite(fd, b"f" * 4096, pos)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        size = os.fstat(fd).st_size
+        for i in range(2000):               # until the journal is full too
+            os.chmod(p, 0o600 if i % 2 else 0o644)
+            try:
+                os.fsync(fd)
+            except OSError:
+                break
+        try:
+            os.ftruncate(fd, MiB)
+            pytest.skip("the commit did not fail: nothing tested")
+        except OSError:
+            pass
+        assert os.fstat(fd).st_size == size
+        assert os.stat(p).st_size == size
+        assert os.pread(fd, 4, (n - 1) * MiB) == b"ffff"
+        spacer.unlink()                      # room again: it commits
+        os.fsync(fd)
+        assert os.fstat(fd).st_size == size
+    finally:
+        os.close(fd)
+    with open(p, "rb") as f:
+        f.seek((n - 1) * MiB)
+        assert f.read(4) == b"ffff"
+    os.unlink(p)
+    log = m.log_text()
+    assert "error: metadata journal write" in log
+    m.log.write_text(log.replace("error: metadata journal write",
+                                 "(expected) metadata journal write"))
