@@ -445,6 +445,8 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 {
 	struct stat st;
 	int rc = fs_link(FS(req), ino, newparent, newname, &st);
+	if (!rc && pt_on && S_ISREG(st.st_mode))
+		pt_fresh_attr(req, &st);	/* as for a LOOKUP */
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else

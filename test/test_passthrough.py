@@ -390,7 +390,7 @@ def test_seek_while_syncing(pt):
 
 
 def test_listing_and_lookup_keep_kernel_size(pt):
-    """A listing (READDIRPLUS) or a lookup of a file the kernel is
+    """A listing (READDIRPLUS), a lookup or a link of a file the kernel is
     writing must not hand the kernel the daemon's stale size."""
     d = pt.p("ld")
     os.mkdir(d)
@@ -409,9 +409,12 @@ def test_listing_and_lookup_keep_kernel_size(pt):
             f.write("2")
         assert os.stat(d / "g").st_size == 2 * MiB
         assert os.fstat(fd).st_size == 2 * MiB
+        os.pwrite(fd, b"x" * MiB, 2 * MiB)
+        os.link(p, d / "h")             # a LINK reply has attributes too
+        assert os.fstat(fd).st_size == 3 * MiB
     finally:
         os.close(fd)
-    assert p.read_bytes() == b"z" * MiB + b"y" * MiB
+    assert p.read_bytes() == b"z" * MiB + b"y" * MiB + b"x" * MiB
 
 
 @pytest.fixture
