@@ -127,6 +127,28 @@ int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len)
 	return rc;
 }
 
+/*
+ * Recovery after an unclean stop: unmap the blocks past the file's last
+ * one.  A shrink in passthrough mode keeps them mapped until the last
+ * close and commits the size meanwhile (pt_truncate), so a crash can
+ * leave them in the journal.  No record: the recovery's checkpoint
+ * follows.  fs->lock held (or the store not yet shared).
+ */
+void file_unmap_past_eof(struct fs *fs, struct inode *in)
+{
+	uint64_t nblk = (in->size + fs->block_size - 1) >> fs->block_shift;
+	struct extent e;
+
+	if (extmap_n(&in->map) == 0)
+		return;
+	if (!extmap_lookup(&in->map, nblk, &e) && e.len == UINT64_MAX)
+		return;		/* nothing past the end: the usual case */
+	if (file_map_punch(fs, in, nblk, UINT64_MAX - nblk))
+		fs_log(fs, "warning: inode %llu: cannot unmap its blocks past "
+		       "the end", (unsigned long long)in->ino);
+	inode_dirty(fs, in);
+}
+
 /* Recount every object's live blocks from the extent maps (after load). */
 void file_compute_nlive(struct fs *fs)
 {
@@ -946,6 +968,8 @@ out_free:
 
 static int pt_fallocate(struct fs *fs, struct inode *in, int mode,
 			uint64_t start, uint64_t end);
+static int pt_sync(struct fs *fs, struct inode *in, bool full,
+		   uint64_t *blocks);
 
 int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
 {
@@ -966,6 +990,13 @@ int fs_fallocate(struct fs *fs, uint64_t ino, int mode, off_t off, off_t len)
 		return rc;
 	}
 	lock_io_take(in);
+	/* passthrough: the size the kernel made first; a stale one would
+	 * cut the file at a grow, or skip a punch past it */
+	if ((rc = pt_sync(fs, in, false, NULL))) {
+		lock_io_drop(in);
+		lock_drop(fs, LOCK_DATA);
+		return rc;
+	}
 	lock_take(fs, LOCK_FS);
 	uint64_t start = (uint64_t)off, end = (uint64_t)off + (uint64_t)len;
 	if (in->pt) {
@@ -1144,8 +1175,8 @@ ssize_t fs_copy_range(struct fs *fs, uint64_t ino_in, off_t off_in,
 	lock_io_take2(src, dst);
 	/* A file in passthrough mode: its map first brought up to date, and
 	 * bytes copied, never blocks shared (the kernel writes them). */
-	if ((rc = file_pt_sync(fs, src, false)) ||
-	    (dst != src && (rc = file_pt_sync(fs, dst, false)))) {
+	if ((rc = file_pt_sync(fs, src, true)) ||
+	    (dst != src && (rc = file_pt_sync(fs, dst, true)))) {
 		total = rc;
 		goto out;
 	}
@@ -1400,9 +1431,6 @@ struct pt_run {
 	uint64_t first, last;
 };
 
-static int pt_sync(struct fs *fs, struct inode *in, bool fsync,
-		   uint64_t *blocks);
-
 /* The slots of fd that hold data below size, as block runs. */
 static int pt_scan(struct fs *fs, int fd, uint64_t size, struct pt_run **out,
 		   size_t *nout)
@@ -1447,17 +1475,41 @@ static int pt_scan(struct fs *fs, int fd, uint64_t size, struct pt_run **out,
 	return 0;
 }
 
-int file_pt_sync(struct fs *fs, struct inode *in, bool fsync)
+int file_pt_sync(struct fs *fs, struct inode *in, bool full)
 {
-	return pt_sync(fs, in, fsync, NULL);
+	return pt_sync(fs, in, full, NULL);
 }
 
-/* blocks: the object's st_blocks, if in is in passthrough mode */
-static int pt_sync(struct fs *fs, struct inode *in, bool fsync,
+/*
+ * The coarsest timestamp tick we allow for on the store's filesystem (1 s:
+ * ext2 and ext3 with 128-byte inodes), plus the lag of the kernel's coarse
+ * clock behind CLOCK_REALTIME.  A write in the same tick as a scan can
+ * leave size, mtime and ctime as that scan saw them; so the key is
+ * trusted only once the ctime it saw is older than the scan by this much.
+ */
+#define PT_TICK_NS 2000000000LL
+
+static int64_t ts_ns(struct timespec t)
+{
+	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/*
+ * Map what the kernel wrote and take the size and times from the object.
+ * full: always scan (fsync, the last release, clone, copy_file_range, du,
+ * df); else only when the object's size, mtime or ctime moved since the
+ * last scan or that scan was too recent to trust them (GETATTR, SETATTR).
+ * A pending cut (fs_pt_setattr_done) caps the size: the kernel's size is
+ * the shrunk one; the object is cut only after the commit.
+ * blocks: the object's st_blocks, if in is in passthrough mode.  io_lock
+ * held.
+ */
+static int pt_sync(struct fs *fs, struct inode *in, bool full,
 		   uint64_t *blocks)
 {
 	struct pt_run *runs = NULL;
 	size_t nruns = 0;
+	struct timespec now;
 	struct stat st;
 	struct pt_ent *pe;
 	int fd, rc = 0;
@@ -1468,26 +1520,27 @@ static int pt_sync(struct fs *fs, struct inode *in, bool fsync,
 		return 0;
 	}
 	fd = pe->fd;
-	bool cut = pe->trunc_pending;
-	uint64_t cut_size = pe->trunc_size;
-	pe->trunc_pending = false;
 	lock_drop(fs, LOCK_FS);
 
-	if (cut && ftruncate(fd, (off_t)cut_size) < 0)
-		return -errno;
+	/* before the fstat: a write after it has a ctime past now - tick */
+	clock_gettime(CLOCK_REALTIME, &now);
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (blocks)
 		*blocks = (uint64_t)st.st_blocks;
 	lock_take(fs, LOCK_FS);
 	pe = pt_find(fs, in->ino);
-	bool changed = (uint64_t)st.st_size != pe->seen_size ||
-		       !ts_eq(st.st_mtim, pe->seen_mtime) ||
-		       !ts_eq(st.st_ctim, pe->seen_ctime);
+	uint64_t size = (uint64_t)st.st_size;
+	if (pe->trunc_pending && pe->trunc_size < size)
+		size = pe->trunc_size;
+	bool moved = (uint64_t)st.st_size != pe->seen_size ||
+		     !ts_eq(st.st_mtim, pe->seen_mtime) ||
+		     !ts_eq(st.st_ctim, pe->seen_ctime);
+	bool scan = full || moved || !pe->settled;
 	lock_drop(fs, LOCK_FS);
-	if (!changed && !fsync)
+	if (!scan)
 		return 0;
-	if (changed && (rc = pt_scan(fs, fd, (uint64_t)st.st_size, &runs, &nruns)))
+	if ((rc = pt_scan(fs, fd, size, &runs, &nruns)))
 		return rc;
 
 	lock_take(fs, LOCK_FS);
@@ -1501,24 +1554,27 @@ static int pt_sync(struct fs *fs, struct inode *in, bool fsync,
 	}
 	for (size_t i = 0; i < nruns && !rc; i++)
 		rc = map_to_wobj(fs, in, runs[i].first, runs[i].last);
-	if (!rc && changed) {
-		in->size = (uint64_t)st.st_size;
+	if (!rc && (moved || in->size != size)) {
+		in->size = size;
 		if (w->len < in->size)
 			w->len = in->size;
 		inode_set_time(in, IT_MTIME, st.st_mtim);
 		inode_set_time(in, IT_CTIME, st.st_ctim);
 		inode_dirty(fs, in);
+	}
+	if (!rc) {
 		pe->seen_size = (uint64_t)st.st_size;
 		pe->seen_mtime = st.st_mtim;
 		pe->seen_ctime = st.st_ctim;
-	}
-	if (!rc)
+		pe->settled = ts_ns(st.st_ctim) + PT_TICK_NS < ts_ns(now);
 		obj_mark_dirty(fs, w);	/* its data synced at the commit */
+	}
 	lock_drop(fs, LOCK_FS);
 	free(runs);
 	return rc;
 }
 
+/* fsync: a full scan (pt_sync) */
 int fs_pt_sync(struct fs *fs, uint64_t ino, int fsync, uint64_t *blocks)
 {
 	struct inode *in;
@@ -1536,7 +1592,7 @@ int fs_pt_sync(struct fs *fs, uint64_t ino, int fsync, uint64_t *blocks)
 		return 0;	/* the operation itself answers */
 	}
 	lock_io_take(in);
-	rc = pt_sync(fs, in, fsync, blocks);
+	rc = pt_sync(fs, in, fsync != 0, blocks);
 	lock_io_drop(in);
 	lock_drop(fs, LOCK_DATA);
 	return rc;
@@ -1558,15 +1614,25 @@ static int pt_truncate(struct fs *fs, struct inode *in, uint64_t size)
 	if (!pe)
 		return -EIO;
 	if (size < in->size) {
+		if (!pe->trunc_pending)
+			pe->trunc_from = in->size;
 		pe->trunc_pending = true;
 		pe->trunc_size = size;
 	} else if (size > in->size) {
+		/* A cut still pending here is one whose SETATTR failed after
+		 * this step (fs_pt_setattr_done never ran): its bytes are
+		 * zeroed in place, not cut, as its size may not be committed. */
+		bool stale = pe->trunc_pending;
+		uint64_t from = pe->trunc_size;
 		int fd = pe->fd;
-		bool cut = pe->trunc_pending;
-		uint64_t cut_size = pe->trunc_size;
+		struct stat st;
 		pe->trunc_pending = false;
 		unsigned t = lock_fs_suspend(fs);
-		if (cut && ftruncate(fd, (off_t)cut_size) < 0)
+		if (stale && fstat(fd, &st) < 0)
+			rc = -errno;
+		else if (stale && (uint64_t)st.st_size > from &&
+			 fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				   (off_t)from, st.st_size - (off_t)from) < 0)
 			rc = -errno;
 		if (!rc && ftruncate(fd, (off_t)size) < 0)
 			rc = -errno;
@@ -1636,30 +1702,64 @@ static off_t pt_lseek(struct fs *fs, struct inode *in, off_t off, int whence)
 		return -EIO;
 	if (whence != SEEK_DATA && whence != SEEK_HOLE)
 		rc = -EINVAL;
-	else
-		rc = lseek(fd, off, whence) < 0 ? -errno : lseek(fd, 0, SEEK_CUR);
+	else if ((rc = lseek(fd, off, whence)) < 0)	/* not SEEK_CUR: the */
+		rc = -errno;		/* offset is shared with pt_scan's */
 	close(fd);
 	return rc;
 }
 
+/*
+ * After a SETATTR that shrank a file in passthrough mode, before its
+ * reply (the kernel holds the inode lock, so it writes nothing
+ * meanwhile): commit the new size, then cut the object.  Only here: a
+ * cut before the commit would leave, after a crash, a committed map past
+ * the object's end with the old size.  If the commit fails the shrink is
+ * undone in memory (the old size, no cut) and the SETATTR fails.
+ */
 int fs_pt_setattr_done(struct fs *fs, uint64_t ino)
 {
+	struct pt_ent *pe;
 	struct inode *in;
-	bool cut;
 	int rc = 0;
 
 	lock_take(fs, LOCK_FS);
 	in = inode_get(fs, ino);
-	struct pt_ent *pe = in && in->pt ? pt_find(fs, ino) : NULL;
-	cut = pe && pe->trunc_pending;
+	pe = in && in->pt ? pt_find(fs, ino) : NULL;
+	bool cut = pe && pe->trunc_pending;
 	lock_drop(fs, LOCK_FS);
 	if (!cut)
 		return 0;
-	/* The shrunk size first: a crash before the cut then finds the old
-	 * bytes past EOF, never a map beyond the object's end. */
-	if ((rc = journal_commit(fs)))
-		return rc;
-	return fs_pt_sync(fs, ino, 0, NULL);	/* does the cut */
+	int crc = journal_commit(fs);	/* no lock of ours held */
+
+	lock_take_shared(fs);
+	if (!(in = get_reg(fs, ino, &rc))) {
+		lock_drop(fs, LOCK_DATA);
+		return crc ? crc : rc;
+	}
+	lock_io_take(in);
+	lock_take(fs, LOCK_FS);
+	/* pt_leave may have come meanwhile: the file is plain, sized right */
+	pe = in->pt ? pt_find(fs, ino) : NULL;
+	if (pe && pe->trunc_pending) {
+		int fd = pe->fd;
+		uint64_t size = pe->trunc_size;
+		pe->trunc_pending = false;
+		if (crc) {
+			in->size = pe->trunc_from;
+			inode_dirty(fs, in);
+		} else {
+			lock_drop(fs, LOCK_FS);
+			if (ftruncate(fd, (off_t)size) < 0)
+				rc = -errno;
+			lock_take(fs, LOCK_FS);
+		}
+	}
+	lock_drop(fs, LOCK_FS);
+	lock_io_drop(in);
+	lock_drop(fs, LOCK_DATA);
+	if (!crc && !rc)
+		rc = fs_pt_sync(fs, ino, 0, NULL);	/* the new key */
+	return crc ? crc : rc;
 }
 
 /* The kernel no longer has the file open for passthrough: back to a
@@ -1670,7 +1770,7 @@ static int pt_leave(struct fs *fs, struct inode *in)
 {
 	struct pt_run *runs = NULL;
 	size_t nruns = 0;
-	int rc = file_pt_sync(fs, in, false);
+	int rc = file_pt_sync(fs, in, true);
 
 	lock_take(fs, LOCK_FS);
 	struct pt_ent *pe = pt_find(fs, in->ino);
@@ -1700,6 +1800,10 @@ static int pt_leave(struct fs *fs, struct inode *in)
 			from = runs[i].last + 1;
 	}
 	free(runs);
+	/* What the kernel wrote may be unmapped, or mapped blocks left
+	 * past the end: the object must not be written in place again. */
+	if (rc)
+		file_retire_wobj(fs, in);
 	in->pt = 0;
 	*pe = fs->pt[--fs->npt];
 	lock_drop(fs, LOCK_FS);
@@ -1752,7 +1856,7 @@ void file_pt_sync_all(struct fs *fs)
 		lock_take(fs, LOCK_FS);
 		struct inode *in = inode_get(fs, inos[i]);
 		lock_drop(fs, LOCK_FS);
-		int rc = in ? file_pt_sync(fs, in, false) : 0;
+		int rc = in ? file_pt_sync(fs, in, true) : 0;
 		if (rc)
 			fs_log(fs, "error: inode %llu: passthrough sync: %s",
 			       (unsigned long long)inos[i], strerror(-rc));
@@ -1808,8 +1912,27 @@ int file_pt_unshare(struct fs *fs, struct inode *src, struct inode *dst)
 	}
 	ev = l.v;
 	n = l.n;
-	if (n == 0)
-		return 0;
+	/* Nothing past the last block: a shrink keeps src's blocks mapped
+	 * there until its last release; the copy has no bytes for them
+	 * (its object ends at the size) and must not share them. */
+	uint64_t nblk = (size + fs->block_size - 1) >> fs->block_shift;
+	size_t k = 0;
+	bool past = false;
+	for (size_t i = 0; i < n; i++) {
+		past |= ev[i].lblk + ev[i].len > nblk;
+		if (ev[i].lblk >= nblk)
+			continue;
+		if (ev[i].len > nblk - ev[i].lblk)
+			ev[i].len = nblk - ev[i].lblk;
+		ev[k++] = ev[i];
+	}
+	if (past)
+		rc = punch_and_log(fs, dst, nblk, UINT64_MAX - nblk);
+	n = k;
+	if (rc || n == 0) {
+		free(ev);
+		return rc;
+	}
 	id = fs->next_obj++;
 	if ((dfd = store_obj_open(&fs->store, id, 1)) < 0) {
 		free(ev);

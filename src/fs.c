@@ -861,13 +861,13 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 		goto out;
 	if (off < 1) {
 		inode_stat(fs, dir, &st);
-		if (emit(ctx, ".", &st, 1))
+		if (emit(ctx, ".", &st, 1, 0))
 			goto out;
 	}
 	if (off < 2) {
 		in = inode_get(fs, dir_parent(dir) ? dir_parent(dir) : FS_ROOT_INO);
 		inode_stat(fs, in ? in : dir, &st);
-		if (emit(ctx, "..", &st, 2))
+		if (emit(ctx, "..", &st, 2, 0))
 			goto out;
 	}
 	for (i = dir_seek(dir, off + 1); (d = dir_next(dir, &i)); i++) {
@@ -875,9 +875,12 @@ int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 		if (!in)
 			continue;
 		inode_stat(fs, in, &st);
-		if (emit(ctx, dent_name(dir, d), &st, d->cookie))
+		/* in passthrough mode the kernel's size is the one that is
+		 * right (it writes the object); ours may lag */
+		int node = !(S_ISREG(in->mode) && in->pt);
+		if (emit(ctx, dent_name(dir, d), &st, d->cookie, node))
 			break;
-		if (plus) {
+		if (plus && node) {
 			inode_lookup_ref(in);
 			note_prefetch(fs, in, &pf, &npf);
 		}

@@ -269,10 +269,26 @@ static void op_init(void *ud, struct fuse_conn_info *conn)
 #endif
 }
 
+/* A file in passthrough mode: the size the kernel wrote, not the daemon's
+ * lagging one, which the kernel would cache for ATTR_TIMEOUT. */
+static void pt_fresh_attr(fuse_req_t req, struct stat *st)
+{
+	uint64_t blocks = UINT64_MAX;
+	struct stat now;
+
+	if (fs_pt_sync(FS(req), st->st_ino, 0, &blocks) ||
+	    blocks == UINT64_MAX || fs_getattr(FS(req), st->st_ino, &now))
+		return;
+	*st = now;
+	st->st_blocks = (blkcnt_t)blocks;
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct stat st;
 	int rc = fs_lookup(FS(req), parent, name, &st);
+	if (!rc && pt_on && S_ISREG(st.st_mode))
+		pt_fresh_attr(req, &st);
 	if (rc == -ENOENT) {
 		/* negative entry, cached: the daemon is the only writer */
 		struct fuse_entry_param e;
@@ -439,6 +455,8 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 {
 	struct stat st;
 	int rc = fs_link(FS(req), ino, newparent, newname, &st);
+	if (!rc && pt_on && S_ISREG(st.st_mode))
+		pt_fresh_attr(req, &st);	/* as for a LOOKUP */
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
@@ -691,7 +709,7 @@ struct dirbuf {
 };
 
 static int emit_entry(void *ctx, const char *name, const struct stat *st,
-		      uint64_t next_off)
+		      uint64_t next_off, int node)
 {
 	struct dirbuf *d = ctx;
 	size_t n;
@@ -699,8 +717,8 @@ static int emit_entry(void *ctx, const char *name, const struct stat *st,
 	if (d->plus) {
 		struct fuse_entry_param e;
 		memset(&e, 0, sizeof(e));
-		int dot = !strcmp(name, ".") || !strcmp(name, "..");
-		e.ino = dot ? 0 : st->st_ino;
+		/* nodeid 0: the kernel takes no attributes from the entry */
+		e.ino = node ? st->st_ino : 0;
 		e.attr = *st;
 		e.attr_timeout = ATTR_TIMEOUT;
 		e.entry_timeout = ENTRY_TIMEOUT;

@@ -184,8 +184,12 @@ int fs_open(const char *path, const struct fs_options *opt, struct fs **out,
 		if (in->nlink == 0 && in->ino != FS_ROOT_INO) {
 			inode_maybe_free(fs, in);
 			orphans++;
-		} else if (unclean && S_ISREG(in->mode) && in->wobj) {
-			file_retire_wobj(fs, in);
+		} else if (unclean && S_ISREG(in->mode)) {
+			if (in->wobj)
+				file_retire_wobj(fs, in);
+			/* a shrink in passthrough mode (file.c) */
+			if (!fs->opt.ro)
+				file_unmap_past_eof(fs, in);
 		}
 	}
 	struct object *o;

@@ -553,3 +553,298 @@ def test_chmod_setuid_right_after_close(pt):
             st = os.stat(pt.p(f"i{t}-{i}"))
             assert stat.S_IMODE(st.st_mode) == 0o4755
     assert status(pt)["passthrough_files"] == 0
+
+
+# ---- keeping the daemon's view right (issue 10 review) ----
+
+def test_fallocate_after_unseen_write(pt):
+    """fallocate right after the kernel wrote past the daemon's size (no
+    GETATTR between): the size is the written one, not cut to the range,
+    and a punch past the daemon's stale size is done."""
+    p = pt.p("fa")
+    data = os.urandom(MiB)
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, data)
+        fallocate(fd, 0, 0, 4096)
+        assert os.fstat(fd).st_size == MiB
+        os.pwrite(fd, data, MiB)
+        fallocate(fd, 3, MiB + 65536, 65536)    # PUNCH_HOLE | KEEP_SIZE
+        assert os.fstat(fd).st_size == 2 * MiB
+        assert os.pread(fd, 65536, MiB + 65536) == bytes(65536)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    want = data + data[:65536] + bytes(65536) + data[2 * 65536:]
+    assert p.read_bytes() == want
+    pt.remount()
+    assert p.read_bytes() == want
+
+
+def test_seek_while_syncing(pt):
+    """SEEK_DATA/SEEK_HOLE answers stay right while GETATTRs scan the
+    object (the scan moves the offset of the daemon's own fd)."""
+    import threading
+    p = pt.p("sk")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    # data [0,1M) hole [1M,2M) data [2M,3M) hole [3M,4M) data [4M,6M)
+    os.pwrite(fd, b"a" * MiB, 0)
+    os.pwrite(fd, b"b" * MiB, 2 * MiB)
+    os.pwrite(fd, b"c" * (2 * MiB), 4 * MiB)
+    want = [(0, os.SEEK_HOLE, MiB), (MiB + 5, os.SEEK_DATA, 2 * MiB),
+            (2 * MiB, os.SEEK_HOLE, 3 * MiB), (3 * MiB, os.SEEK_DATA, 4 * MiB),
+            (MiB // 2, os.SEEK_DATA, MiB // 2)]
+    stop = threading.Event()
+    wrong = []
+
+    def seeker():
+        sfd = os.open(p, os.O_RDONLY)
+        try:
+            for i in range(3000):
+                off, wh, exp = want[i % len(want)]
+                got = os.lseek(sfd, off, wh)
+                if got != exp:
+                    wrong.append((off, wh, exp, got))
+        finally:
+            os.close(sfd)
+
+    def churner():
+        k = 0
+        while not stop.is_set():
+            os.pwrite(fd, b"x" * 4096, 4 * MiB + (k % 256) * 4096)
+            os.fstat(fd)
+            k += 1
+
+    try:
+        ch = [threading.Thread(target=churner) for _ in range(2)]
+        sk = [threading.Thread(target=seeker) for _ in range(2)]
+        for t in ch + sk:
+            t.start()
+        for t in sk:
+            t.join()
+        stop.set()
+        for t in ch:
+            t.join()
+    finally:
+        stop.set()
+        os.close(fd)
+    assert not wrong, f"{len(wrong)} wrong answers, e.g. {wrong[:3]}"
+
+
+def test_listing_and_lookup_keep_kernel_size(pt):
+    """A listing (READDIRPLUS), a lookup or a link of a file the kernel is
+    writing must not hand the kernel the daemon's stale size."""
+    d = pt.p("ld")
+    os.mkdir(d)
+    p = d / "f"
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.link(p, d / "g")             # a second name, looked up later
+        os.write(fd, b"z" * MiB)
+        assert sorted(os.listdir(d)) == ["f", "g"]
+        assert os.stat(p).st_size == MiB
+        assert os.fstat(fd).st_size == MiB
+        assert os.lseek(fd, 0, os.SEEK_END) == MiB
+        os.pwrite(fd, b"y" * MiB, MiB)
+        # drop the unused dentry of "g": its stat is a LOOKUP
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+        assert os.stat(d / "g").st_size == 2 * MiB
+        assert os.fstat(fd).st_size == 2 * MiB
+        os.pwrite(fd, b"x" * MiB, 2 * MiB)
+        os.link(p, d / "h")             # a LINK reply has attributes too
+        assert os.fstat(fd).st_size == 3 * MiB
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == b"z" * MiB + b"y" * MiB + b"x" * MiB
+
+
+@pytest.fixture
+def coarse_pt(mount_factory, tmp_path):
+    """A passthrough mount whose store is on ext2 with 128-byte inodes:
+    whole-second timestamps, so a write can leave the object's size,
+    mtime and ctime as the last sync saw them.  Root and a loop device
+    needed; skipped otherwise."""
+    from conftest import is_mounted
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a loop mount")
+    img, mp = tmp_path / "ext2.img", tmp_path / "ext2"
+    mp.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(128 * MiB)
+    r = subprocess.run(["mkfs.ext2", "-q", "-F", "-I", "128", str(img)],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip("mkfs.ext2 failed: " + r.stderr.decode())
+    r = subprocess.run(["mount", "-o", "loop", str(img), str(mp)],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip("loop mount failed: " + r.stderr.decode())
+    m = None
+    try:
+        m = mount_factory("e", opts="passthrough", init=False,
+                          do_mount=False)
+        m.store = mp / "store"
+        m.init()
+        m.mount()
+        if not status(m).get("passthrough"):
+            pytest.skip("no FUSE passthrough on this mount")
+        yield m
+        m.umount()
+        fsck_ok(m)
+    finally:
+        if m is not None and is_mounted(m.mnt):
+            subprocess.run(["fusermount3", "-u", str(m.mnt)])
+        subprocess.run(["umount", str(mp)], check=True)
+
+
+def test_write_in_same_tick_is_mapped(coarse_pt):
+    """A write into a hole that keeps the size, in the timestamp tick of
+    the last sync, is still mapped at fsync and at the last close."""
+    import time
+    m = coarse_pt
+    for i in range(3):
+        p = m.p(f"t{i}")
+        while time.time() % 1 > 0.2:      # all in one second, at best
+            time.sleep(0.05)
+        fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            os.ftruncate(fd, 512 * 1024)
+            os.pwrite(fd, b"a", 0)
+            os.fstat(fd)                    # a sync: the key is seen
+            os.pwrite(fd, b"b" * 4096, 192 * 1024)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        want = b"a" + bytes(192 * 1024 - 1) + b"b" * 4096 + \
+            bytes(512 * 1024 - 196 * 1024)
+        assert p.read_bytes() == want, f"t{i}: the write is lost"
+    # and what fsync mapped survives a crash
+    p = m.p("k")
+    while time.time() % 1 > 0.2:
+        time.sleep(0.05)
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.ftruncate(fd, 512 * 1024)
+        os.pwrite(fd, b"a", 0)
+        os.fstat(fd)
+        os.pwrite(fd, b"c" * 4096, 64 * 1024)
+        os.fsync(fd)
+        kill_daemon(m.store, m.mnt)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:     # the daemon is gone (ENOTCONN at the flush)
+            pass
+    fsck_ok(m)
+    m.mount()
+    got = p.read_bytes()
+    assert got[64 * 1024:68 * 1024] == b"c" * 4096
+
+
+def test_clone_after_shrink(pt):
+    """Clone a file in passthrough mode after a shrink (its blocks past
+    the new end stay mapped until the last close): the clone has nothing
+    past its end, and grows with zeros there."""
+    p = pt.p("s")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        a = os.urandom(2 * MiB)
+        os.write(fd, a)
+        os.fsync(fd)
+        os.ftruncate(fd, 100_000)
+        pt.cowfs("clone", p, pt.p("c"), check=True)
+        du = json.loads(pt.cowfs("du", "--json", pt.p("c"),
+                                 check=True).stdout)
+        # the copy's blocks: up to its end, none past it
+        assert du[0]["exclusive"] <= 128 * 1024, du
+        os.truncate(pt.p("c"), 2 * MiB)
+        want = a[:100_000] + bytes(2 * MiB - 100_000)
+        assert pt.p("c").read_bytes() == want
+    finally:
+        os.close(fd)
+    pt.remount()
+    assert pt.p("c").read_bytes() == want
+    assert p.read_bytes() == a[:100_000]
+
+
+def test_shrink_then_crash(pt):
+    """A shrink commits the new size while the blocks past it stay mapped
+    (the kernel may still write): after a kill -9 the recovery unmaps
+    them, and a grow reads zeros there."""
+    p = pt.p("sc")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        a = os.urandom(2 * MiB)
+        os.write(fd, a)
+        os.fsync(fd)
+        os.ftruncate(fd, 100_000)
+        os.fsync(fd)
+        kill_daemon(pt.store, pt.mnt)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:     # the daemon is gone (ENOTCONN at the flush)
+            pass
+    fsck_ok(pt)
+    pt.mount()
+    du = json.loads(pt.cowfs("du", "--json", p, check=True).stdout)
+    assert du[0]["exclusive"] <= 128 * 1024, du
+    assert p.read_bytes() == a[:100_000]
+    os.truncate(p, 2 * MiB)
+    assert p.read_bytes() == a[:100_000] + bytes(2 * MiB - 100_000)
+
+
+def test_shrink_commit_fails(coarse_pt):
+    """A shrink whose commit fails (the host disk full: the kernel's
+    writes do not keep the space reserve) fails, and leaves the file as
+    it was: a later stat must not cut it to the size that failed."""
+    import errno
+    m = coarse_pt
+    spacer = m.store.parent / "spacer"       # beside the store, on ext2
+    spacer.write_bytes(b"s" * (8 * MiB))
+    p = m.p("full")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        chunk = b"f" * MiB
+        n = 0
+        try:
+            while True:
+                os.pwrite(fd, chunk, n * MiB)
+                n += 1
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        pos = os.fstat(fd).st_size
+        try:                                # to the last block
+            while True:
+                pos += os.pwrite(fd, b"f" * 4096, pos)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        size = os.fstat(fd).st_size
+        for i in range(2000):               # until the journal is full too
+            os.chmod(p, 0o600 if i % 2 else 0o644)
+            try:
+                os.fsync(fd)
+            except OSError:
+                break
+        try:
+            os.ftruncate(fd, MiB)
+            pytest.skip("the commit did not fail: nothing tested")
+        except OSError:
+            pass
+        assert os.fstat(fd).st_size == size
+        assert os.stat(p).st_size == size
+        assert os.pread(fd, 4, (n - 1) * MiB) == b"ffff"
+        spacer.unlink()                      # room again: it commits
+        os.fsync(fd)
+        assert os.fstat(fd).st_size == size
+    finally:
+        os.close(fd)
+    with open(p, "rb") as f:
+        f.seek((n - 1) * MiB)
+        assert f.read(4) == b"ffff"
+    os.unlink(p)
+    log = m.log_text()
+    assert "error: metadata journal write" in log
+    m.log.write_text(log.replace("error: metadata journal write",
+                                 "(expected) metadata journal write"))

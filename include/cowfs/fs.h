@@ -98,10 +98,12 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 
 /* Directory listing.  Entries come in cookie order after 'off'; emit()
  * returns nonzero when the reply buffer is full (the entry is not taken).
- * With plus set, each taken entry but "." and ".." gets a lookup
- * reference. */
+ * With plus set, each taken entry with 'node' set gets a lookup
+ * reference; node is 0 for "." and "..", and for a file in passthrough
+ * mode, whose size and times the daemon may not know yet (the entry then
+ * gives the kernel no attributes to cache). */
 typedef int (*fs_emit_fn)(void *ctx, const char *name, const struct stat *st,
-			  uint64_t next_off);
+			  uint64_t next_off, int node);
 int fs_readdir(struct fs *fs, uint64_t ino, uint64_t off, int plus,
 	       fs_emit_fn emit, void *ctx);
 

@@ -221,8 +221,11 @@ struct pt_ent {
 	int backing;		/* the FUSE layer's backing id */
 	uint32_t count;		/* passthrough opens */
 	bool trunc_pending;	/* ftruncate(fd, trunc_size) after commit */
+	bool settled;		/* seen_ctime a tick older than the last
+				 * scan: an unchanged key means no write */
 	uint64_t trunc_size;
-	uint64_t seen_size;	/* fd's size, mtime, ctime at the last sync */
+	uint64_t trunc_from;	/* in->size before that shrink */
+	uint64_t seen_size;	/* fd's size, mtime, ctime at the last scan */
 	struct timespec seen_mtime, seen_ctime;
 };
 
@@ -483,11 +486,14 @@ int file_map_set(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len,
 int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk,
 		   uint64_t len);
 int file_truncate(struct fs *fs, struct inode *in, uint64_t size);
+void file_unmap_past_eof(struct fs *fs, struct inode *in);
 /* Passthrough (file.c): bring the map and size of in, in passthrough
- * mode, up to what the kernel wrote.  io_lock (or data_lock exclusive)
+ * mode, up to what the kernel wrote.  full: a SEEK_DATA scan whatever
+ * the object's size and times say (they miss a write within one
+ * timestamp tick).  io_lock (or data_lock exclusive)
  * held, fs->lock not.  all: every file in passthrough mode (data_lock
  * held exclusive). */
-int file_pt_sync(struct fs *fs, struct inode *in, bool fsync);
+int file_pt_sync(struct fs *fs, struct inode *in, bool full);
 void file_pt_sync_all(struct fs *fs);
 /* After a clone made dst share src's blocks, src being in passthrough
  * mode: dst gets a copy of the bytes in an object of its own.  fs->lock

@@ -993,8 +993,9 @@ struct dlist {
 };
 
 static int emit_cb(void *p, const char *name, const struct stat *st,
-		   uint64_t next_off)
+		   uint64_t next_off, int node)
 {
+	(void)node;
 	struct dlist *l = p;
 	if (l->n == l->cap) {
 		l->cap = l->cap ? l->cap * 2 : 16;
