@@ -348,6 +348,9 @@ def test_clone_by_reference_memory(mount, tmp_path):
     # object and its name, no malloc header; its directory's path once);
     # then 289 B and 243 B; with a 96-B inode (a directory's part in the
     # per-type union, xattrs in a side table) and directories sized once
-    # with their tables: 269-282 B and 225-233 B
+    # with their tables: 269-282 B and 225-233 B; with requests read, not
+    # spliced (each worker thread's request buffer filled by read(2): about
+    # 75 KB for the whole daemon, 5 B an inode at this test's 15,201
+    # inodes, 0.5 B at /usr's 160k): 274-279 B and 238-246 B
     assert per_clone <= per_load + 150, (per_clone, per_load)
-    assert per_clone < 300 and per_load < 245, (per_clone, per_load)
+    assert per_clone < 300 and per_load < 252, (per_clone, per_load)
