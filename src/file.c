@@ -1264,35 +1264,6 @@ static bool ts_eq(struct timespec a, struct timespec b)
 	return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
 }
 
-/* The map's runs in order, through extmap_lookup() alone: fn(ctx, e)
- * for each (e.lblk set); stops at fn's first nonzero return. */
-static int pt_runs(const struct extmap *m, int (*fn)(void *, struct extent *),
-		   void *ctx)
-{
-	struct extent e;
-	int rc;
-
-	for (uint64_t b = 0;; b += e.len) {
-		int mapped = extmap_lookup(m, b, &e);
-		if (!mapped && e.len == UINT64_MAX)
-			return 0;
-		e.lblk = b;
-		if (mapped && (rc = fn(ctx, &e)))
-			return rc;
-	}
-}
-
-struct pt_elig {
-	uint64_t wobj, nblk;
-};
-
-static int pt_not_identity(void *ctx, struct extent *e)
-{
-	struct pt_elig *c = ctx;
-	return e->obj != c->wobj || e->pblk != e->lblk ||
-	       e->lblk + e->len > c->nblk;
-}
-
 /*
  * Eligible for passthrough: no plain open, every block in the file's own
  * write object at its own index (so referenced by this file alone,
@@ -1306,32 +1277,17 @@ static int pt_not_identity(void *ctx, struct extent *e)
  */
 static bool pt_eligible(struct fs *fs, struct inode *in)
 {
-	struct pt_elig c = {
-		in->wobj, (in->size + fs->block_size - 1) >> fs->block_shift
-	};
+	uint64_t nblk = (in->size + fs->block_size - 1) >> fs->block_shift;
 
-	return !in->nopen && !mode_kills_sxid(in->mode) &&
-	       !pt_runs(&in->map, pt_not_identity, &c);
-}
-
-struct pt_list {
-	struct extent *v;
-	size_t n, cap;
-};
-
-static int pt_collect(void *ctx, struct extent *e)
-{
-	struct pt_list *l = ctx;
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 8;
-		struct extent *v = realloc(l->v, cap * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
-		l->v = v;
-		l->cap = cap;
+	if (in->nopen || mode_kills_sxid(in->mode))
+		return false;
+	for (size_t k = 0; k < extmap_n(&in->map); k++) {
+		const struct extent e = extmap_at(&in->map, k);
+		if (e.obj != in->wobj || e.pblk != e.lblk ||
+		    e.lblk + e.len > nblk)
+			return false;
 	}
-	l->v[l->n++] = *e;
-	return 0;
+	return true;
 }
 
 /* A read-only open of a smaller file stays plain: the set-up and the
@@ -1364,15 +1320,7 @@ int fs_pt_open(struct fs *fs, uint64_t ino, int flags, fs_backing_fn reg,
 		rc = 1;
 		goto out;
 	}
-	if (fs->npt == fs->cap_pt) {
-		size_t cap = fs->cap_pt ? fs->cap_pt * 2 : 16;
-		struct pt_ent *n = realloc(fs->pt, cap * sizeof(*n));
-		if (n) {
-			fs->pt = n;
-			fs->cap_pt = cap;
-		}
-	}
-	if (fs->opt.ro || fs->broken || fs->npt == fs->cap_pt ||
+	if (fs->opt.ro || fs->broken ||
 	    ((flags & O_ACCMODE) == O_RDONLY && in->size < PT_MIN_READ) ||
 	    !pt_eligible(fs, in) || ensure_wobj(fs, in, &w)) {
 		in->nopen++;
@@ -1398,8 +1346,7 @@ int fs_pt_open(struct fs *fs, uint64_t ino, int flags, fs_backing_fn reg,
 		goto out;
 	}
 	if (fs->npt == fs->cap_pt) {
-		/* others took the room made above while the lock was out */
-		size_t cap = fs->cap_pt * 2;
+		size_t cap = fs->cap_pt ? fs->cap_pt * 2 : 16;
 		struct pt_ent *n = realloc(fs->pt, cap * sizeof(*n));
 		if (!n) {
 			*backing = b;	/* the caller closes it: a plain open */
@@ -1897,21 +1844,19 @@ void fs_pt_release_all(struct fs *fs)
 int file_pt_unshare(struct fs *fs, struct inode *src, struct inode *dst)
 {
 	struct pt_ent *pe = pt_find(fs, src->ino);
-	struct pt_list l = { 0 };
 	struct extent *ev;
 	struct object *w;
-	size_t n;
+	size_t n = extmap_n(&dst->map);
 	uint64_t size = dst->size, id;
 	int rc = 0, dfd;
 
 	if (!pe || dst->wobj)
 		return -EIO;
-	if ((rc = pt_runs(&dst->map, pt_collect, &l))) {
-		free(l.v);
-		return rc;
-	}
-	ev = l.v;
-	n = l.n;
+	/* a copy of the map: dst's own is rewritten below */
+	if (!(ev = malloc((n ? n : 1) * sizeof(*ev))))
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		ev[i] = extmap_at(&dst->map, i);
 	/* Nothing past the last block: a shrink keeps src's blocks mapped
 	 * there until its last release; the copy has no bytes for them
 	 * (its object ends at the size) and must not share them. */
