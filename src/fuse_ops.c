@@ -372,9 +372,15 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	 * (before a write, a truncate, ...: what it would clear is left to
 	 * us, and only ATTR_FORCE is left to send): cleared as for a write.
 	 * It is what clears them for a file in passthrough mode, whose
-	 * writes never reach op_write_buf ("Passthrough" in design.md). */
+	 * writes never reach op_write_buf ("Passthrough" in design.md).
+	 * A SETATTR of the ctime alone is a chown that changes no id
+	 * (chown(f, -1, -1)): with the writeback cache the kernel keeps the
+	 * times and sends nothing else, and no other call sends the ctime
+	 * alone (utimensat with both times UTIME_OMIT returns early).  It
+	 * clears the bits as any chown does, root's too, as ext4 does. */
 	if ((to_set & FUSE_SET_ATTR_KILL_SUID) ||
 	    (kp2_on && (set & (FS_SET_UID | FS_SET_GID))) ||
+	    (kp2_on && to_set == FUSE_SET_ATTR_CTIME) ||
 	    (kp2_on && !to_set && write_kills_suidgid(req, ino)))
 		set |= FS_SET_KILL_SUIDGID;
 	/* passthrough: the size the kernel made first; a shrink committed

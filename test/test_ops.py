@@ -596,6 +596,32 @@ def test_chown_clears_setid(mount, ref):
     assert got == want
 
 
+@pytest.mark.skipif(conftest.NO_WRITEBACK and os.geteuid() == 0,
+                    reason="without the writeback cache the kernel sends root's "
+                    "chown(f, -1, -1) as an empty SETATTR, which the daemon "
+                    "cannot tell from a write's (README, Limits)")
+def test_chown_without_ids_clears_setid(mount, ref):
+    """chown(f, -1, -1) changes no id but clears setuid, and setgid with
+    group exec, as every chown of a file does; not on a directory."""
+    def go(root):
+        out = []
+        for name, mode in (("s", 0o6755), ("g", 0o2755), ("k", 0o2644)):
+            f = root / name
+            wr(f, b"x")
+            os.chmod(f, mode)
+            os.chown(f, -1, -1)
+            out.append(stat.S_IMODE(os.stat(f).st_mode))
+        d = root / "d"
+        os.mkdir(d)
+        os.chmod(d, 0o2755)
+        os.chown(d, -1, -1)
+        out.append(stat.S_IMODE(os.stat(d).st_mode))
+        return out
+    got, want = both(mount, ref, go)
+    assert got == want
+    assert got[0] == 0o755
+
+
 def test_utimes_ns(mount):
     f = mount.p("t")
     wr(f, b"x")
