@@ -1551,37 +1551,31 @@ int fs_pt_sync(struct fs *fs, uint64_t ino, int fsync, uint64_t *blocks)
  * kernel may write it again meanwhile): a shrink keeps the blocks past
  * the new end mapped (as fallocate KEEP_SIZE does) and the object is cut
  * once the new size is committed (fs_pt_setattr_done); a grow extends
- * the object, whose new bytes read zeros.
+ * the object, whose new bytes read zeros.  Either way the size, times
+ * and count are noted in pe for fs_pt_setattr_done, which op_setattr
+ * always calls after: it finishes the SETATTR, or undoes this step if
+ * the SETATTR failed.  The SETATTR holds one of pe->count meanwhile, so
+ * that a last release in between does not leave the mode with a size
+ * that may yet be undone.  (The kernel holds the inode lock for a size
+ * SETATTR until its reply: one at a time per file.)
  */
 static int pt_truncate(struct fs *fs, struct inode *in, uint64_t size)
 {
 	struct pt_ent *pe = pt_find(fs, in->ino);
 	int rc = 0;
 
-	if (!pe)
+	if (!pe || pe->trunc_pending)
 		return -EIO;
-	if (size < in->size) {
-		if (!pe->trunc_pending)
-			pe->trunc_from = in->size;
-		pe->trunc_pending = true;
-		pe->trunc_size = size;
-	} else if (size > in->size) {
-		/* A cut still pending here is one whose SETATTR failed after
-		 * this step (fs_pt_setattr_done never ran): its bytes are
-		 * zeroed in place, not cut, as its size may not be committed. */
-		bool stale = pe->trunc_pending;
-		uint64_t from = pe->trunc_size;
+	pe->trunc_pending = true;
+	pe->trunc_from = in->size;
+	pe->trunc_size = size;
+	pe->trunc_mtime = inode_mtime(in);
+	pe->trunc_ctime = inode_ctime(in);
+	pe->count++;
+	if (size > in->size) {
 		int fd = pe->fd;
-		struct stat st;
-		pe->trunc_pending = false;
 		unsigned t = lock_fs_suspend(fs);
-		if (stale && fstat(fd, &st) < 0)
-			rc = -errno;
-		else if (stale && (uint64_t)st.st_size > from &&
-			 fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				   (off_t)from, st.st_size - (off_t)from) < 0)
-			rc = -errno;
-		if (!rc && ftruncate(fd, (off_t)size) < 0)
+		if (ftruncate(fd, (off_t)size) < 0)
 			rc = -errno;
 		lock_fs_resume(fs, t);
 	}
@@ -1655,58 +1649,119 @@ static off_t pt_lseek(struct fs *fs, struct inode *in, off_t off, int whence)
 	return rc;
 }
 
+static int pt_leave(struct fs *fs, struct inode *in);
+
 /*
- * After a SETATTR that shrank a file in passthrough mode, before its
- * reply (the kernel holds the inode lock, so it writes nothing
- * meanwhile): commit the new size, then cut the object.  Only here: a
- * cut before the commit would leave, after a crash, a committed map past
- * the object's end with the old size.  If the commit fails the shrink is
- * undone in memory (the old size, no cut) and the SETATTR fails.
+ * Undo pt_truncate: the SETATTR failed, and the kernel keeps the size it
+ * had.  The old size and times back; a grown object cut back (the kernel
+ * wrote nothing past its own size meanwhile: it holds the inode lock)
+ * and its key taken again, so that the cut is not taken for a write.  A
+ * shrink's object was not cut yet.  fs->lock and io_lock held; fs->lock
+ * dropped around the syscalls.
  */
-int fs_pt_setattr_done(struct fs *fs, uint64_t ino)
+static int pt_undo(struct fs *fs, struct inode *in, struct pt_ent *pe)
+{
+	uint64_t from = pe->trunc_from;
+	int fd = pe->fd, rc = 0;
+	struct stat st;
+
+	in->size = from;
+	inode_set_time(in, IT_MTIME, pe->trunc_mtime);
+	inode_set_time(in, IT_CTIME, pe->trunc_ctime);
+	inode_dirty(fs, in);
+	if (pe->trunc_size <= from)
+		return 0;
+	unsigned t = lock_fs_suspend(fs);
+	if (fstat(fd, &st) < 0 ||
+	    ((uint64_t)st.st_size > from && (ftruncate(fd, (off_t)from) < 0 ||
+					     fstat(fd, &st) < 0)))
+		rc = -errno;
+	lock_fs_resume(fs, t);
+	pe = pt_find(fs, in->ino);
+	if (!rc) {
+		pe->seen_size = (uint64_t)st.st_size;
+		pe->seen_mtime = st.st_mtim;
+		pe->seen_ctime = st.st_ctim;
+		pe->settled = false;
+	}
+	return rc;
+}
+
+/*
+ * After a SETATTR that changed the size of a file in passthrough mode
+ * (pt_truncate), before its reply: the kernel holds the inode lock, so it
+ * writes nothing meanwhile.  rc: the SETATTR's result so far.  A shrink
+ * that succeeded is committed, then the object is cut: only here, as a
+ * cut before the commit would leave, after a crash, a committed map past
+ * the object's end with the old size.  If anything failed (rc, the
+ * commit, the cut), nothing is left changed (pt_undo): the SETATTR fails
+ * and the kernel keeps the old size, and so does the daemon.  Then the
+ * SETATTR's count is dropped: if the last release came meanwhile, the
+ * file leaves the mode now, with the size settled, and *backing is to be
+ * closed (returned through it as for fs_pt_release, else left alone).
+ */
+int fs_pt_setattr_done(struct fs *fs, uint64_t ino, int rc, int *backing)
 {
 	struct pt_ent *pe;
 	struct inode *in;
-	int rc = 0;
+	int e = 0;
 
 	lock_take(fs, LOCK_FS);
 	in = inode_get(fs, ino);
 	pe = in && in->pt ? pt_find(fs, ino) : NULL;
-	bool cut = pe && pe->trunc_pending;
+	bool pending = pe && pe->trunc_pending;
+	bool shrink = pending && pe->trunc_size < pe->trunc_from;
 	lock_drop(fs, LOCK_FS);
-	if (!cut)
-		return 0;
-	int crc = journal_commit(fs);	/* no lock of ours held */
+	if (!pending)
+		return rc;	/* not in the mode, or failed before pt_truncate */
+	if (!rc && shrink)
+		rc = journal_commit(fs);	/* no lock of ours held */
 
 	lock_take_shared(fs);
-	if (!(in = get_reg(fs, ino, &rc))) {
-		lock_drop(fs, LOCK_DATA);
-		return crc ? crc : rc;
+	if (!(in = get_reg(fs, ino, &e))) {	/* cannot be: the kernel */
+		lock_drop(fs, LOCK_DATA);	/* holds the inode */
+		return rc ? rc : e;
 	}
 	lock_io_take(in);
 	lock_take(fs, LOCK_FS);
-	/* pt_leave may have come meanwhile: the file is plain, sized right */
-	pe = in->pt ? pt_find(fs, ino) : NULL;
-	if (pe && pe->trunc_pending) {
+	pe = in->pt ? pt_find(fs, ino) : NULL;	/* our count kept it in */
+	if (!pe) {					/* the mode: cannot be */
+		lock_drop(fs, LOCK_FS);
+		lock_io_drop(in);
+		lock_drop(fs, LOCK_DATA);
+		return rc ? rc : -EIO;
+	}
+	if (!rc && shrink) {
 		int fd = pe->fd;
 		uint64_t size = pe->trunc_size;
-		pe->trunc_pending = false;
-		if (crc) {
-			in->size = pe->trunc_from;
-			inode_dirty(fs, in);
-		} else {
-			lock_drop(fs, LOCK_FS);
-			if (ftruncate(fd, (off_t)size) < 0)
-				rc = -errno;
-			lock_take(fs, LOCK_FS);
+		lock_drop(fs, LOCK_FS);
+		if (ftruncate(fd, (off_t)size) < 0) {
+			rc = -errno;
+			fs_log(fs, "error: inode %llu: passthrough cut: %s",
+			       (unsigned long long)ino, strerror(-rc));
 		}
+		lock_take(fs, LOCK_FS);
+		pe = pt_find(fs, ino);
 	}
+	if (rc && (e = pt_undo(fs, in, pe)))
+		fs_log(fs, "error: inode %llu: passthrough size undo: %s",
+		       (unsigned long long)ino, strerror(-e));
+	pe = pt_find(fs, ino);
+	pe->trunc_pending = false;
+	bool last = --pe->count == 0;
+	if (last)
+		*backing = pe->backing;
 	lock_drop(fs, LOCK_FS);
+	if (last && (e = pt_leave(fs, in)))
+		fs_log(fs, "error: inode %llu: leaving passthrough: %s",
+		       (unsigned long long)ino, strerror(-e));
+	if (!rc && !last)
+		(void)pt_sync(fs, in, false, NULL);	/* the new key; a
+							 * failure only
+							 * rescans later */
 	lock_io_drop(in);
 	lock_drop(fs, LOCK_DATA);
-	if (!crc && !rc)
-		rc = fs_pt_sync(fs, ino, 0, NULL);	/* the new key */
-	return crc ? crc : rc;
+	return rc;
 }
 
 /* The kernel no longer has the file open for passthrough: back to a

@@ -43,6 +43,14 @@ static int no_opendir;			/* FUSE_CAP_NO_OPENDIR_SUPPORT */
 static int pt_want;
 static int pt_on;
 
+/*
+ * COWFS_TEST_SETATTR_FAIL=SIZE (debug builds only): a SETATTR that sets
+ * the size to SIZE fails with EIO after fs_setattr() made its changes, as
+ * one failing on a later attribute would.  test_passthrough checks with it
+ * that such a SETATTR leaves nothing changed.
+ */
+static long long test_setattr_fail = -1;
+
 static struct fs *FS(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -341,7 +349,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 {
 	struct stat st;
 	struct fs_ctx c;
-	int set = 0, rc;
+	int set = 0, rc, backing = 0;
 
 	(void)fi;
 	get_ctx(req, &c);
@@ -384,12 +392,21 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	    (kp2_on && !to_set && write_kills_suidgid(req, ino)))
 		set |= FS_SET_KILL_SUIDGID;
 	/* passthrough: the size the kernel made first; a shrink committed
-	 * and the object cut before the kernel may write again */
+	 * and the object cut before the kernel may write again, and a size
+	 * change undone if the SETATTR fails (fs_pt_setattr_done) */
 	rc = pt_on ? fs_pt_sync(FS(req), ino, 0, NULL) : 0;
-	if (!rc)
+	if (!rc) {
 		rc = fs_setattr(FS(req), &c, ino, attr, set, &st);
-	if (!rc && pt_on && (set & FS_SET_SIZE))
-		rc = fs_pt_setattr_done(FS(req), ino);
+		if (!rc && (set & FS_SET_SIZE) &&
+		    attr->st_size == test_setattr_fail)
+			rc = -EIO;
+		if (pt_on && (set & FS_SET_SIZE))
+			rc = fs_pt_setattr_done(FS(req), ino, rc, &backing);
+	}
+#ifdef COWFS_HAVE_PASSTHROUGH
+	if (backing > 0)	/* the last release came meanwhile */
+		fuse_passthrough_close(req, backing);
+#endif
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
@@ -1360,6 +1377,11 @@ int cowfs_fuse_run(struct fs *fs, const struct cowfs_mount *m)
 	if (!zero_buf)
 		return -ENOMEM;
 	pt_want = m->passthrough;
+#ifndef NDEBUG
+	if (getenv("COWFS_TEST_SETATTR_FAIL"))
+		test_setattr_fail = strtoll(getenv("COWFS_TEST_SETATTR_FAIL"),
+					    NULL, 10);
+#endif
 	if (fuse_opt_add_arg(&args, "cowfs") ||
 	    fuse_opt_add_arg(&args, "-o") ||
 	    fuse_opt_add_arg(&args, "default_permissions,subtype=cowfs"))

@@ -130,8 +130,11 @@ int fs_fsync(struct fs *fs, uint64_t ino);
  * what the kernel wrote (nothing for other files); fsync: the object's
  * data is synced at the next commit too; blocks (if not NULL): the
  * object's st_blocks, which are the file's, if it is in passthrough mode.
- * fs_pt_setattr_done: after a setattr of a file in passthrough mode: a
- * truncate that shrank it is committed, then the object is cut.
+ * fs_pt_setattr_done: after a setattr that changed the size (rc: how
+ * it went, 0 or -errno): in passthrough mode a shrink is committed, then
+ * the object is cut; a failure (rc, or of the commit or the cut) puts the
+ * old size back.  Returns the SETATTR's result; *backing as for
+ * fs_pt_release (a last release that came meanwhile left the mode here).
  * fs_pt_release_all: at unmount, every open the kernel did not release.
  */
 typedef int (*fs_backing_fn)(void *ctx, int fd);
@@ -139,7 +142,7 @@ int fs_pt_open(struct fs *fs, uint64_t ino, int flags, fs_backing_fn reg,
 	       void *ctx, int *backing);
 int fs_pt_release(struct fs *fs, uint64_t ino, int pt, int *backing);
 int fs_pt_sync(struct fs *fs, uint64_t ino, int fsync, uint64_t *blocks);
-int fs_pt_setattr_done(struct fs *fs, uint64_t ino);
+int fs_pt_setattr_done(struct fs *fs, uint64_t ino, int rc, int *backing);
 void fs_pt_release_all(struct fs *fs);
 int fs_statfs(struct fs *fs, struct statvfs *sv);
 

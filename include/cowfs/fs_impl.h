@@ -219,12 +219,16 @@ struct pt_ent {
 	uint64_t obj;		/* the write object the kernel writes */
 	int fd;			/* ours, O_RDWR: fstat, SEEK_DATA, ftruncate */
 	int backing;		/* the FUSE layer's backing id */
-	uint32_t count;		/* passthrough opens */
-	bool trunc_pending;	/* ftruncate(fd, trunc_size) after commit */
+	uint32_t count;		/* passthrough opens, and one for a size
+				 * SETATTR under way (trunc_pending) */
+	bool trunc_pending;	/* a SETATTR set the size to trunc_size
+				 * (pt_truncate); fs_pt_setattr_done
+				 * commits it and cuts fd, or undoes it */
 	bool settled;		/* seen_ctime a tick older than the last
 				 * scan: an unchanged key means no write */
 	uint64_t trunc_size;
-	uint64_t trunc_from;	/* in->size before that shrink */
+	uint64_t trunc_from;	/* in->size before that SETATTR */
+	struct timespec trunc_mtime, trunc_ctime;	/* and its times */
 	uint64_t seen_size;	/* fd's size, mtime, ctime at the last scan */
 	struct timespec seen_mtime, seen_ctime;
 };
