@@ -72,12 +72,19 @@ harness_bin() {
 
 # Mount points of /proc/self/mountinfo, one a line, octal escapes decoded.
 harness_all_mounts() {
-	local m
+	local info m
+	# The table is read whole, in one pass, then split.  'read' straight
+	# from the file seeks back after each line to just past it, and a
+	# seek in mountinfo counts bytes again from the first mount: when a
+	# mount listed before (another test run's) goes away in between, the
+	# next line starts in the wrong place and a live mount is missed --
+	# harness_umount then "unmounts" nothing.
+	info=$(</proc/self/mountinfo) || return 1
 	# mountinfo escapes space, tab, newline and backslash as \ooo; %b
 	# decodes \0ooo, hence the extra 0
 	while read -r _ _ _ _ m _; do
 		printf '%b\n' "${m//\\/\\0}"
-	done </proc/self/mountinfo
+	done <<<"$info"
 }
 
 harness_is_mounted() {
