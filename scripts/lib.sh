@@ -9,6 +9,7 @@
 #                                 mount STORE on MNT, daemon log in LOG;
 #                                 returns once the mount is live
 #   harness_umount MNT            unmount and wait for the daemon to exit
+#   harness_holders MNT           print what keeps MNT busy
 #   harness_mounts_under DIR      print the mount points at or under DIR
 #   harness_cleanup_under DIR     unmount everything at or under DIR
 #   harness_trap DIR              unmount everything under DIR on exit
@@ -123,13 +124,27 @@ harness_mount() {
 	return 1
 }
 
+# harness_holders MNT: the processes whose cwd, root or an open file is
+# at or under MNT (what makes an unmount fail with EBUSY), one a line.
+# find reads the /proc links without following them: no call into MNT.
+harness_holders() {
+	local mnt
+	mnt=$(realpath -m -- "$1") || return 1
+	find /proc/[0-9]*/cwd /proc/[0-9]*/root /proc/[0-9]*/fd -maxdepth 1 \
+		\( -lname "$mnt" -o -lname "$mnt/*" \) -printf '%p -> %l\n' \
+		2>/dev/null
+}
+
 # harness_umount MNT: cowfs umount, falling back to a lazy fusermount3.
 harness_umount() {
-	local mnt=$1 bin i rc=0
+	local mnt=$1 bin i rc=0 h
 	bin=$(harness_bin)
 	harness_is_mounted "$mnt" || return 0
 	if ! timeout 120 "$bin" umount "$mnt"; then
 		cowfs_log "cowfs umount $mnt failed; trying fusermount3 -u -z"
+		while IFS= read -r h; do
+			cowfs_log "held by $h"
+		done < <(harness_holders "$mnt")
 		rc=1
 	fi
 	if harness_is_mounted "$mnt"; then

@@ -10,10 +10,11 @@ machine's mount table is not touched, and whatever the script leaves
 mounted goes with the namespace."""
 
 import os
+import time
 
 import pytest
 
-from conftest import LIB_SH, run
+from conftest import LIB_SH, is_mounted, run
 
 pytestmark = [pytest.mark.needs_store,
               pytest.mark.skipif(os.geteuid() != 0,
@@ -67,3 +68,33 @@ def test_mount_table_read_while_others_unmount(mount, tmp_path):
         f"the harness lost a live mount: {p.stdout}"
     # the mount itself is untouched (the binds were in the namespace)
     assert (mount.mnt / "after").write_text("x") == 1
+
+
+def test_busy_unmount_names_holder(mount):
+    """An unmount that fails because a file in the mount is open says
+    which process holds what (the harness falls back to a lazy unmount,
+    and the daemon exits once the file is closed)."""
+    mnt = os.path.realpath(mount.mnt)
+    pid = mount.daemon_pid()
+    f = open(mount.p("held"), "w")
+    fd = f.fileno()
+    try:
+        with pytest.raises(AssertionError) as ei:
+            mount.umount()
+    finally:
+        f.close()
+    msg = str(ei.value)
+    assert f"unmount of {mount.mnt} failed" in msg, msg
+    assert f"held by /proc/{os.getpid()}/fd/{fd} -> {mnt}/held" \
+        in msg, msg
+    assert not is_mounted(mount.mnt)
+    # the lazily detached daemon goes once the last file is closed; the
+    # fixture's fsck must not race its save
+    for _ in range(600):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"daemon {pid} still running 60 s after the close")
