@@ -9,6 +9,7 @@
 #                                 mount STORE on MNT, daemon log in LOG;
 #                                 returns once the mount is live
 #   harness_umount MNT            unmount and wait for the daemon to exit
+#   harness_holders MNT           print what keeps MNT busy
 #   harness_mounts_under DIR      print the mount points at or under DIR
 #   harness_cleanup_under DIR     unmount everything at or under DIR
 #   harness_trap DIR              unmount everything under DIR on exit
@@ -72,12 +73,19 @@ harness_bin() {
 
 # Mount points of /proc/self/mountinfo, one a line, octal escapes decoded.
 harness_all_mounts() {
-	local m
+	local info m
+	# The table is read whole, in one pass, then split.  'read' straight
+	# from the file seeks back after each line to just past it, and a
+	# seek in mountinfo counts bytes again from the first mount: when a
+	# mount listed before (another test run's) goes away in between, the
+	# next line starts in the wrong place and a live mount is missed --
+	# harness_umount then "unmounts" nothing.
+	info=$(</proc/self/mountinfo) || return 1
 	# mountinfo escapes space, tab, newline and backslash as \ooo; %b
 	# decodes \0ooo, hence the extra 0
 	while read -r _ _ _ _ m _; do
 		printf '%b\n' "${m//\\/\\0}"
-	done </proc/self/mountinfo
+	done <<<"$info"
 }
 
 harness_is_mounted() {
@@ -116,13 +124,27 @@ harness_mount() {
 	return 1
 }
 
+# harness_holders MNT: the processes whose cwd, root or an open file is
+# at or under MNT (what makes an unmount fail with EBUSY), one a line.
+# find reads the /proc links without following them: no call into MNT.
+harness_holders() {
+	local mnt
+	mnt=$(realpath -m -- "$1") || return 1
+	find /proc/[0-9]*/cwd /proc/[0-9]*/root /proc/[0-9]*/fd -maxdepth 1 \
+		\( -lname "$mnt" -o -lname "$mnt/*" \) -printf '%p -> %l\n' \
+		2>/dev/null
+}
+
 # harness_umount MNT: cowfs umount, falling back to a lazy fusermount3.
 harness_umount() {
-	local mnt=$1 bin i rc=0
+	local mnt=$1 bin i rc=0 h
 	bin=$(harness_bin)
 	harness_is_mounted "$mnt" || return 0
 	if ! timeout 120 "$bin" umount "$mnt"; then
 		cowfs_log "cowfs umount $mnt failed; trying fusermount3 -u -z"
+		while IFS= read -r h; do
+			cowfs_log "held by $h"
+		done < <(harness_holders "$mnt")
 		rc=1
 	fi
 	if harness_is_mounted "$mnt"; then

@@ -204,9 +204,33 @@ class Mount:
         if self.host:
             return
         p = harness("harness_umount", self.mnt, env=self.env, check=False)
-        assert not is_mounted(self.mnt), f"{self.mnt} still mounted"
+        if is_mounted(self.mnt):
+            raise AssertionError(f"{self.mnt} still mounted (harness exit "
+                                 f"{p.returncode})\n" + self.why_busy(p))
         assert p.returncode == 0, \
-            f"unmount of {self.mnt} failed:\n{p.stdout}{p.stderr}"
+            f"unmount of {self.mnt} failed:\n" + self.why_busy(p)
+
+    def why_busy(self, p):
+        """What a failed unmount leaves to go on: the harness's output
+        (which names the processes that kept the mount busy), the mount
+        table's lines for the mount point, whether the daemon still runs,
+        and the end of its log."""
+        pid = self.daemon_pid()
+        alive = False
+        if pid:
+            try:
+                os.kill(pid, 0)
+                alive = True
+            except OSError:
+                pass
+        mnt = os.path.realpath(self.mnt)
+        lines = [ln for ln in Path("/proc/self/mountinfo").read_text()
+                 .splitlines() if f" {mnt} " in ln]
+        log = self.log_text().splitlines()[-15:]
+        return (f"harness stdout: {p.stdout}\nharness stderr: {p.stderr}\n"
+                f"mountinfo: {lines}\n"
+                f"daemon {pid}: {'running' if alive else 'gone'}\n"
+                "daemon log (end):\n" + "\n".join(log))
 
     def remount(self, opts=None):
         self.umount()
