@@ -265,7 +265,11 @@ STEP_NO=0
 
 # ---------------------------------------------------------------- cleanup
 mounts_under() {	# mount points at or under $1, deepest first: "mnt<TAB>fstype<TAB>dev"
-	local dir=$1 _a _b dev _r m _rest fstype
+	local dir=$1 _a _b dev _r m _rest fstype info
+	# read whole, then split: read(1) straight from mountinfo seeks back
+	# after each line, and a mount gone meanwhile shifts the next line
+	# (scripts/lib.sh, harness_all_mounts)
+	info=$(</proc/self/mountinfo) || return 1
 	while read -r _a _b dev _r m _rest; do
 		m=$(printf '%b' "$m")
 		fstype=${_rest#* - }
@@ -273,7 +277,7 @@ mounts_under() {	# mount points at or under $1, deepest first: "mnt<TAB>fstype<T
 		case $m in
 		"$dir" | "$dir"/*) printf '%s\t%s\t%s\n' "$m" "$fstype" "$dev" ;;
 		esac
-	done </proc/self/mountinfo | sort -r
+	done <<<"$info" | sort -r
 }
 
 is_mounted() {
