@@ -127,6 +127,21 @@ int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len)
 	return rc;
 }
 
+/* Blocks that hold a file of size bytes: the last one partly. */
+static uint64_t size_blocks(const struct fs *fs, uint64_t size)
+{
+	return (size + fs->block_size - 1) >> fs->block_shift;
+}
+
+/* Whether m maps any block at lblk or after it. */
+static bool maps_from(const struct extmap *m, uint64_t lblk)
+{
+	struct extent e;
+
+	return extmap_n(m) != 0 &&
+	       (extmap_lookup(m, lblk, &e) || e.len != UINT64_MAX);
+}
+
 /*
  * Recovery after an unclean stop: unmap the blocks past the file's last
  * one.  A shrink in passthrough mode keeps them mapped until the last
@@ -136,12 +151,9 @@ int file_map_punch(struct fs *fs, struct inode *in, uint64_t lblk, uint64_t len)
  */
 void file_unmap_past_eof(struct fs *fs, struct inode *in)
 {
-	uint64_t nblk = (in->size + fs->block_size - 1) >> fs->block_shift;
-	struct extent e;
+	uint64_t nblk = size_blocks(fs, in->size);
 
-	if (extmap_n(&in->map) == 0)
-		return;
-	if (!extmap_lookup(&in->map, nblk, &e) && e.len == UINT64_MAX)
+	if (!maps_from(&in->map, nblk))
 		return;		/* nothing past the end: the usual case */
 	if (file_map_punch(fs, in, nblk, UINT64_MAX - nblk))
 		fs_log(fs, "warning: inode %llu: cannot unmap its blocks past "
@@ -872,7 +884,7 @@ int file_truncate(struct fs *fs, struct inode *in, uint64_t size)
 		return pt_truncate(fs, in, size);
 	if (size < in->size) {
 		uint64_t B = fs->block_size;
-		uint64_t keep = (size + B - 1) >> fs->block_shift;
+		uint64_t keep = size_blocks(fs, size);
 		uint64_t base = size & ~(B - 1);
 		/* zeros up to the old EOF only: past it nothing is read, and
 		 * zero_gap() zeros it again whenever the file grows */
@@ -1277,7 +1289,7 @@ static bool ts_eq(struct timespec a, struct timespec b)
  */
 static bool pt_eligible(struct fs *fs, struct inode *in)
 {
-	uint64_t nblk = (in->size + fs->block_size - 1) >> fs->block_shift;
+	uint64_t nblk = size_blocks(fs, in->size);
 
 	if (in->nopen || mode_kills_sxid(in->mode))
 		return false;
@@ -1901,38 +1913,25 @@ int file_pt_unshare(struct fs *fs, struct inode *src, struct inode *dst)
 	struct pt_ent *pe = pt_find(fs, src->ino);
 	struct extent *ev;
 	struct object *w;
-	size_t n = extmap_n(&dst->map);
-	uint64_t size = dst->size, id;
+	size_t n;
+	uint64_t size = dst->size, id, nblk = size_blocks(fs, size);
 	int rc = 0, dfd;
 
 	if (!pe || dst->wobj)
 		return -EIO;
-	/* a copy of the map: dst's own is rewritten below */
-	if (!(ev = malloc((n ? n : 1) * sizeof(*ev))))
-		return -ENOMEM;
-	for (size_t i = 0; i < n; i++)
-		ev[i] = extmap_at(&dst->map, i);
 	/* Nothing past the last block: a shrink keeps src's blocks mapped
 	 * there until its last release; the copy has no bytes for them
 	 * (its object ends at the size) and must not share them. */
-	uint64_t nblk = (size + fs->block_size - 1) >> fs->block_shift;
-	size_t k = 0;
-	bool past = false;
-	for (size_t i = 0; i < n; i++) {
-		past |= ev[i].lblk + ev[i].len > nblk;
-		if (ev[i].lblk >= nblk)
-			continue;
-		if (ev[i].len > nblk - ev[i].lblk)
-			ev[i].len = nblk - ev[i].lblk;
-		ev[k++] = ev[i];
-	}
-	if (past)
-		rc = punch_and_log(fs, dst, nblk, UINT64_MAX - nblk);
-	n = k;
-	if (rc || n == 0) {
-		free(ev);
+	if (maps_from(&dst->map, nblk) &&
+	    (rc = punch_and_log(fs, dst, nblk, UINT64_MAX - nblk)))
 		return rc;
-	}
+	if ((n = extmap_n(&dst->map)) == 0)
+		return 0;
+	/* a copy of the map: dst's own is rewritten below */
+	if (!(ev = malloc(n * sizeof(*ev))))
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		ev[i] = extmap_at(&dst->map, i);
 	id = fs->next_obj++;
 	if ((dfd = store_obj_open(&fs->store, id, 1)) < 0) {
 		free(ev);

@@ -653,7 +653,7 @@ static int write_kills_suidgid(fuse_req_t req, fuse_ino_t ino)
 
 	if (fs_mode(FS(req), ino, &m) || !S_ISREG(m))
 		return 0;
-	if (!(m & S_ISUID) && (m & (S_ISGID | S_IXGRP)) != (S_ISGID | S_IXGRP))
+	if (!mode_kills_sxid(m))
 		return 0;
 	return !has_cap(fuse_req_ctx(req)->pid, 4);	/* CAP_FSETID */
 }

@@ -757,6 +757,16 @@ def test_write_in_same_tick_is_mapped(coarse_pt):
     assert got[64 * 1024:68 * 1024] == b"c" * 4096
 
 
+def write_then_shrink(fd):
+    """2 MiB of random bytes written and fsynced through fd (a file in
+    passthrough mode), then cut to 100,000 bytes; the bytes written."""
+    a = os.urandom(2 * MiB)
+    os.write(fd, a)
+    os.fsync(fd)
+    os.ftruncate(fd, 100_000)
+    return a
+
+
 def test_clone_after_shrink(pt):
     """Clone a file in passthrough mode after a shrink (its blocks past
     the new end stay mapped until the last close): the clone has nothing
@@ -764,10 +774,7 @@ def test_clone_after_shrink(pt):
     p = pt.p("s")
     fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        a = os.urandom(2 * MiB)
-        os.write(fd, a)
-        os.fsync(fd)
-        os.ftruncate(fd, 100_000)
+        a = write_then_shrink(fd)
         pt.cowfs("clone", p, pt.p("c"), check=True)
         du = json.loads(pt.cowfs("du", "--json", pt.p("c"),
                                  check=True).stdout)
@@ -790,10 +797,7 @@ def test_shrink_then_crash(pt):
     p = pt.p("sc")
     fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        a = os.urandom(2 * MiB)
-        os.write(fd, a)
-        os.fsync(fd)
-        os.ftruncate(fd, 100_000)
+        a = write_then_shrink(fd)
         os.fsync(fd)
         kill_daemon(pt.store, pt.mnt)
     finally:

@@ -78,6 +78,20 @@ void fs_log(struct fs *fs, const char *fmt, ...)
 int fs_lookup(struct fs *fs, uint64_t parent, const char *name, struct stat *st);
 void fs_forget(struct fs *fs, uint64_t ino, uint64_t nlookup);
 int fs_getattr(struct fs *fs, uint64_t ino, struct stat *st);
+/*
+ * Mode bits that a write, a truncate or a chown by a caller without
+ * CAP_FSETID clears: setuid, and setgid when the file is group-executable
+ * (without group exec it marks mandatory locking and stays).  A file
+ * with them is not opened in FUSE passthrough mode (pt_eligible()): the
+ * kernel's writes to it would not reach the daemon, which clears them
+ * (write_kills_suidgid() in the FUSE layer).
+ */
+static inline int mode_kills_sxid(uint32_t mode)
+{
+	return (mode & S_ISUID) ||
+	       (mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
+}
+
 /* The inode's mode alone (type and permission bits): cheaper than a stat. */
 int fs_mode(struct fs *fs, uint64_t ino, uint32_t *mode);
 int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,

@@ -173,19 +173,6 @@ struct inode {
 };
 
 /*
- * Mode bits that a write, a truncate or a chown by a caller without
- * CAP_FSETID clears: setuid, and setgid when the file is group-executable
- * (without group exec it marks mandatory locking and stays).  A file
- * with them is not opened in FUSE passthrough mode (pt_eligible()): the
- * kernel's writes to it would not reach the daemon, which clears them.
- */
-static inline bool mode_kills_sxid(uint32_t mode)
-{
-	return (mode & S_ISUID) ||
-	       (mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
-}
-
-/*
  * The inode table: a radix tree over the inode number, 64 slots a node,
  * as high as the largest number needs.  Numbers come from a counter, so a
  * store's inodes are dense and cost one pointer each (plus 1/64 of a node
