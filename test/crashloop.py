@@ -441,6 +441,16 @@ class Loop:
         self.verify()
         if probe:
             self.probe_hole(*probe)
+        # keep a few files that the clean unmount makes durable: a round
+        # whose workload is killed before anything commits loses every
+        # file it made, and a model left empty would verify nothing
+        while len(self.model) < 4:
+            rel = self.new_name("")
+            buf = self.data(self.rng.choice([1, self.args.block_size + 1,
+                                             self.rng.randrange(1, 100_000)]))
+            with open(self.p(rel), "wb") as f:
+                f.write(buf)
+            self.model[rel] = buf
         # leave a file owning a write object at the clean unmount, for the
         # next round's uncommitted write
         if self.model:
