@@ -20,6 +20,8 @@ the daemon with SIGKILL at a random moment.  Then:
   - the daemon log holds no sanitizer report.
 
 The state found after the crash becomes the model for the next round.
+Each round ends with a clean unmount after topping the model up to four
+files, so the next round always has files made durable to check.
 Prints one line per round with -v, and always a final line:
 
   crashloop: N rounds, B bytes verified in F files, seed S
