@@ -378,6 +378,8 @@ static int log_xattr(struct fs *fs, struct inode *in, const char *name,
 		     const void *v, size_t size, int del);
 
 /* Make a new inode in dir under name; ino and attributes per the caller.
+ * A NULL name makes an O_TMPFILE inode: no entry, no link, linkable (the
+ * next mount frees it as an orphan unless fs_link() names it first).
  * Called with fs->lock held. */
 static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		     const char *name, mode_t mode, dev_t rdev,
@@ -389,11 +391,11 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 	struct rec r;
 	int rc;
 
-	if ((rc = check_name(name)))
+	if (name && (rc = check_name(name)))
 		return rc;
 	if (dir->nlink == 0)
 		return -ENOENT;
-	if (dir_find(dir, name))
+	if (name && dir_find(dir, name))
 		return -EEXIST;
 	/* With a default ACL the ACL decides, not the umask (POSIX.1e). */
 	if (!S_ISLNK(mode) && !*xattr_find(dir, "system.posix_acl_default"))
@@ -412,7 +414,8 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 			in->mode &= ~(uint32_t)S_ISGID;	/* as inode_init_owner() */
 	}
 	inode_set_rdev(in, rdev);
-	in->nlink = S_ISDIR(mode) ? 2 : 1;
+	in->nlink = !name ? 0 : S_ISDIR(mode) ? 2 : 1;
+	in->linkable = !name;
 	inode_touch(in, IT_BIT(IT_N) - 1, NULL);
 	if ((S_ISDIR(mode) && inode_make_dir(in, dir->ino)) ||
 	    (target && !(in->target = strdup(target)))) {
@@ -426,7 +429,7 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		return rc;
 	}
 	cookie = dir->dir->next_cookie;
-	if ((rc = dir_reserve(dir, strlen(name)))) {
+	if (name && (rc = dir_reserve(dir, strlen(name)))) {
 		inode_free(fs, in);
 		return rc;
 	}
@@ -435,7 +438,7 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 	rc = journal_log(fs, &r);
 	for (struct xattr *x = inode_xattrs(in); x && !rc; x = x->next)
 		rc = log_xattr(fs, in, x->name, x->value, x->len, 0);
-	if (!rc) {
+	if (!rc && name) {
 		r = (struct rec){ .type = REC_DIRENT_ADD, .name = name,
 				  .name_len = (uint32_t)strlen(name) };
 		r.u.dirent.parent = dir->ino;
@@ -443,7 +446,7 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 		r.u.dirent.cookie = cookie;
 		rc = journal_log(fs, &r);
 	}
-	if (!rc)
+	if (!rc && name)
 		rc = dir_add(fs, dir, name, in->ino, cookie);
 	if (rc) {
 		jmark_restore(fs, &m);
@@ -454,8 +457,10 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 	inode_undirty(fs, in);	/* its record is the one just logged */
 	if (S_ISDIR(mode))
 		dir->nlink++;
-	touch_mc(dir);
-	inode_dirty(fs, dir);
+	if (name) {	/* an O_TMPFILE leaves its directory as it was */
+		touch_mc(dir);
+		inode_dirty(fs, dir);
+	}
 	inode_lookup_ref(in);
 	*out = in;
 	return 0;
@@ -482,6 +487,28 @@ int fs_mknod(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 	if (rc)
 		goto out;
 	inode_stat(fs, in, st);
+out:
+	lock_drop(fs, LOCK_FS);
+	return rc;
+}
+
+int fs_tmpfile(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
+	       mode_t mode, struct stat *st)
+{
+	int rc = 0;
+	struct inode *dir, *in;
+
+	if (fs->opt.ro)
+		return -EROFS;
+	if (!S_ISREG(mode))
+		return -EINVAL;
+	lock_take(fs, LOCK_FS);
+	dir = get_dir(fs, parent, &rc);
+	if (!dir)
+		goto out;
+	rc = make_node(fs, c, dir, NULL, mode, 0, NULL, &in);
+	if (!rc)
+		inode_stat(fs, in, st);
 out:
 	lock_drop(fs, LOCK_FS);
 	return rc;
@@ -794,7 +821,9 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 		rc = -EPERM;
 		goto out;
 	}
-	if (in->nlink == 0) {
+	/* An unlinked file stays unlinked; an O_TMPFILE gets its first name
+	 * (the kernel refuses one opened with O_EXCL itself). */
+	if (in->nlink == 0 && !in->linkable) {
 		rc = -ENOENT;
 		goto out;
 	}
@@ -816,6 +845,7 @@ int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 		goto out;
 	}
 	in->nlink++;
+	in->linkable = false;
 	inode_touch(in, IT_BIT(IT_CTIME), NULL);
 	inode_dirty(fs, in);
 	touch_mc(dir);

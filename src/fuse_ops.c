@@ -579,6 +579,38 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fs_forget(fs, st.st_ino, 1);
 }
 
+#ifdef COWFS_HAVE_TMPFILE
+/* open(dir, O_TMPFILE): as a create, without a name (fs_tmpfile()). */
+static void op_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode,
+		       struct fuse_file_info *fi)
+{
+	struct stat st;
+	struct fs_ctx c;
+	struct fuse_entry_param e;
+	struct fs *fs = FS(req);
+
+	get_ctx(req, &c);
+	int rc = fs_tmpfile(fs, &c, parent, S_IFREG | (mode & 07777), &st);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	memset(&e, 0, sizeof(e));
+	e.ino = st.st_ino;
+	e.attr = st;
+	e.attr_timeout = ATTR_TIMEOUT;
+	e.entry_timeout = ENTRY_TIMEOUT;
+	fi->keep_cache = 1;
+	if (pt_on && (rc = pt_open(req, st.st_ino, fi))) {
+		fs_forget(fs, st.st_ino, 1);
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	if (fuse_reply_create(req, &e, fi) == -ENOENT)
+		fs_forget(fs, st.st_ino, 1);
+}
+#endif
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -1238,6 +1270,9 @@ static const struct fuse_lowlevel_ops ops = {
 	.fallocate = op_fallocate,
 	.lseek = op_lseek,
 	.copy_file_range = op_copy_file_range,
+#ifdef COWFS_HAVE_TMPFILE
+	.tmpfile = op_tmpfile,
+#endif
 };
 
 static void log_nothing(enum fuse_log_level level, const char *fmt, va_list ap)

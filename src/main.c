@@ -667,7 +667,15 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
-		printf("cowfs %s\n", COWFS_VERSION);
+		/* what the libfuse it was built with allows (from 3.16) */
+#ifdef COWFS_HAVE_PASSTHROUGH
+		const char *yes = "yes";
+#else
+		const char *yes = "no (needs libfuse 3.16)";
+#endif
+		printf("cowfs %s\nlibfuse %s; FUSE passthrough: %s; "
+		       "O_TMPFILE: %s\n", COWFS_VERSION, COWFS_FUSE_VERSION,
+		       yes, yes);
 		return 0;
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {

@@ -125,6 +125,13 @@ def fsck_supported(binary):
     return _fsck_supported[binary]
 
 
+def built_with(binary, feature):
+    """Whether the binary's libfuse allows a feature ("FUSE passthrough",
+    "O_TMPFILE"), as its --version says."""
+    p = run([binary, "--version"], check=False, timeout=30)
+    return f"{feature}: yes" in p.stdout
+
+
 def sanitizer_env(base, env=None):
     """The environment for cowfs processes of one test: sanitizer reports
     (if this is a sanitizer build) go to files under base, checked at

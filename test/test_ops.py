@@ -5,6 +5,7 @@ against a umount + remount."""
 import collections
 import ctypes
 import errno
+import json
 import mmap
 import os
 import random
@@ -1873,27 +1874,116 @@ def test_o_direct(mount):
     assert rd(f) == bytes(BS) + buf[:]
 
 
+def status_json(m):
+    return json.loads(m.cowfs("status", "--json", m.mnt, check=True).stdout)
+
+
+def open_tmpfile(mount, d=None, flags=0, mode=0o600):
+    """open(d, O_TMPFILE|O_RDWR|flags); skips when the binary's libfuse
+    (before 3.16 here) has no O_TMPFILE request."""
+    if not mount.host and not conftest.built_with(mount.bin, "O_TMPFILE"):
+        pytest.skip("built with a libfuse without O_TMPFILE (3.14)")
+    return os.open(d or mount.mnt, os.O_TMPFILE | os.O_RDWR | flags, mode)
+
+
+def link_fd(fd, dst):
+    """Name an open file: linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW), as
+    glibc's documentation shows for O_TMPFILE (os.link calls link(2))."""
+    f = libc.linkat
+    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                  ctypes.c_char_p, ctypes.c_int]
+    _check(f(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD,
+             os.fsencode(dst), 0x400))
+
+
 def test_o_tmpfile(mount):
+    """An O_TMPFILE has no name and no link until linkat names it; its
+    directory does not change until then; the umask applies; the named
+    file keeps every byte across a remount."""
+    d = mount.p("d")
+    d.mkdir()
+    before = os.stat(d)
+    old = os.umask(0o027)
     try:
-        fd = os.open(mount.mnt, os.O_TMPFILE | os.O_RDWR, 0o600)
-    except OSError as e:
-        if e.errno == errno.EOPNOTSUPP:
-            pytest.skip("O_TMPFILE not supported")
-        raise
+        fd = open_tmpfile(mount, d, mode=0o666)
+    finally:
+        os.umask(old)
+    data = rand(3 * BS + 5, 41)
     try:
-        os.write(fd, b"anonymous")
-        assert os.fstat(fd).st_nlink == 0
-        assert os.listdir(mount.mnt) == []
-        f = libc.linkat     # linkat(AT_SYMLINK_FOLLOW): os.link won't
-        f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                      ctypes.c_char_p, ctypes.c_int]
-        _check(f(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD,
-                 os.fsencode(mount.p("named")), 0x400))
+        assert os.write(fd, data) == len(data)
+        st = os.fstat(fd)
+        assert st.st_nlink == 0
+        assert stat.S_ISREG(st.st_mode) and st.st_mode & 0o7777 == 0o640
+        assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+        assert os.listdir(d) == []
+        after = os.stat(d)
+        assert (after.st_mtime_ns, after.st_nlink) == \
+            (before.st_mtime_ns, before.st_nlink)
+        assert os.pread(fd, len(data), 0) == data
+        link_fd(fd, d / "named")
         assert os.fstat(fd).st_nlink == 1
+        assert os.listdir(d) == ["named"]
+        os.pwrite(fd, b"tail", len(data))       # still writable, named
     finally:
         os.close(fd)
     mount.remount()
-    assert rd(mount.p("named")) == b"anonymous"
+    assert rd(d / "named") == data + b"tail"
+    assert os.stat(d / "named").st_nlink == 1
+
+
+def test_o_tmpfile_unnamed_is_freed(mount):
+    """A tmpfile closed without a name goes with its blocks, as an
+    unlinked file does: no inode and no space is left behind."""
+    if mount.host:
+        pytest.skip("cowfs status")
+    fd = open_tmpfile(mount)
+    os.write(fd, rand(4 * MiB, 42))
+    os.fsync(fd)
+    assert status_json(mount)["inodes"] == 2
+    os.close(fd)
+    for _ in range(100):                # the kernel's FORGET is async
+        if status_json(mount)["inodes"] == 1:
+            break
+        time.sleep(0.05)
+    s = status_json(mount)
+    assert s["inodes"] == 1 and s["physical"] == 0, s
+    mount.umount()
+    p = mount.fsck()
+    assert p.returncode == 0 and " 0 leaked object(s)" in p.stdout, p.stdout
+    mount.mount()
+
+
+def test_o_tmpfile_link_refused(mount):
+    """O_TMPFILE|O_EXCL can never be named, and a tmpfile named and
+    unlinked again cannot be named twice: ENOENT, as on ext4."""
+    fd = open_tmpfile(mount, flags=os.O_EXCL)
+    try:
+        os.write(fd, b"x")
+        with pytest.raises(FileNotFoundError):
+            link_fd(fd, mount.p("excl"))
+    finally:
+        os.close(fd)
+    fd = open_tmpfile(mount)
+    try:
+        link_fd(fd, mount.p("once"))
+        os.unlink(mount.p("once"))
+        with pytest.raises(FileNotFoundError):
+            link_fd(fd, mount.p("twice"))
+    finally:
+        os.close(fd)
+    assert os.listdir(mount.mnt) == []
+
+
+def test_o_tmpfile_read_only_mount(mount):
+    if mount.host:
+        pytest.skip("no read-only mount of the host")
+    mount.remount("ro")
+    try:
+        with pytest.raises(OSError) as e:
+            os.close(open_tmpfile(mount))
+        assert e.value.errno == errno.EROFS
+    finally:
+        mount.remount("")
 
 
 # --------------------------------------------------------------------------

@@ -1000,3 +1000,32 @@ def test_shrink_commit_fails_around_last_close(coarse_pt):
     assert os.stat(p).st_size == 2 * MiB
     assert p.read_bytes() == a
     assert "(expected) metadata journal write" in m.log_text()
+
+
+def test_o_tmpfile_in_passthrough(pt):
+    """An O_TMPFILE opened in passthrough mode: the kernel writes its
+    write object, linkat names it, the bytes read back after a remount;
+    an unnamed one goes at its close, and leaves passthrough mode."""
+    import test_ops
+    data = os.urandom(3 * MiB + 7)
+    fd = test_ops.open_tmpfile(pt)
+    try:
+        assert status(pt)["passthrough_files"] == 1
+        os.write(fd, data)
+        test_ops.link_fd(fd, pt.p("named"))
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        os.close(fd)
+    fd = test_ops.open_tmpfile(pt)
+    os.write(fd, data)
+    os.close(fd)
+    for _ in range(100):                # RELEASE and FORGET are async
+        s = status(pt)
+        if s["passthrough_files"] == 0 and s["inodes"] == 2:
+            break
+        time.sleep(0.05)
+    assert (s["passthrough_opens"], s["passthrough_files"], s["inodes"]) \
+        == (2, 0, 2), s
+    pt.remount()
+    assert pt.p("named").read_bytes() == data
+    assert os.listdir(pt.mnt) == ["named"]

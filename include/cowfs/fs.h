@@ -98,6 +98,11 @@ int fs_setattr(struct fs *fs, const struct fs_ctx *c, uint64_t ino,
 	       const struct stat *in, int to_set, struct stat *st);
 int fs_mknod(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 	     const char *name, mode_t mode, dev_t rdev, struct stat *st);
+/* An O_TMPFILE: a regular file in no directory (link count 0) that
+ * fs_link() may name once; freed when forgotten unlinked, like an
+ * unlinked open file, and by the next mount after a crash. */
+int fs_tmpfile(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
+	       mode_t mode, struct stat *st);
 int fs_symlink(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 	       const char *name, const char *target, struct stat *st);
 /* Copies the target into buf (NUL-terminated); returns its length. */

@@ -157,6 +157,9 @@ struct inode {
 				 * was padding */
 	bool has_xattrs;	/* its xattrs are in inode.c's side table
 				 * (few inodes have any): inode_xattrs() */
+	bool linkable;		/* made by O_TMPFILE and never linked:
+				 * fs_link() may give it a first name
+				 * (memory only; in what was padding) */
 	/* One type's fields; all zero for the other types.  Test the type
 	 * before touching any of them (inode_dir(), inode_target(), ...):
 	 * a directory's dir shares its word with a file's map. */
