@@ -6,6 +6,7 @@ is lost.
 Each round mounts the store, sometimes kills the daemon right after the
 mount (before or after a write that nothing commits), otherwise runs a
 random workload (writes, overwrites, appends, truncates up and down,
+O_TMPFILEs named by linkat,
 writes into holes, copy_file_range, clones, tree clones, clones by
 reference of a host tree, renames, deletes, fsyncs) while a timer kills
 the daemon with SIGKILL at a random moment.  Then:
@@ -34,6 +35,7 @@ directory), 0 otherwise.
 """
 
 import argparse
+import ctypes
 import os
 import random
 import shutil
@@ -43,6 +45,10 @@ import sys
 import tempfile
 import threading
 import time
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                        ctypes.c_char_p, ctypes.c_int]
 
 SANITIZER_MARKS = ("runtime error", "AddressSanitizer", "LeakSanitizer",
                    "UndefinedBehaviorSanitizer")
@@ -81,6 +87,9 @@ class Loop:
         self.ops = 0
         self.n = 0
         self.owner = None       # a file with a write object at unmount
+        # O_TMPFILE files too, when the binary's libfuse allows them
+        self.tmpfile = "O_TMPFILE: yes" in subprocess.run(
+            [args.bin, "--version"], capture_output=True, text=True).stdout
         # sanitizer builds: reports go to files in the work directory
         self.env = dict(os.environ)
         for var, name in (("ASAN_OPTIONS", "asan"), ("UBSAN_OPTIONS",
@@ -188,8 +197,22 @@ class Loop:
                                     self.rng.randrange(1, 300_000)])
             buf = self.data(size)
             self.touch(rel)
-            with open(self.p(rel), "wb") as f:
-                f.write(buf)
+            if r < 0.04 and self.tmpfile:
+                # O_TMPFILE, written, then named by linkat
+                fd = os.open(os.path.dirname(self.p(rel)),
+                             os.O_TMPFILE | os.O_WRONLY, 0o644)
+                try:
+                    os.write(fd, buf)
+                    if LIBC.linkat(-100, f"/proc/self/fd/{fd}".encode(),
+                                   -100, os.fsencode(self.p(rel)),
+                                   0x400) != 0:
+                        e = ctypes.get_errno()
+                        raise OSError(e, os.strerror(e))
+                finally:
+                    os.close(fd)
+            else:
+                with open(self.p(rel), "wb") as f:
+                    f.write(buf)
             self.model[rel] = buf
         elif r < 0.36:                                  # overwrite / hole
             rel = self.rng.choice(files)
