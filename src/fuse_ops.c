@@ -546,37 +546,46 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_open(req, fi);
 }
 
+/* The reply to a CREATE or a TMPFILE: the new file's entry, opened
+ * (and in passthrough mode when the connection has it). */
+static void reply_created(fuse_req_t req, const struct stat *st,
+			  struct fuse_file_info *fi)
+{
+	struct fs *fs = FS(req);	/* req is gone after the reply */
+	struct fuse_entry_param e;
+	int rc;
+
+	memset(&e, 0, sizeof(e));
+	e.ino = st->st_ino;
+	e.attr = *st;
+	e.attr_timeout = ATTR_TIMEOUT;
+	e.entry_timeout = ENTRY_TIMEOUT;
+	fi->keep_cache = 1;
+	/* passthrough: counted, and released (fs_pt_open) */
+	if (pt_on && (rc = pt_open(req, st->st_ino, fi))) {
+		fs_forget(fs, st->st_ino, 1);
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	if (fuse_reply_create(req, &e, fi) == -ENOENT)
+		fs_forget(fs, st->st_ino, 1);
+}
+
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      mode_t mode, struct fuse_file_info *fi)
 {
 	struct stat st;
 	struct fs_ctx c;
-	struct fuse_entry_param e;
 
 	get_ctx(req, &c);
 	/* Not counted as an open: once the kernel is in no-open mode it sends
 	 * no RELEASE for created files either, and the lookup reference the
 	 * entry carries is what keeps the file alive while it is open. */
 	int rc = fs_mknod(FS(req), &c, parent, name, S_IFREG | (mode & 07777), 0, &st);
-	if (rc) {
+	if (rc)
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	memset(&e, 0, sizeof(e));
-	e.ino = st.st_ino;
-	e.attr = st;
-	e.attr_timeout = ATTR_TIMEOUT;
-	e.entry_timeout = ENTRY_TIMEOUT;
-	fi->keep_cache = 1;
-	/* passthrough: counted, and released (fs_pt_open) */
-	if (pt_on && (rc = pt_open(req, st.st_ino, fi))) {
-		fs_forget(FS(req), st.st_ino, 1);
-		fuse_reply_err(req, -rc);
-		return;
-	}
-	struct fs *fs = FS(req);
-	if (fuse_reply_create(req, &e, fi) == -ENOENT)
-		fs_forget(fs, st.st_ino, 1);
+	else
+		reply_created(req, &st, fi);
 }
 
 #ifdef COWFS_HAVE_TMPFILE
@@ -586,28 +595,13 @@ static void op_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode,
 {
 	struct stat st;
 	struct fs_ctx c;
-	struct fuse_entry_param e;
-	struct fs *fs = FS(req);
 
 	get_ctx(req, &c);
-	int rc = fs_tmpfile(fs, &c, parent, S_IFREG | (mode & 07777), &st);
-	if (rc) {
+	int rc = fs_tmpfile(FS(req), &c, parent, S_IFREG | (mode & 07777), &st);
+	if (rc)
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	memset(&e, 0, sizeof(e));
-	e.ino = st.st_ino;
-	e.attr = st;
-	e.attr_timeout = ATTR_TIMEOUT;
-	e.entry_timeout = ENTRY_TIMEOUT;
-	fi->keep_cache = 1;
-	if (pt_on && (rc = pt_open(req, st.st_ino, fi))) {
-		fs_forget(fs, st.st_ino, 1);
-		fuse_reply_err(req, -rc);
-		return;
-	}
-	if (fuse_reply_create(req, &e, fi) == -ENOENT)
-		fs_forget(fs, st.st_ino, 1);
+	else
+		reply_created(req, &st, fi);
 }
 #endif
 
