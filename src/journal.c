@@ -100,9 +100,23 @@ int journal_log_inode(struct fs *fs, struct inode *in)
 	return journal_log(fs, &r);
 }
 
+/* An inode's changed attributes, logged at the commit.  Its dirty mark
+ * is gone by now, so a record that cannot be logged (no memory for the
+ * journal) would be lost while the records logged at once (its names)
+ * commit: an entry could name an inode whose link count the store never
+ * learns.  So the store is broken instead, and commits nothing more. */
 static void log_dirty(struct fs *fs, struct inode *in)
 {
-	journal_log_inode(fs, in);
+	int rc = journal_log_inode(fs, in);
+
+	if (rc) {
+		if (!fs->broken)
+			fs_log(fs, "error: inode %llu: cannot log its "
+			       "attributes: %s; the store commits nothing "
+			       "more until it is remounted",
+			       (unsigned long long)in->ino, strerror(-rc));
+		fs->broken = 1;
+	}
 }
 
 void journal_flush_dirty(struct fs *fs)
@@ -368,6 +382,10 @@ static int commit_locked(struct fs *fs)
 		return -EIO;
 	}
 	journal_flush_dirty(fs);
+	if (fs->broken) {	/* log_dirty() failed */
+		lock_drop(fs, LOCK_FS);
+		return -EIO;
+	}
 	if (!fs->jlen && !fs->dirty_objs && !fs->nfrees && !fs->nunlinks) {
 		lock_drop(fs, LOCK_FS);
 		return 0;

@@ -49,6 +49,22 @@
 
 #include <xxhash.h>
 
+/* Linked with -Wl,--wrap=realloc (meson.build): the core's reallocs come
+ * here, and fail_realloc makes the next one fail, once. */
+void *__real_realloc(void *p, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+static volatile int fail_realloc;
+
+void *__wrap_realloc(void *p, size_t n)
+{
+	if (fail_realloc) {
+		fail_realloc = 0;
+		errno = ENOMEM;
+		return NULL;
+	}
+	return __real_realloc(p, n);
+}
+
 static char tmpdir[64];
 static const char *test_name = "setup";
 
@@ -2838,6 +2854,67 @@ static void test_bad_middle(void)
 	printf("  (m) bad record in the middle refused, fsck --repair cuts: ok\n");
 }
 
+/*
+ * (n) An inode record that the commit cannot log (no memory for the
+ * journal) breaks the store instead of committing the entries logged
+ * before it without it: an O_TMPFILE named by fs_link() must not commit
+ * as an entry naming a link count of 0, which would refuse the next mount.
+ */
+static void test_lost_dirty_record(void)
+{
+	struct stat st, named;
+	char img[64], img_path[160];
+
+	test_name = "(n) lost dirty record";
+	new_store("n", 12);
+	open_fs();
+	OK(fs_tmpfile(fs, &ctx, FS_ROOT_INO, S_IFREG | 0600, &st));
+	CHECK(st.st_nlink == 0);
+	OK(fs_fsync(fs, FS_ROOT_INO));		/* the inode, link count 0 */
+	OK(fs_link(fs, st.st_ino, FS_ROOT_INO, "named", &named));
+	CHECK(named.st_nlink == 1);
+	CHECK(fs_link(fs, st.st_ino, FS_ROOT_INO, "again", &named) == 0);
+	OK(fs_unlink(fs, FS_ROOT_INO, "again"));
+	/* the entry is in the journal; the link count waits for the commit,
+	 * whose first journal growth fails */
+	pthread_mutex_lock(&fs->lock);
+	fs->jcap = fs->jlen;
+	fail_realloc = 1;
+	pthread_mutex_unlock(&fs->lock);
+	int rc = fs_fsync(fs, FS_ROOT_INO);
+	fail_realloc = 0;
+	CHECKF(rc == -EIO, "commit after a lost inode record: %d", rc);
+	snprintf(img, sizeof(img), "n-crash");
+	snprintf(img_path, sizeof(img_path), "%s/%s", tmpdir, img);
+	copy_store(store, img_path);		/* a crash now */
+	CHECK(fs_close(fs) == -EIO);
+	fs = NULL;
+	set_store(img);
+	open_fs();				/* mounts: nothing committed */
+	check_internal(1);
+	CHECK(fs_lookup(fs, FS_ROOT_INO, "named", &named) == -ENOENT);
+	CHECK(fs_getattr(fs, st.st_ino, &named) == -ENOENT);	/* orphan, freed */
+	close_fs();
+	size_t l;
+	char *log = (char *)slurp(logpath, &l);
+	log = realloc(log, l + 1);
+	log[l] = 0;
+	CHECK(strstr(log, "cannot log its attributes") != NULL);
+	free(log);
+	/* an O_TMPFILE is named once: unlinked again, it stays unnamed */
+	new_store("n2", 12);
+	open_fs();
+	OK(fs_tmpfile(fs, &ctx, FS_ROOT_INO, S_IFREG | 0600, &st));
+	OK(fs_link(fs, st.st_ino, FS_ROOT_INO, "a", &named));
+	OK(fs_unlink(fs, FS_ROOT_INO, "a"));
+	CHECK(fs_link(fs, st.st_ino, FS_ROOT_INO, "b", &named) == -ENOENT);
+	fs_forget(fs, st.st_ino, 2);	/* the tmpfile's and the link's */
+	CHECK(fs_getattr(fs, st.st_ino, &named) == -ENOENT);
+	close_fs();
+	printf("  (n) lost inode record breaks the store; O_TMPFILE named "
+	       "once: ok\n");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -2862,6 +2939,7 @@ int main(void)
 	test_broken();
 	test_close_fails();
 	test_bad_middle();
+	test_lost_dirty_record();
 
 	if (soft_failures) {
 		fprintf(stderr, "test_journal: %d FAILED check(s) (seed %" PRIu64
