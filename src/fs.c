@@ -575,11 +575,15 @@ static void drop_link(struct fs *fs, struct inode *in)
 	inode_maybe_free(fs, in);
 }
 
-static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir)
+static int do_remove(struct fs *fs, uint64_t parent, const char *name,
+		     int isdir, uint64_t *kept)
 {
 	int rc = 0;
 	struct inode *dir, *in;
 	struct dent *d;
+
+	if (kept)
+		*kept = 0;
 
 	if (fs->opt.ro)
 		return -EROFS;
@@ -616,20 +620,23 @@ static int do_remove(struct fs *fs, uint64_t parent, const char *name, int isdir
 		dir->nlink--;
 	touch_mc(dir);
 	inode_dirty(fs, dir);
+	if (kept && !isdir && in->nlink > 1)
+		*kept = in->ino;
 	drop_link(fs, in);
 out:
 	lock_drop(fs, LOCK_FS);
 	return rc;
 }
 
-int fs_unlink(struct fs *fs, uint64_t parent, const char *name)
+int fs_unlink(struct fs *fs, uint64_t parent, const char *name,
+	      uint64_t *kept)
 {
-	return do_remove(fs, parent, name, 0);
+	return do_remove(fs, parent, name, 0, kept);
 }
 
 int fs_rmdir(struct fs *fs, uint64_t parent, const char *name)
 {
-	return do_remove(fs, parent, name, 1);
+	return do_remove(fs, parent, name, 1, NULL);
 }
 
 /* Is a an ancestor of (or equal to) b? */
@@ -657,7 +664,8 @@ static void reparent(struct fs *fs, struct inode *in, struct inode *from,
 }
 
 int fs_rename(struct fs *fs, uint64_t parent, const char *name,
-	      uint64_t newparent, const char *newname, unsigned flags)
+	      uint64_t newparent, const char *newname, unsigned flags,
+	      uint64_t *kept)
 {
 	int rc = 0;
 	struct inode *sdir, *ddir, *src, *dst = NULL;
@@ -665,6 +673,8 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 	uint64_t cookie;
 	struct jmark m;
 
+	if (kept)
+		*kept = 0;
 	if (fs->opt.ro)
 		return -EROFS;
 	if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE))
@@ -768,6 +778,8 @@ int fs_rename(struct fs *fs, uint64_t parent, const char *name,
 		dir_del(fs, ddir, dd);
 		if (S_ISDIR(dst->mode))
 			ddir->nlink--;
+		else if (kept && dst->nlink > 1)
+			*kept = dst->ino;
 		drop_link(fs, dst);
 	}
 	dir_del(fs, sdir, sd);

@@ -130,6 +130,21 @@ static int private_xattr(const char *name)
 	return !strncmp(name, "trusted.cowfs.", 14);
 }
 
+/*
+ * How long the kernel may keep an inode's attributes.  Not at all for a
+ * file with several names: after an UNLINK (or a RENAME over one of its
+ * names) the kernel lowers its cached link count by one itself
+ * (fuse_entry_unlinked()), also when a reply to a concurrent request has
+ * already brought the count after that unlink, and with the writeback
+ * cache nothing makes it ask again: a stat would show one link too few,
+ * down to 0 for a file that still has a name, for ATTR_TIMEOUT.  The
+ * last name but one going is op_unlink()'s and op_rename()'s to mend.
+ */
+static double attr_timeout(const struct stat *st)
+{
+	return !S_ISDIR(st->st_mode) && st->st_nlink > 1 ? 0.0 : ATTR_TIMEOUT;
+}
+
 static void reply_entry(fuse_req_t req, const struct stat *st)
 {
 	struct fuse_entry_param e;
@@ -137,7 +152,7 @@ static void reply_entry(fuse_req_t req, const struct stat *st)
 	memset(&e, 0, sizeof(e));
 	e.ino = st->st_ino;
 	e.attr = *st;
-	e.attr_timeout = ATTR_TIMEOUT;
+	e.attr_timeout = attr_timeout(st);
 	e.entry_timeout = ENTRY_TIMEOUT;
 	struct fs *fs = FS(req);
 	if (fuse_reply_entry(req, &e) == -ENOENT)
@@ -339,7 +354,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
-		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+		fuse_reply_attr(req, &st, attr_timeout(&st));
 }
 
 static int write_kills_suidgid(fuse_req_t req, fuse_ino_t ino);
@@ -410,7 +425,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
-		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+		fuse_reply_attr(req, &st, attr_timeout(&st));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -455,9 +470,25 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 		reply_entry(req, &st);
 }
 
+/* A file that lost a name and keeps one: its attributes were cached for
+ * ATTR_TIMEOUT while it had one name (attr_timeout()), and the kernel will
+ * lower the cached count by one once this reply is in; dropped first, so
+ * that the next stat asks.  Before the reply: the unlink's caller sees
+ * the right count as soon as it returns. */
+static void inval_kept(uint64_t kept)
+{
+	if (kept)
+		fuse_lowlevel_notify_inval_inode(session, kept, -1, 0);
+}
+
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, -fs_unlink(FS(req), parent, name));
+	uint64_t kept;
+	int rc = fs_unlink(FS(req), parent, name, &kept);
+
+	if (!rc)
+		inval_kept(kept);
+	fuse_reply_err(req, -rc);
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -469,8 +500,13 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      fuse_ino_t newparent, const char *newname,
 		      unsigned int flags)
 {
-	fuse_reply_err(req, -fs_rename(FS(req), parent, name, newparent,
-				       newname, flags));
+	uint64_t kept;
+	int rc = fs_rename(FS(req), parent, name, newparent, newname, flags,
+			   &kept);
+
+	if (!rc)
+		inval_kept(kept);
+	fuse_reply_err(req, -rc);
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
@@ -769,7 +805,7 @@ static int emit_entry(void *ctx, const char *name, const struct stat *st,
 		/* nodeid 0: the kernel takes no attributes from the entry */
 		e.ino = node ? st->st_ino : 0;
 		e.attr = *st;
-		e.attr_timeout = ATTR_TIMEOUT;
+		e.attr_timeout = attr_timeout(st);
 		e.entry_timeout = ENTRY_TIMEOUT;
 		n = fuse_add_direntry_plus(d->req, d->buf + d->len, d->size - d->len,
 					   name, &e, (off_t)next_off);

@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import stat
+import subprocess
 import threading
 import time
 
@@ -1070,6 +1071,51 @@ def test_hard_links(mount):
     assert rd(mount.p("d", "g")) == b"changed via h"
     os.unlink(mount.p("h"))
     assert os.stat(mount.p("d", "g")).st_nlink == 1
+
+
+def test_hard_linked_attrs_not_cached(tmp_path, cowfs_bin):
+    """The kernel keeps no attributes of a file with two names: each stat
+    is a GETATTR in the daemon's -d log, so that a link count the kernel
+    lowered itself after an unlink that a concurrent reply had already
+    counted cannot stick for an hour (attr_timeout() in fuse_ops.c; the
+    race made test_parallel_metadata_stress see a named file with no
+    link).  A file with one name is served from the cache."""
+    store, mnt, log = tmp_path / "store", tmp_path / "mnt", tmp_path / "d.log"
+    mnt.mkdir()
+    run([cowfs_bin, "init", store])
+    with open(log, "w") as out:
+        d = subprocess.Popen([cowfs_bin, "mount", "-d", store, mnt],
+                             stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            if conftest.is_mounted(mnt):
+                break
+            time.sleep(0.05)
+        assert conftest.is_mounted(mnt), log.read_text()[-2000:]
+        a = mnt / "a"
+        a.write_bytes(b"x")
+        ino = os.stat(a).st_ino
+
+        def getattrs():
+            return sum(1 for ln in log.read_text().splitlines()
+                       if "opcode: GETATTR" in ln and f"nodeid: {ino}," in ln)
+        n = getattrs()
+        for _ in range(3):
+            assert os.stat(a).st_nlink == 1
+        assert getattrs() == n, "one name: attributes cached"
+        os.link(a, mnt / "b")
+        n = getattrs()
+        for _ in range(3):
+            assert os.stat(a).st_nlink == 2
+        assert getattrs() >= n + 3, "two names: each stat asks"
+        os.unlink(mnt / "b")
+        assert os.stat(a).st_nlink == 1
+        n = getattrs()
+        os.stat(a)
+        assert getattrs() == n, "one name again: cached again"
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+        d.wait(timeout=60)
 
 
 def test_rename_basic(mount, ref):

@@ -107,11 +107,17 @@ int fs_symlink(struct fs *fs, const struct fs_ctx *c, uint64_t parent,
 	       const char *name, const char *target, struct stat *st);
 /* Copies the target into buf (NUL-terminated); returns its length. */
 int fs_readlink(struct fs *fs, uint64_t ino, char *buf, size_t size);
-int fs_unlink(struct fs *fs, uint64_t parent, const char *name);
+/* *kept (may be NULL): the inode number of a file that lost this name
+ * and keeps another, else 0 (the FUSE layer has the kernel drop its
+ * cached link count: op_unlink()). */
+int fs_unlink(struct fs *fs, uint64_t parent, const char *name,
+	      uint64_t *kept);
 int fs_rmdir(struct fs *fs, uint64_t parent, const char *name);
-/* flags: RENAME_NOREPLACE, RENAME_EXCHANGE */
+/* flags: RENAME_NOREPLACE, RENAME_EXCHANGE; *kept as for fs_unlink(),
+ * for the file a rename replaced. */
 int fs_rename(struct fs *fs, uint64_t parent, const char *name,
-	      uint64_t newparent, const char *newname, unsigned flags);
+	      uint64_t newparent, const char *newname, unsigned flags,
+	      uint64_t *kept);
 int fs_link(struct fs *fs, uint64_t ino, uint64_t newparent,
 	    const char *newname, struct stat *st);
 

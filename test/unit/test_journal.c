@@ -644,7 +644,7 @@ static void drop_entry(struct world *w, int i)
 
 static void op_unlink(struct world *w, int i)
 {
-	OK(fs_unlink(fs, w->e[i].parent, w->e[i].name));
+	OK(fs_unlink(fs, w->e[i].parent, w->e[i].name, NULL));
 	drop_entry(w, i);
 }
 
@@ -679,7 +679,7 @@ static void op_rename(struct world *w, int i, uint64_t dir, int j)
 	}
 	ne.ino = w->e[i].ino;
 	OK(fs_rename(fs, w->e[i].parent, w->e[i].name, ne.parent, ne.name,
-		     flags));
+		     flags, NULL));
 	w->e[i] = ne;
 	if (j >= 0)
 		drop_entry(w, j);
@@ -1166,7 +1166,7 @@ static void check_fresh_ino(const char *snap)
 	CHECKF(st.st_ino > max_ino(snap), "new inode %lu reuses a number "
 	       "(largest in use %" PRIu64 ")", (unsigned long)st.st_ino,
 	       max_ino(snap));
-	OK(fs_unlink(fs, FS_ROOT_INO, name));
+	OK(fs_unlink(fs, FS_ROOT_INO, name, NULL));
 	fs_forget(fs, st.st_ino, UINT64_MAX);
 }
 
@@ -1253,7 +1253,7 @@ static void fixed_scenario(struct world *w)
 	op_write(w, victim, 0, 20000);
 	op_rename(w, entry_of(w, f5ino), FS_ROOT_INO, w->ne - 1);
 	/* a directory to another parent: link counts follow */
-	OK(fs_rename(fs, d1, d2name, d3, "d2-moved", 0));
+	OK(fs_rename(fs, d1, d2name, d3, "d2-moved", 0, NULL));
 	OK(fs_getattr(fs, d1, &st));
 	CHECK(st.st_nlink == 2);
 	OK(fs_getattr(fs, d3, &st));
@@ -1421,7 +1421,7 @@ static void test_crash_image(void)
 			op_truncate(&W.f[i], (W.f[i].size / 2) & ~(B - 1));
 		for (int i = 0; i < 5 && W.ne > 4; i++) {
 			int k = (int)rndn((uint64_t)W.ne);
-			OK(fs_unlink(fs, W.e[k].parent, W.e[k].name));
+			OK(fs_unlink(fs, W.e[k].parent, W.e[k].name, NULL));
 			uint64_t ino = W.e[k].ino;
 			W.e[k] = W.e[--W.ne];
 			if (nlinks(&W, ino) == 0) {
@@ -2874,7 +2874,7 @@ static void test_lost_dirty_record(void)
 	OK(fs_link(fs, st.st_ino, FS_ROOT_INO, "named", &named));
 	CHECK(named.st_nlink == 1);
 	CHECK(fs_link(fs, st.st_ino, FS_ROOT_INO, "again", &named) == 0);
-	OK(fs_unlink(fs, FS_ROOT_INO, "again"));
+	OK(fs_unlink(fs, FS_ROOT_INO, "again", NULL));
 	/* the entry is in the journal; the link count waits for the commit,
 	 * whose first journal growth fails */
 	pthread_mutex_lock(&fs->lock);
@@ -2906,7 +2906,7 @@ static void test_lost_dirty_record(void)
 	open_fs();
 	OK(fs_tmpfile(fs, &ctx, FS_ROOT_INO, S_IFREG | 0600, &st));
 	OK(fs_link(fs, st.st_ino, FS_ROOT_INO, "a", &named));
-	OK(fs_unlink(fs, FS_ROOT_INO, "a"));
+	OK(fs_unlink(fs, FS_ROOT_INO, "a", NULL));
 	CHECK(fs_link(fs, st.st_ino, FS_ROOT_INO, "b", &named) == -ENOENT);
 	fs_forget(fs, st.st_ino, 2);	/* the tmpfile's and the link's */
 	CHECK(fs_getattr(fs, st.st_ino, &named) == -ENOENT);

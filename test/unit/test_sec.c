@@ -253,12 +253,12 @@ int main(int argc, char **argv)
 			fs_mknod(fs, &root, dir_ino, name, S_IFDIR | 0700, 0, &st)));
 	STORM("link", (snprintf(name, sizeof(name), "h%d", k++),
 		       fs_link(fs, src_ino, FS_ROOT_INO, name, &st)));
-	STORM("rename", fs_rename(fs, dir_ino, "l", FS_ROOT_INO, "moved", 0));
-	STORM("rename over", fs_rename(fs, FS_ROOT_INO, "moved", dir_ino, "a", 0));
-	STORM("exchange", fs_rename(fs, dir_ino, "a", FS_ROOT_INO, "dir2", 2));
+	STORM("rename", fs_rename(fs, dir_ino, "l", FS_ROOT_INO, "moved", 0, NULL));
+	STORM("rename over", fs_rename(fs, FS_ROOT_INO, "moved", dir_ino, "a", 0, NULL));
+	STORM("exchange", fs_rename(fs, dir_ino, "a", FS_ROOT_INO, "dir2", 2, NULL));
 	STORM("setxattr", fs_setxattr(fs, src_ino, "user.k", "value", 5, 0));
 	STORM("removexattr", fs_removexattr(fs, src_ino, "user.k"));
-	STORM("unlink", fs_unlink(fs, dir_ino, "b"));
+	STORM("unlink", fs_unlink(fs, dir_ino, "b", NULL));
 
 	/* the store as it is now survives a replay and passes fsck */
 	CHECK(fs_fsync(fs, FS_ROOT_INO) == 0);
