@@ -376,6 +376,8 @@ out:
 static int inherit_acl(struct fs *fs, struct inode *dir, struct inode *in);
 static int log_xattr(struct fs *fs, struct inode *in, const char *name,
 		     const void *v, size_t size, int del);
+static int log_dirent(struct fs *fs, int type, struct inode *dir,
+		      const char *name, uint64_t ino, uint64_t cookie);
 
 /* Make a new inode in dir under name; ino and attributes per the caller.
  * A NULL name makes an O_TMPFILE inode: no entry, no link, linkable (the
@@ -439,15 +441,10 @@ static int make_node(struct fs *fs, const struct fs_ctx *c, struct inode *dir,
 	for (struct xattr *x = inode_xattrs(in); x && !rc; x = x->next)
 		rc = log_xattr(fs, in, x->name, x->value, x->len, 0);
 	if (!rc && name) {
-		r = (struct rec){ .type = REC_DIRENT_ADD, .name = name,
-				  .name_len = (uint32_t)strlen(name) };
-		r.u.dirent.parent = dir->ino;
-		r.u.dirent.ino = in->ino;
-		r.u.dirent.cookie = cookie;
-		rc = journal_log(fs, &r);
+		rc = log_dirent(fs, REC_DIRENT_ADD, dir, name, in->ino, cookie);
+		if (!rc)
+			rc = dir_add(fs, dir, name, in->ino, cookie);
 	}
-	if (!rc && name)
-		rc = dir_add(fs, dir, name, in->ino, cookie);
 	if (rc) {
 		jmark_restore(fs, &m);
 		inode_undirty(fs, in);
@@ -584,7 +581,6 @@ static int do_remove(struct fs *fs, uint64_t parent, const char *name,
 
 	if (kept)
 		*kept = 0;
-
 	if (fs->opt.ro)
 		return -EROFS;
 	lock_take(fs, LOCK_FS);

@@ -145,7 +145,9 @@ static double attr_timeout(const struct stat *st)
 	return !S_ISDIR(st->st_mode) && st->st_nlink > 1 ? 0.0 : ATTR_TIMEOUT;
 }
 
-static void reply_entry(fuse_req_t req, const struct stat *st)
+/* An entry for the kernel to cache: LOOKUP, LINK, MKNOD, CREATE and
+ * READDIRPLUS replies. */
+static struct fuse_entry_param entry_of(const struct stat *st)
 {
 	struct fuse_entry_param e;
 
@@ -154,6 +156,12 @@ static void reply_entry(fuse_req_t req, const struct stat *st)
 	e.attr = *st;
 	e.attr_timeout = attr_timeout(st);
 	e.entry_timeout = ENTRY_TIMEOUT;
+	return e;
+}
+
+static void reply_entry(fuse_req_t req, const struct stat *st)
+{
+	struct fuse_entry_param e = entry_of(st);
 	struct fs *fs = FS(req);
 	if (fuse_reply_entry(req, &e) == -ENOENT)
 		fs_forget(fs, st->st_ino, 1);	/* interrupted */
@@ -470,11 +478,12 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 		reply_entry(req, &st);
 }
 
-/* A file that lost a name and keeps one: its attributes were cached for
- * ATTR_TIMEOUT while it had one name (attr_timeout()), and the kernel will
- * lower the cached count by one once this reply is in; dropped first, so
- * that the next stat asks.  Before the reply: the unlink's caller sees
- * the right count as soon as it returns. */
+/* A file that lost a name and keeps one: a reply to a concurrent request
+ * may already have brought its count after this unlink, cached for
+ * ATTR_TIMEOUT now that it has one name (attr_timeout()), and the kernel
+ * lowers the count once more when this reply is in.  So what the kernel
+ * holds is dropped first, and the next stat asks.  Before the reply: the
+ * unlink's caller sees the right count as soon as it returns. */
 static void inval_kept(uint64_t kept)
 {
 	if (kept)
@@ -588,14 +597,9 @@ static void reply_created(fuse_req_t req, const struct stat *st,
 			  struct fuse_file_info *fi)
 {
 	struct fs *fs = FS(req);	/* req is gone after the reply */
-	struct fuse_entry_param e;
+	struct fuse_entry_param e = entry_of(st);
 	int rc;
 
-	memset(&e, 0, sizeof(e));
-	e.ino = st->st_ino;
-	e.attr = *st;
-	e.attr_timeout = ATTR_TIMEOUT;
-	e.entry_timeout = ENTRY_TIMEOUT;
 	fi->keep_cache = 1;
 	/* passthrough: counted, and released (fs_pt_open) */
 	if (pt_on && (rc = pt_open(req, st->st_ino, fi))) {
@@ -800,13 +804,10 @@ static int emit_entry(void *ctx, const char *name, const struct stat *st,
 	size_t n;
 
 	if (d->plus) {
-		struct fuse_entry_param e;
-		memset(&e, 0, sizeof(e));
+		struct fuse_entry_param e = entry_of(st);
 		/* nodeid 0: the kernel takes no attributes from the entry */
-		e.ino = node ? st->st_ino : 0;
-		e.attr = *st;
-		e.attr_timeout = attr_timeout(st);
-		e.entry_timeout = ENTRY_TIMEOUT;
+		if (!node)
+			e.ino = 0;
 		n = fuse_add_direntry_plus(d->req, d->buf + d->len, d->size - d->len,
 					   name, &e, (off_t)next_off);
 	} else {

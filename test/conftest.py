@@ -492,6 +492,19 @@ def fsync_path(path):
         os.close(fd)
 
 
+def wait_exit(pid, seconds):
+    """Wait up to seconds for process pid to be gone; whether it is."""
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.05)
+
+
 def kill_daemon(store, mnt):
     """A real crash: kill -9 the daemon serving store (pid from
     STORE/lock), wait until it is gone, and detach its dead mount."""
@@ -499,12 +512,7 @@ def kill_daemon(store, mnt):
     assert txt, "no daemon pid in STORE/lock"
     pid = int(txt[0])
     os.kill(pid, signal.SIGKILL)
-    for _ in range(200):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    wait_exit(pid, 10)
     run(["fusermount3", "-u", "-z", mnt], check=False)
     assert not is_mounted(mnt)
 

@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import struct
-import time
 
 import pytest
 
@@ -425,12 +424,7 @@ def test_kill9_daemon_then_remount(env):
     os.close(dfd)
     pid = int((env.store / "lock").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    conftest.wait_exit(pid, 5)
     run(["fusermount3", "-u", "-z", env.mnt], check=False)
     assert not is_mounted(env.mnt)
     assert_ok(mount(env))

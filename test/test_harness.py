@@ -10,11 +10,10 @@ machine's mount table is not touched, and whatever the script leaves
 mounted goes with the namespace."""
 
 import os
-import time
 
 import pytest
 
-from conftest import LIB_SH, is_mounted, run
+from conftest import LIB_SH, is_mounted, run, wait_exit
 
 pytestmark = [pytest.mark.needs_store,
               pytest.mark.skipif(os.geteuid() != 0,
@@ -90,11 +89,5 @@ def test_busy_unmount_names_holder(mount):
     assert not is_mounted(mount.mnt)
     # the lazily detached daemon goes once the last file is closed; the
     # fixture's fsck must not race its save
-    for _ in range(600):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
+    if not wait_exit(pid, 60):
         pytest.fail(f"daemon {pid} still running 60 s after the close")

@@ -207,6 +207,20 @@ static struct fs *fs;
 static char store[128], metapath[160], logpath[128];
 static const struct fs_ctx ctx = { .uid = 0, .gid = 0, .umask = 022, .ngroups = -1 };
 
+/* Whether the daemon log holds needle. */
+static int log_has(const char *needle)
+{
+	size_t l;
+	char *log = (char *)slurp(logpath, &l);
+
+	log = realloc(log, l + 1);
+	CHECK(log != NULL);
+	log[l] = 0;
+	int found = strstr(log, needle) != NULL;
+	free(log);
+	return found;
+}
+
 static void set_store(const char *name)
 {
 	snprintf(store, sizeof(store), "%s/%s", tmpdir, name);
@@ -2737,12 +2751,7 @@ static void test_broken(void)
 	CHECK(fs_lookup(fs, FS_ROOT_INO, "kept", &st) == 0);
 	CHECK(fs_lookup(fs, FS_ROOT_INO, "lost", &st) == -ENOENT);
 	close_fs();
-	size_t l;
-	char *log = (char *)slurp(logpath, &l);
-	log = realloc(log, l + 1);
-	log[l] = 0;
-	CHECK(strstr(log, "marked broken") != NULL);
-	free(log);
+	CHECK(log_has("marked broken"));
 	printf("  (k) broken store commits nothing: ok\n");
 }
 
@@ -2771,12 +2780,7 @@ static void test_close_fails(void)
 	int rc = fs_close(fs);
 	fs = NULL;
 	CHECKF(rc < 0, "fs_close returned %d after a failed final save", rc);
-	size_t l;
-	char *log = (char *)slurp(logpath, &l);
-	log = realloc(log, l + 1);
-	log[l] = 0;
-	CHECK(strstr(log, "could not write metadata at unmount") != NULL);
-	free(log);
+	CHECK(log_has("could not write metadata at unmount"));
 	open_fs();
 	check_internal(1);
 	CHECK(fs_lookup(fs, FS_ROOT_INO, "kept", &st) == 0);
@@ -2895,12 +2899,7 @@ static void test_lost_dirty_record(void)
 	CHECK(fs_lookup(fs, FS_ROOT_INO, "named", &named) == -ENOENT);
 	CHECK(fs_getattr(fs, st.st_ino, &named) == -ENOENT);	/* orphan, freed */
 	close_fs();
-	size_t l;
-	char *log = (char *)slurp(logpath, &l);
-	log = realloc(log, l + 1);
-	log[l] = 0;
-	CHECK(strstr(log, "cannot log its attributes") != NULL);
-	free(log);
+	CHECK(log_has("cannot log its attributes"));
 	/* an O_TMPFILE is named once: unlinked again, it stays unnamed */
 	new_store("n2", 12);
 	open_fs();
